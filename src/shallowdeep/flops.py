@@ -1,0 +1,33 @@
+"""FLOP counting, one convention for the whole project.
+
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which counts
+2 FLOPs per multiply-add of convolution and matrix-multiply (linear) layers and
+ignores element-wise work (batch norm, activations, pooling, additions).
+All figures are per image.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_flops(fn: Callable[..., Any], *inputs: torch.Tensor) -> int:
+    """FLOPs of one call ``fn(*inputs)`` divided by the batch size of the first input."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*inputs)
+    return counter.get_total_flops() // max(1, inputs[0].shape[0])
+
+
+def model_flops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs per image of ``model`` in eval mode on one zero input of ``input_shape`` (C, H, W)."""
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        return count_flops(model, torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
