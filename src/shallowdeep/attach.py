@@ -1,0 +1,256 @@
+"""Turning any traceable classifier into an SDN.
+
+The model is traced with ``torch.fx`` (as ``torchvision.models.feature_extraction`` does).
+A *cut point* is a node after which no earlier value is needed any more, so the graph can be
+split there into two sequential segments: block outputs of a ResNet are cut points, the inside of
+a residual block is not. Exits are placed at cut points, either named by the user (a module name
+of the model, or an fx node name) or chosen automatically as the points whose cumulative FLOPs
+are closest to the given fractions of the whole network's FLOPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import UserError
+from .flops import count_flops
+from .heads import InternalClassifier
+from .sdn import SDN
+
+PAPER_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
+
+
+@dataclass
+class CutPoint:
+    """A node after which the graph can be split."""
+
+    index: int  # position in the graph's node list
+    name: str  # the name attach() accepts for it: a module path, else the fx node name
+    shape: tuple[int, ...]  # (C, H, W) of the value at this point
+    flops: int  # cumulative backbone FLOPs per image up to and including this node
+
+
+def attach(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    num_classes: int,
+    exits: Sequence[str] | None = None,
+    fractions: Sequence[float] = PAPER_FRACTIONS,
+) -> SDN:
+    """Return an SDN built from ``model`` with an internal classifier at each exit.
+
+    ``exits=[]`` gives an SDN of one segment and no IC: the plain CNN, trained and evaluated
+    by the same code.
+
+    ``exits`` names the points whose output feeds an IC (module names of ``model`` or fx node
+    names, see :func:`cut_points`); when None, one exit is placed at the cut point closest to each
+    fraction of the network's FLOPs. The SDN shares ``model``'s parameters, and its final output
+    equals ``model(x)`` exactly.
+    """
+    gm, points, total_flops = analyse(model, input_shape)
+    chosen = _resolve_exits(gm, points, exits) if exits is not None else place_exits(points, total_flops, fractions)
+    segments = split_graph(gm, [p.index for p in chosen])
+    ics = [InternalClassifier(*p.shape, num_classes) for p in chosen]
+    device = next(model.parameters(), torch.zeros(())).device
+    ics = [ic.to(device) for ic in ics]
+    ic_flops = [count_flops(ic, torch.zeros(1, *p.shape, device=device)) for ic, p in zip(ics, chosen)]
+    exit_flops = [p.flops + sum(ic_flops[: i + 1]) for i, p in enumerate(chosen)]
+    exit_flops.append(total_flops + sum(ic_flops))
+    return SDN(segments, ics, [p.name for p in chosen], exit_flops, total_flops)
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with a one-line error for models that cannot be traced."""
+    try:
+        return torch.fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many kinds of errors for untraceable code
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot split {type(model).__name__}: torch.fx could not trace its forward ({first}); "
+            "data-dependent control flow must be removed or wrapped as a leaf module"
+        ) from exc
+
+
+def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.GraphModule, list[CutPoint], int]:
+    """Trace ``model``, find its cut points with their shapes and cumulative FLOPs, and its total FLOPs."""
+    was_training = model.training
+    model.eval()
+    try:
+        gm = trace(model)
+        device = next(model.parameters(), torch.zeros(())).device
+        example = torch.zeros(1, *input_shape, device=device)
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+            cumulative = _cumulative_flops(gm, example)
+    finally:
+        model.train(was_training)
+    nodes = list(gm.graph.nodes)
+    names = _module_output_names(nodes)
+    points = []
+    for i in _cut_indices(nodes):
+        meta = nodes[i].meta.get("tensor_meta")
+        shape = tuple(getattr(meta, "shape", ()))
+        if len(shape) == 4:
+            points.append(CutPoint(i, names.get(nodes[i].name, nodes[i].name), shape[1:], cumulative[i]))
+    return gm, points, cumulative[-1]
+
+
+def cut_points(model: nn.Module, input_shape: Sequence[int]) -> list[CutPoint]:
+    """The points of ``model`` where an exit can be attached, in depth order."""
+    return analyse(model, input_shape)[1]
+
+
+def place_exits(points: Sequence[CutPoint], total_flops: int, fractions: Sequence[float]) -> list[CutPoint]:
+    """The distinct cut points closest in FLOPs to each fraction of ``total_flops``, in depth order.
+
+    Among points of equal cost the deepest is taken (the output of a block rather than of the
+    convolution inside it).
+    """
+    usable = [p for p in points if 0 < p.flops < total_flops]
+    if not usable:
+        raise UserError("the model has no point where it can be split before its last layer")
+    chosen: dict[int, CutPoint] = {}
+    for f in fractions:
+        if not 0 < f < 1:
+            raise UserError(f"exit fraction {f} must lie strictly between 0 and 1")
+        best = min(usable, key=lambda p: (abs(p.flops - f * total_flops), -p.index))
+        chosen[best.index] = best
+    return [chosen[i] for i in sorted(chosen)]
+
+
+def _resolve_exits(gm: torch.fx.GraphModule, points: Sequence[CutPoint], exits: Sequence[str]) -> list[CutPoint]:
+    nodes = list(gm.graph.nodes)
+    by_index = {p.index: p for p in points}
+    modules = dict(gm.named_modules())
+    last_node_of = _last_node_of_modules(nodes)
+    chosen = []
+    for name in exits:
+        if name in last_node_of:
+            index = last_node_of[name]
+        else:
+            index = next((i for i, n in enumerate(nodes) if n.name == name), None)
+            if index is None and name not in modules:
+                raise UserError(f"exit '{name}' is neither a module nor a graph node of the model")
+            if index is None:
+                raise UserError(f"exit '{name}' is never called in the model's forward")
+        if index not in by_index:
+            raise UserError(
+                f"exit '{name}' is not a point where the model can be split into a sequence "
+                "(a value computed before it, such as a skip connection, is used after it, or its output is not a "
+                "feature map); choose a block output instead"
+            )
+        if by_index[index] in chosen:
+            raise UserError(f"exit '{name}' names the same point as another exit")
+        chosen.append(by_index[index])
+    return sorted(chosen, key=lambda p: p.index)
+
+
+def _cut_indices(nodes: list[torch.fx.Node]) -> list[int]:
+    """Indices of nodes after which only that node's own value is still needed."""
+    position = {n: i for i, n in enumerate(nodes)}
+    cuts = []
+    furthest_use = -1  # the furthest position at which any earlier value is still used
+    for i, node in enumerate(nodes):
+        if node.op in ("output",):
+            break
+        last_use = max((position[u] for u in node.users), default=i)
+        if node.op != "get_attr" and node.op != "placeholder" and furthest_use <= i and last_use > i:
+            cuts.append(i)
+        if node.op != "get_attr":
+            furthest_use = max(furthest_use, last_use)
+    return cuts
+
+
+def _module_stack_paths(node: torch.fx.Node) -> list[str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    return [v[0] if isinstance(v, tuple) else str(k) for k, v in stack.items()]
+
+
+def _last_node_of_modules(nodes: list[torch.fx.Node]) -> dict[str, int]:
+    """For every module called in the graph, the index of the last node computed inside it."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        paths = _module_stack_paths(node)
+        if node.op == "call_module":
+            paths.append(str(node.target))
+        for p in paths:
+            last[p] = i
+    return last
+
+
+def _module_output_names(nodes: list[torch.fx.Node]) -> dict[str, str]:
+    """A readable module name for each node that is the output of a module.
+
+    The deepest module that is not a ``torch.nn`` building block is preferred (a residual block
+    rather than the ReLU inside it); otherwise the deepest module.
+    """
+    last = _last_node_of_modules(nodes)
+    candidates: dict[int, list[str]] = {}
+    for path, i in last.items():
+        candidates.setdefault(i, []).append(path)
+    types: dict[str, type] = {}
+    for node in nodes:
+        for k, v in (node.meta.get("nn_module_stack") or {}).items():
+            if isinstance(v, tuple):
+                types[v[0]] = v[1]
+    names = {}
+    for i, paths in candidates.items():
+        paths.sort(key=lambda p: p.count(".") + (p != ""))
+        custom = [p for p in paths if p in types and not types[p].__module__.startswith("torch.nn")]
+        names[nodes[i].name] = (custom or paths)[-1]
+    return names
+
+
+def _cumulative_flops(gm: torch.fx.GraphModule, example: torch.Tensor) -> list[int]:
+    """Cumulative FLOPs per image after each node, running the graph once node by node."""
+    totals: list[int] = []
+    batch = example.shape[0]
+
+    class _Counter(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node):  # noqa: ANN201 - fx signature
+            result = super().run_node(n)
+            totals.append(counter.get_total_flops() // batch)
+            return result
+
+    with FlopCounterMode(display=False) as counter:
+        _Counter(gm).run(example)
+    return totals
+
+
+def split_graph(gm: torch.fx.GraphModule, cut_indices: Sequence[int]) -> list[torch.fx.GraphModule]:
+    """Split ``gm`` after each of the given node indices into sequential single-input segments."""
+    nodes = list(gm.graph.nodes)
+    bounds = [-1, *cut_indices, len(nodes) - 1]
+    segments = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        graph = torch.fx.Graph()
+        env: dict[torch.fx.Node, torch.fx.Node] = {}
+        if start >= 0:
+            env[nodes[start]] = graph.placeholder("x")
+
+        def lookup(n: torch.fx.Node, graph: torch.fx.Graph = graph, env: dict = env) -> torch.fx.Node:
+            if n not in env:
+                if n.op != "get_attr":
+                    raise RuntimeError(f"node {n.name} crosses a cut")  # cut detection guarantees this
+                env[n] = graph.node_copy(n, lambda m: env[m])
+            return env[n]
+
+        for node in nodes[start + 1 : end + 1]:
+            if node.op == "get_attr":
+                continue  # copied where it is used
+            if node.op == "output":
+                graph.output(torch.fx.map_arg(node.args[0], lookup))
+                break
+            env[node] = graph.node_copy(node, lookup)
+        else:
+            graph.output(env[nodes[end]])
+        graph.lint()
+        segments.append(torch.fx.GraphModule(gm, graph, class_name=f"Segment{len(segments)}"))
+    return segments
