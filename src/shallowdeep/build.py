@@ -1,0 +1,113 @@
+"""Building backbones and SDNs from a plain description, and loading third-party weights.
+
+A *model spec* is a JSON-able dict saved with every run, enough to rebuild the network:
+``{"arch": "resnet56"}`` or ``{"factory": "backbone.py:make"}`` (a Python file and a function
+returning an ``nn.Module``, resolved against the run folder), plus ``num_classes``,
+``input_shape`` and ``exits`` (a list of exit names; ``[]`` for the plain CNN).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from . import models
+from .attach import attach
+from .errors import UserError
+from .sdn import SDN
+
+_SEGMENT_PREFIX = re.compile(r"^segments\.\d+\.")
+
+
+def build_backbone(spec: Mapping[str, Any], base_dir: str | Path = ".") -> nn.Module:
+    """The backbone a model spec describes, freshly initialised."""
+    if "arch" in spec:
+        return models.create(spec["arch"], num_classes=spec["num_classes"], input_size=spec["input_shape"][-1])
+    return load_factory(spec["factory"], base_dir)()
+
+
+def build_sdn(spec: Mapping[str, Any], base_dir: str | Path = ".") -> SDN:
+    """The SDN a model spec describes: the backbone with ICs at ``spec['exits']``."""
+    net = attach(build_backbone(spec, base_dir), tuple(spec["input_shape"]), spec["num_classes"], exits=spec["exits"])
+    net.spec = dict(spec)
+    return net
+
+
+def load_factory(reference: str, base_dir: str | Path = ".") -> Any:
+    """The function named by ``'path/to/file.py:function'`` (a relative path is read from ``base_dir``)."""
+    path_text, sep, name = reference.rpartition(":")
+    if not sep or not path_text or not name:
+        raise UserError(f"backbone '{reference}' must look like path/to/file.py:function")
+    path = Path(base_dir, path_text)
+    if not path.is_file():
+        raise UserError(f"backbone file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"shallowdeep_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise UserError(f"backbone file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UserError(f"backbone file {path} has no function '{name}'")
+    return factory
+
+
+def load_checkpoint_file(path: str | Path) -> Any:
+    """``torch.load`` on the CPU with ``weights_only=True``, with one-line errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(
+            f"checkpoint {path} holds objects other than tensors and plain values; refusing to unpickle it as code"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} is damaged or not a PyTorch file ({str(exc).splitlines()[0]})") from exc
+
+
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint, in the common layouts.
+
+    Accepts a bare state dict, or one nested under ``state_dict``, ``model``, ``model_state_dict``
+    or ``net``; strips the ``module.`` prefix of DataParallel/DDP and the ``segments.N.`` prefix of
+    an SDN (dropping its ICs), so an SDN or CNN run also yields its backbone's weights.
+    """
+    for key in ("state_dict", "model", "model_state_dict", "net"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{source} holds no state dict of tensors")
+    state = {}
+    for key, value in obj.items():
+        key = key.removeprefix("module.")
+        if key.startswith("ics."):
+            continue
+        state[_SEGMENT_PREFIX.sub("", key)] = value
+    return state
+
+
+def load_backbone_weights(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:
+    """Load ``state`` into ``backbone`` strictly; a mismatch names the missing and unexpected keys."""
+    own = backbone.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise UserError(f"{source} do not fit the {type(backbone).__name__} backbone ({'; '.join(parts)})")
+    backbone.load_state_dict(state)

@@ -1,0 +1,98 @@
+"""Per-exit outputs: the logits of every exit on a data split, computed once per checkpoint.
+
+Stored as ``RUN/outputs/<split>.npz`` (plain arrays, read with ``allow_pickle=False``) together
+with a fingerprint of the checkpoint they came from; a newer checkpoint invalidates them.
+Every analysis reads these instead of running the network again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import ImageData, Splits, load_dataset
+from .data.loader import batches
+from .errors import UserError
+from .io import atomic_save_npz
+from .run import Run
+from .sdn import SDN
+
+SPLITS = ("train", "holdout", "test")
+
+
+@dataclass
+class ExitOutputs:
+    """Logits of every exit on one split."""
+
+    logits: np.ndarray  # float32 (exits, samples, classes), the final head last
+    labels: np.ndarray  # int64 (samples,)
+    exit_flops: np.ndarray  # int64 (exits,), cumulative FLOPs per image
+    backbone_flops: int
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """Predicted class of every exit, (exits, samples)."""
+        return self.logits.argmax(-1)
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Whether each exit is right on each sample, (exits, samples)."""
+        return self.predictions == self.labels[None, :]
+
+
+@torch.no_grad()
+def compute_outputs(net: SDN, data: ImageData, splits: Splits, device: str | torch.device = "cpu",
+                    batch_size: int = 256) -> ExitOutputs:
+    """Run ``net`` (eval mode, no augmentation) over ``data`` and collect every exit's logits."""
+    net.eval()
+    chunks: list[list[torch.Tensor]] = [[] for _ in range(net.num_exits)]
+    for x, _ in batches(data, splits.spec, batch_size, train=False, shuffle=False, device=device):
+        for store, out in zip(chunks, net(x)):
+            store.append(out.float().cpu())
+    logits = np.stack([torch.cat(c).numpy() for c in chunks]) if len(data.labels) else np.zeros((net.num_exits, 0, splits.spec.num_classes), np.float32)
+    return ExitOutputs(logits, data.labels.numpy().astype(np.int64), np.asarray(net.exit_flops, np.int64), net.backbone_flops)
+
+
+def load_run_data(run: Run, **overrides) -> Splits:
+    """The data set a run was trained on, as its config records it (``overrides`` replace entries)."""
+    return load_dataset(**{**run.config["data"], **overrides})
+
+
+def checkpoint_fingerprint(run: Run) -> str:
+    """A short hash of the checkpoint file's bytes."""
+    digest = hashlib.sha256()
+    with open(run.checkpoint_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_outputs(run: Run, split: str, device: str | torch.device = "cpu", splits: Splits | None = None,
+                 name: str | None = None) -> ExitOutputs:
+    """The per-exit outputs of ``run`` on ``split`` ('train' is un-augmented), computed once and cached.
+
+    ``splits`` gives another data source (e.g. a separate calibration set); ``name`` is the file
+    name its outputs are cached under (default: the split's name).
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}': choose one of {', '.join(SPLITS)}")
+    path = run.path / "outputs" / f"{name or split}.npz"
+    if not run.checkpoint_path.is_file():
+        raise UserError(f"{run.path} has no {run.checkpoint_path.name}; train it first")
+    fingerprint = checkpoint_fingerprint(run)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if str(f["fingerprint"]) == fingerprint:
+                    return ExitOutputs(f["logits"], f["labels"], f["exit_flops"], int(f["backbone_flops"]))
+        except (OSError, ValueError, KeyError):
+            pass  # damaged cache: recompute below
+    splits = splits or load_run_data(run)
+    outputs = compute_outputs(run.load_net(device), getattr(splits, split), splits, device)
+    atomic_save_npz(path, logits=outputs.logits, labels=outputs.labels, exit_flops=outputs.exit_flops,
+                    backbone_flops=np.int64(outputs.backbone_flops), fingerprint=np.str_(fingerprint))
+    return outputs
