@@ -10,6 +10,7 @@ are closest to the given fractions of the whole network's FLOPs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -51,10 +52,13 @@ def attach(
 
     ``exits`` names the points whose output feeds an IC (module names of ``model`` or fx node
     names, see :func:`cut_points`); when None, one exit is placed at the cut point closest to each
-    fraction of the network's FLOPs. The SDN shares ``model``'s parameters, and its final output
+    fraction of the network's FLOPs (for models with a ``stages`` sequence, as the built-in
+    backbones have, only between two of its blocks). The SDN shares ``model``'s parameters, and its final output
     equals ``model(x)`` exactly.
     """
     gm, points, total_flops = analyse(model, input_shape)
+    if exits is None and isinstance(getattr(model, "stages", None), nn.Sequential):
+        points = [p for p in points if re.fullmatch(r"stages\.\d+", p.name)]  # between blocks, as in the paper
     chosen = _resolve_exits(gm, points, exits) if exits is not None else place_exits(points, total_flops, fractions)
     segments = split_graph(gm, [p.index for p in chosen])
     ics = [InternalClassifier(*p.shape, num_classes) for p in chosen]
@@ -186,25 +190,13 @@ def _last_node_of_modules(nodes: list[torch.fx.Node]) -> dict[str, int]:
 
 
 def _module_output_names(nodes: list[torch.fx.Node]) -> dict[str, str]:
-    """A readable module name for each node that is the output of a module.
-
-    The deepest module that is not a ``torch.nn`` building block is preferred (a residual block
-    rather than the ReLU inside it); otherwise the deepest module.
-    """
-    last = _last_node_of_modules(nodes)
-    candidates: dict[int, list[str]] = {}
-    for path, i in last.items():
-        candidates.setdefault(i, []).append(path)
-    types: dict[str, type] = {}
-    for node in nodes:
-        for k, v in (node.meta.get("nn_module_stack") or {}).items():
-            if isinstance(v, tuple):
-                types[v[0]] = v[1]
-    names = {}
-    for i, paths in candidates.items():
-        paths.sort(key=lambda p: p.count(".") + (p != ""))
-        custom = [p for p in paths if p in types and not types[p].__module__.startswith("torch.nn")]
-        names[nodes[i].name] = (custom or paths)[-1]
+    """A module name for each node that is the output of a module: the outermost such module
+    (a residual block rather than the ReLU that ends it)."""
+    names: dict[str, str] = {}
+    for path, i in _last_node_of_modules(nodes).items():
+        current = names.get(nodes[i].name)
+        if path and (current is None or path.count(".") < current.count(".")):
+            names[nodes[i].name] = path
     return names
 
 
