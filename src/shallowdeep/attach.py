@@ -57,6 +57,11 @@ def attach(
     equals ``model(x)`` exactly.
     """
     gm, points, total_flops = analyse(model, input_shape)
+    out_meta = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    out_shape = tuple(getattr(out_meta.meta.get("tensor_meta"), "shape", ())) if isinstance(out_meta, torch.fx.Node) else ()
+    if len(out_shape) != 2 or out_shape[1] != num_classes:
+        raise UserError(f"the model's output has shape {list(out_shape)} per batch, not [batch, {num_classes}] "
+                        f"for the data set's {num_classes} classes")
     if exits is None and isinstance(getattr(model, "stages", None), nn.Sequential):
         points = [p for p in points if re.fullmatch(r"stages\.\d+", p.name)]  # between blocks, as in the paper
     chosen = _resolve_exits(gm, points, exits) if exits is not None else place_exits(points, total_flops, fractions)

@@ -3,7 +3,8 @@
 A *model spec* is a JSON-able dict saved with every run, enough to rebuild the network:
 ``{"arch": "resnet56"}`` or ``{"factory": "backbone.py:make"}`` (a Python file and a function
 returning an ``nn.Module``, resolved against the run folder), plus ``num_classes``,
-``input_shape`` and ``exits`` (a list of exit names; ``[]`` for the plain CNN).
+``input_shape`` and ``exits`` (a list of exit names; ``[]`` for the plain CNN; None to place
+them at ``fractions`` of the FLOPs, after which the chosen names are recorded).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from . import models
-from .attach import attach
+from .attach import PAPER_FRACTIONS, attach
 from .errors import UserError
 from .sdn import SDN
 
@@ -33,10 +34,16 @@ def build_backbone(spec: Mapping[str, Any], base_dir: str | Path = ".") -> nn.Mo
     return load_factory(spec["factory"], base_dir)()
 
 
-def build_sdn(spec: Mapping[str, Any], base_dir: str | Path = ".") -> SDN:
-    """The SDN a model spec describes: the backbone with ICs at ``spec['exits']``."""
-    net = attach(build_backbone(spec, base_dir), tuple(spec["input_shape"]), spec["num_classes"], exits=spec["exits"])
-    net.spec = dict(spec)
+def build_sdn(spec: Mapping[str, Any], base_dir: str | Path = ".",
+              backbone_state: Mapping[str, torch.Tensor] | None = None, source: str = "weights") -> SDN:
+    """The SDN a model spec describes: the backbone (with ``backbone_state`` loaded, if given) with
+    ICs at ``spec['exits']`` (placed by FLOPs when it is None)."""
+    backbone = build_backbone(spec, base_dir)
+    if backbone_state is not None:
+        load_backbone_weights(backbone, backbone_state, source)
+    net = attach(backbone, tuple(spec["input_shape"]), spec["num_classes"], exits=spec["exits"],
+                 fractions=spec.get("fractions", PAPER_FRACTIONS))
+    net.spec = {**spec, "exits": list(net.exit_names)}
     return net
 
 
