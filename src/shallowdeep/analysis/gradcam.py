@@ -3,11 +3,11 @@
 Layers explained:
 
 * an internal classifier *i*: the feature map it reads, i.e. the output of ``net.segments[i]``;
-* the final head: the last feature map of more than one pixel computed inside the last segment
-  (for the built-in backbones and CIFAR ResNets: the output of the last block, just before global
-  pooling). It is found with ``torch.fx`` shape propagation and exposed by inserting an
-  ``nn.Identity`` after that node in a copy of the segment; when the last segment has no such map,
-  its input is used.
+* the final head: the last feature map of more than one pixel on its way, usually computed inside
+  the last segment (for the built-in backbones and CIFAR ResNets: the output of the last block, just
+  before global pooling), else in the latest segment before it that has one (when the last IC reads
+  an already pooled map). It is found with ``torch.fx`` shape propagation and exposed by inserting
+  an ``nn.Identity`` after that node in a copy of its segment.
 
 Each heat map explains the class the head predicts itself, is rectified, upsampled bilinearly to
 the input size and scaled to [0, 1] per sample (all zeros where Grad-CAM is zero everywhere).
@@ -39,19 +39,19 @@ def disagreements(correct: np.ndarray, exit_index: int = 0) -> np.ndarray:
     return np.flatnonzero(correct[exit_index] & ~correct[-1])
 
 
-def mark_last_feature_map(segment: nn.Module, example: torch.Tensor) -> tuple[torch.fx.GraphModule, str]:
+def mark_last_feature_map(segment: nn.Module, example: torch.Tensor) -> tuple[torch.fx.GraphModule, str] | None:
     """A copy of ``segment`` with an ``nn.Identity`` named ``gradcam_target`` after its last feature map.
 
-    The feature map is the last value of shape (N, C, H, W) with H * W > 1 (see the module
-    docstring); returns the copy and the name of the marked fx node.
+    The feature map is the last value the segment computes of shape (N, C, H, W) with H * W > 1;
+    returns the copy and the name of the marked fx node, or None when the segment computes none.
     """
     gm = segment if isinstance(segment, torch.fx.GraphModule) else torch.fx.symbolic_trace(segment)
     gm = copy.deepcopy(gm)
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
-    maps = [n for n in gm.graph.nodes if n.op not in ("output", "get_attr") and _is_spatial_map(n)]
+    maps = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr") and _is_spatial_map(n)]
     if not maps:
-        raise UserError("Grad-CAM needs a feature map of more than one pixel before the final head")
+        return None
     node = maps[-1]
     gm.add_submodule(TARGET, nn.Identity())
     with gm.graph.inserting_after(node):
@@ -69,20 +69,27 @@ class _ExitModel(nn.Module):
         last = net.num_exits - 1
         if not 0 <= exit_index <= last:
             raise UserError(f"exit {exit_index} does not exist: the network has exits 0 to {last}")
-        self.trunk = nn.Sequential(*net.segments[: min(exit_index + 1, last)])
         if exit_index < last:
-            self.head: nn.Module = net.ics[exit_index]
+            self.path = nn.Sequential(*net.segments[: exit_index + 1], net.ics[exit_index])
             self.layer: nn.Module = net.segments[exit_index]
             self.layer_name = f"output of segment {exit_index} ({net.exit_names[exit_index]}), read by IC {exit_index + 1}"
-        else:
-            with torch.no_grad():
-                features = self.trunk(example)
-            self.head, node = mark_last_feature_map(net.segments[-1], features)
-            self.layer = self.head.get_submodule(TARGET)
-            self.layer_name = f"last feature map of the final segment (fx node '{node}')"
+            return
+        inputs = [example]
+        with torch.no_grad():
+            for segment in net.segments[:-1]:
+                inputs.append(segment(inputs[-1]))
+        for j in reversed(range(net.num_exits)):
+            marked = mark_last_feature_map(net.segments[j], inputs[j])
+            if marked is not None:
+                segment, node = marked
+                self.path = nn.Sequential(*net.segments[:j], segment, *net.segments[j + 1 :])
+                self.layer = segment.get_submodule(TARGET)
+                self.layer_name = f"last feature map before the final head (fx node '{node}' of segment {j})"
+                return
+        raise UserError("Grad-CAM needs a feature map of more than one pixel before the final head")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x))
+        return self.path(x)
 
 
 def gradcam(net: "SDN", x: torch.Tensor, targets: torch.Tensor, exit_index: int) -> tuple[np.ndarray, str]:

@@ -1,0 +1,54 @@
+"""The confusion score (SDN paper, section 5.2) as an indicator of the final head's mistakes.
+
+Confusion = sum over internal classifiers of the L1 distance between the IC's softmax and the
+final head's, z-normalised with its mean and standard deviation on the un-augmented training
+split. Reports its AUROC for separating the final head's mistakes from its correct answers next
+to that of the plain confidence (1 - max softmax of the final head), the mean confusion of correct
+and wrong samples, and their histograms. Writes RUN/confusion.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..analysis import confusion_report
+from ..errors import UserError
+from ..io import atomic_write_json
+from ..outputs import load_outputs
+from ..run import open_run
+from ._common import add_device_argument, resolve_device, table
+
+NAME = "confusion"
+ORDER = 50
+HELP = "confusion score of a run's exits as an error indicator (AUROC)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--split", choices=("test", "holdout"), default="test", help="data split to score")
+    p.add_argument("--bins", type=int, default=30, help="histogram bins")
+    add_device_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bins < 1:
+        raise UserError(f"--bins must be at least 1, got {args.bins}")
+    run_ = open_run(args.run)
+    device = resolve_device(args.device)
+    report = confusion_report(load_outputs(run_, "train", device), load_outputs(run_, args.split, device), args.bins)
+    result = {"run": str(args.run), "split": args.split, "normalised_on": "train (un-augmented)", **report}
+    path = run_.path / "confusion.json"
+    atomic_write_json(path, result)
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    print(table(["error indicator", "AUROC"], [("confusion score", cell(report["auroc"]["confusion"])),
+                                               ("1 - max softmax", cell(report["auroc"]["confidence"]))]))
+    print(f"mean normalised confusion: correct {cell(report['mean_confusion']['correct'])}, "
+          f"wrong {cell(report['mean_confusion']['wrong'])} ({report['final_mistakes']} mistakes in "
+          f"{report['samples']} {args.split} samples)")
+    print(f"wrote {path}")
+    return 0
+

@@ -1,0 +1,34 @@
+"""Write one self-contained HTML page about a run: per-exit accuracy and cost, the early-exit
+trade-off (from RUN/early-exit.json when present), overthinking with example images, the
+confusion histograms and AUROCs, Grad-CAM of samples the first IC gets right and the final head
+wrong, and the backdoor study when RUN/backdoor.json exists. Writes RUN/report/index.html (images
+embedded, opens without a network) with its PNGs and report.json beside it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+from ..report import write_report
+from ._common import add_device_argument, resolve_device
+
+NAME = "report"
+ORDER = 60
+HELP = "one self-contained HTML report of a run"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--gradcam", type=int, default=6, metavar="N", help="disagreements shown with Grad-CAM (0: none)")
+    p.add_argument("--examples", type=int, default=8, metavar="N", help="example images per earliest correct exit")
+    add_device_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.gradcam < 0 or args.examples < 0:
+        raise UserError("--gradcam and --examples must be 0 or more")
+    page = write_report(args.run, resolve_device(args.device), gradcam_samples=args.gradcam,
+                        examples_per_exit=args.examples)
+    print(f"wrote {page}")
+    return 0

@@ -1,0 +1,57 @@
+"""``write_report``: one self-contained HTML page of a run, with the PNGs and JSON it shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..analysis import overthinking
+from ..io import atomic_write_bytes, atomic_write_json
+from ..outputs import load_outputs, load_run_data
+from ..run import open_run
+from . import html
+from .context import ReportContext
+from .sections import backdoor_section, confusion_section, exits_section, gradcam_section, overthinking_section, tradeoff_section
+
+REPORT_DIR = "report"
+FIGURES = ("accuracy", "tradeoff", "earliest_exit", "examples", "destructive", "confusion", "gradcam")
+
+
+def write_report(run_dir: str | Path, device: str | torch.device = "cpu", gradcam_samples: int = 6,
+                 examples_per_exit: int = 8) -> Path:
+    """Write ``RUN/report/index.html`` (images embedded, no network needed), its PNGs and ``report.json``.
+
+    Per-exit outputs of the train (un-augmented), holdout and test splits are computed once and
+    cached in the run; the network itself runs only for Grad-CAM of ``gradcam_samples`` test images.
+    Returns the path of the page.
+    """
+    run = open_run(run_dir)
+    splits = load_run_data(run)
+    device = torch.device(device)
+    outputs = {name: load_outputs(run, name, device, splits=splits) for name in ("train", "holdout", "test")}
+    ctx = ReportContext(run, run.path / REPORT_DIR, splits, outputs, device)
+    over = overthinking(outputs["test"], ctx.labels)
+    sections = [
+        exits_section(ctx),
+        tradeoff_section(ctx, over),
+        overthinking_section(ctx, over, examples_per_exit),
+        confusion_section(ctx),
+        gradcam_section(ctx, gradcam_samples),
+        backdoor_section(ctx),
+    ]
+    spec = splits.spec
+    subtitle = (f"run {run.path.name}: {run.config['model'].get('arch') or run.config['model'].get('factory')} "
+                f"on {spec.name} ({spec.num_classes} classes, {spec.input_size}x{spec.input_size}), "
+                f"{ctx.num_exits - 1} internal classifiers")
+    page = html.page("Shallow-Deep Network report", subtitle, [s for s in sections if s is not None])
+    for name, png in ctx.figures.items():
+        atomic_write_bytes(ctx.out_dir / name, png)
+    for stale in {f"{f}.png" for f in FIGURES} - set(ctx.figures):
+        (ctx.out_dir / stale).unlink(missing_ok=True)
+    settings = {"run": str(run.path), "device": str(device), "gradcam_samples": gradcam_samples,
+                "examples_per_exit": examples_per_exit, "figures": sorted(ctx.figures)}
+    atomic_write_json(ctx.out_dir / "report.json", {"settings": settings, **ctx.summary})
+    index = ctx.out_dir / "index.html"
+    atomic_write_bytes(index, page.encode("utf-8"))
+    return index

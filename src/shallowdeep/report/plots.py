@@ -1,0 +1,146 @@
+"""The report's figures, drawn with matplotlib's Agg canvas (no display, no pyplot state) as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+ACCENT, SECOND, MUTED = "#1f77b4", "#d62728", "#7f7f7f"
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure encoded as PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def accuracy_cost_plot(names: Sequence[str], relative_cost: Sequence[float],
+                       accuracy: dict[str, Sequence[float]]) -> bytes:
+    """Accuracy of every exit against its cost relative to the backbone, one line per split."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    for (split, values), color in zip(accuracy.items(), (ACCENT, SECOND, MUTED)):
+        ax.plot(relative_cost, np.asarray(values) * 100, "o-", color=color, label=split)
+    for name, x, y in zip(names, relative_cost, next(iter(accuracy.values()))):
+        ax.annotate(name, (x, y * 100), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set(xlabel="cost (fraction of the backbone's FLOPs)", ylabel="accuracy (%)", title="Accuracy of every exit")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return png_bytes(fig)
+
+
+def tradeoff_plot(cost: Sequence[float], accuracy: Sequence[float], oracle: tuple[float, float],
+                  final: tuple[float, float], chosen: tuple[float, float] | None = None,
+                  curve_label: str = "early exit") -> bytes:
+    """The early-exit accuracy/cost curve with the final head alone, the oracle and the chosen threshold."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    ax.plot(cost, np.asarray(accuracy) * 100, "-", color=ACCENT, label=curve_label)
+    ax.plot(*_percent(final), "s", color=MUTED, markersize=8, label="final head alone")
+    ax.plot(*_percent(oracle), "*", color=SECOND, markersize=13, label="oracle")
+    if chosen is not None:
+        ax.plot(*_percent(chosen), "o", color="black", markersize=8, label="chosen threshold")
+    ax.set(xlabel="average cost (fraction of the backbone's FLOPs)", ylabel="accuracy (%)",
+           title="Early exit: accuracy against cost")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return png_bytes(fig)
+
+
+def earliest_exit_plot(names: Sequence[str], shares: Sequence[float], none_share: float) -> bytes:
+    """Share of samples whose earliest correct exit is each exit (and none)."""
+    fig = Figure(figsize=(6.4, 3.2))
+    ax = fig.add_subplot()
+    labels = [*names, "none"]
+    values = np.asarray([*shares, none_share]) * 100
+    colors = [ACCENT] * (len(names) - 1) + [MUTED, SECOND]
+    bars = ax.bar(labels, values, color=colors)
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set(ylabel="samples (%)", title="Earliest correct exit (wasteful effect)")
+    ax.tick_params(axis="x", labelsize=8, rotation=20)
+    return png_bytes(fig)
+
+
+def destructive_plot(names: Sequence[str], counts: Sequence[int], confidences: Sequence[float | None]) -> bytes:
+    """Per IC, how many of the final head's mistakes it gets right, labelled with its mean confidence."""
+    fig = Figure(figsize=(6.4, 3.2))
+    ax = fig.add_subplot()
+    bars = ax.bar(names, counts, color=SECOND)
+    labels = [f"{c}\n{p:.2f}" if p is not None else f"{c}" for c, p in zip(counts, confidences)]
+    ax.bar_label(bars, labels=labels, fontsize=8)
+    ax.set(ylabel="final-head mistakes it gets right",
+           title="Destructive effect (bar labels: count, mean confidence)")
+    ax.margins(y=0.25)
+    ax.tick_params(axis="x", labelsize=8, rotation=20)
+    return png_bytes(fig)
+
+
+def confusion_histogram(edges: Sequence[float], correct: Sequence[int], wrong: Sequence[int],
+                        title: str) -> bytes:
+    """Histograms of the normalised confusion of correct and wrong samples, each as a share of its group."""
+    fig = Figure(figsize=(6.4, 3.4))
+    ax = fig.add_subplot()
+    edges = np.asarray(edges)
+    for counts, color, label in ((correct, ACCENT, "final head correct"), (wrong, SECOND, "final head wrong")):
+        counts = np.asarray(counts, dtype=float)
+        share = counts / counts.sum() * 100 if counts.sum() else counts
+        ax.stairs(share, edges, fill=True, alpha=0.45, color=color, label=f"{label} ({int(counts.sum())})")
+    ax.set(xlabel="confusion (z-normalised on the training split)", ylabel="share of the group (%)", title=title)
+    ax.legend()
+    return png_bytes(fig)
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
+               captions: Sequence[Sequence[str]]) -> bytes:
+    """Rows of uint8 (3, H, W) images, each row labelled on its left and each image captioned."""
+    columns = max((len(r) for r in rows), default=1) or 1
+    fig = Figure(figsize=(1.35 * columns + 1.2, 1.45 * len(rows)))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for r, (images, label) in enumerate(zip(rows, row_labels)):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(_hwc(images[c]), interpolation="nearest")
+                ax.set_title(captions[r][c], fontsize=8)
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
+        if not images:
+            axes[r][0].axis("on")
+            axes[r][0].set_frame_on(False)
+            axes[r][0].text(0.5, 0.5, "no sample", ha="center", va="center", fontsize=8, color=MUTED)
+    return png_bytes(fig)
+
+
+def gradcam_grid(images: Sequence[np.ndarray], ic_maps: np.ndarray, final_maps: np.ndarray,
+                 captions: Sequence[tuple[str, str, str]]) -> bytes:
+    """Per sample: the image, the IC's Grad-CAM and the final head's Grad-CAM overlaid on it.
+
+    ``captions`` holds (image, IC, final) titles for each sample.
+    """
+    fig = Figure(figsize=(6.0, 2.0 * len(images)))
+    axes = fig.subplots(len(images), 3, squeeze=False)
+    for row, image, ic_map, final_map, titles in zip(axes, images, ic_maps, final_maps, captions):
+        picture = _hwc(image)
+        for ax, heat, title in zip(row, (None, ic_map, final_map), titles):
+            ax.imshow(picture, interpolation="nearest")
+            if heat is not None:
+                ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return png_bytes(fig)
+
+
+def _hwc(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(image).transpose(1, 2, 0))
+
+
+def _percent(point: tuple[float, float]) -> tuple[float, float]:
+    return point[0], point[1] * 100
