@@ -1,0 +1,38 @@
+"""Evaluate a run: top-1 and top-5 accuracy of every exit and its cumulative cost in FLOPs
+(absolute and as a share of the unmodified backbone). Writes RUN/eval-<split>.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..evaluate import exit_table
+from ..io import atomic_write_json
+from ..outputs import load_outputs
+from ..run import open_run
+from ._common import add_device_argument, resolve_device, table
+
+NAME = "evaluate"
+ORDER = 20
+HELP = "per-exit accuracy and cost of a run"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--split", choices=("test", "holdout"), default="test")
+    add_device_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_ = open_run(args.run)
+    outputs = load_outputs(run_, args.split, resolve_device(args.device))
+    rows = exit_table(outputs, run_.config["model"]["exits"])
+    result = {"run": str(args.run), "split": args.split, "images": int(len(outputs.labels)),
+              "backbone_flops": outputs.backbone_flops, "exits": rows,
+              "top1": rows[-1]["top1"], "top5": rows[-1]["top5"]}
+    atomic_write_json(run_.path / f"eval-{args.split}.json", result)
+    print(table(["exit", "name", "top-1 %", "top-5 %", "MFLOPs", "of backbone"],
+                [(r["exit"], r["name"], f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}",
+                  f"{r['flops'] / 1e6:.2f}", f"{100 * r['flops_fraction']:.1f}%") for r in rows]))
+    print(f"{len(outputs.labels)} {args.split} images; wrote {run_.path / f'eval-{args.split}.json'}")
+    return 0
