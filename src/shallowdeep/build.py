@@ -107,6 +107,8 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
 def load_backbone_weights(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:
     """Load ``state`` into ``backbone`` strictly; a mismatch names the missing and unexpected keys."""
     own = backbone.state_dict()
+    # checkpoints from before PyTorch 0.4.1 have no batch-norm step counters; keep the model's own
+    state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
