@@ -1,0 +1,92 @@
+"""``load_dataset``: any supported data set, decoded once (cached), split into train / holdout / test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shallowdeep.data.cache import cached, default_cache_dir
+from shallowdeep.data.cifar import cifar_files, download_cifar, locate_cifar, read_cifar10, read_cifar100
+from shallowdeep.data.containers import DatasetSpec, RawDataset, Splits
+from shallowdeep.data.digits import read_digits
+from shallowdeep.data.imagefolder import imagefolder_files, read_imagefolder
+from shallowdeep.data.splits import carve_holdout, channel_stats
+from shallowdeep.data.tinyimagenet import locate_tinyimagenet, read_tinyimagenet, tinyimagenet_files
+from shallowdeep.errors import UserError
+
+DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "digits")
+
+# Normalisation of the paper: ImageNet statistics for CIFAR-10, each data set's own for the others.
+KNOWN_STATS = {
+    "cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar100": ((0.507, 0.4865, 0.441), (0.267, 0.256, 0.276)),
+    "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
+}
+
+
+def _decode(name: str, data_dir: str | Path | None, download: bool, cache_dir: str | Path | None,
+            image_size: int | None, coarse_labels: bool) -> RawDataset:
+    """The official train and test splits of ``name``, from the cache when the source is unchanged."""
+    if name == "digits":
+        return read_digits()
+    if data_dir is None:
+        raise UserError(f"{name} needs a data directory (data_dir)")
+    data_dir = Path(data_dir).expanduser()
+    if download and name in ("cifar10", "cifar100"):
+        download_cifar(name, data_dir)
+    elif download:
+        raise UserError(f"{name} cannot be downloaded automatically; put its files under {data_dir}")
+    if not data_dir.is_dir():
+        raise UserError(f"data directory {data_dir} does not exist")
+    cache_dir = default_cache_dir(data_dir) if cache_dir is None else cache_dir
+    if name in ("cifar10", "cifar100"):
+        folder = locate_cifar(name, data_dir)
+        files, options = cifar_files(name, folder), {"coarse_labels": coarse_labels}
+        build = (lambda: read_cifar100(folder, coarse_labels)) if name == "cifar100" else (lambda: read_cifar10(folder))
+    elif name == "tinyimagenet":
+        folder = locate_tinyimagenet(data_dir)
+        files, options, build = tinyimagenet_files(folder), {}, lambda: read_tinyimagenet(folder)
+    else:
+        folder = data_dir
+        files, options = imagefolder_files(folder), {"image_size": image_size}
+        build = lambda: read_imagefolder(folder, image_size)  # noqa: E731
+    return cached(cache_dir, name, folder, files, options, build)
+
+
+def _spec(name: str, raw: RawDataset, train_images) -> DatasetSpec:
+    size = raw.train.images.shape[-1]
+    mean, std = KNOWN_STATS[name] if name in KNOWN_STATS else channel_stats(train_images)
+    return DatasetSpec(name=name, num_classes=len(raw.classes), input_size=size, classes=list(raw.classes),
+                       mean=mean, std=std, pad=size // 8, jitter=size >= 64, flip=name != "digits")
+
+
+def load_dataset(name: str, data_dir: str | Path | None, *, holdout_fraction: float = 0.1, seed: int = 0,
+                 limit: int | None = None, download: bool = False, cache_dir: str | Path | None = None,
+                 image_size: int | None = None, coarse_labels: bool = False) -> Splits:
+    """Load ``name`` (one of :data:`DATASETS`) from ``data_dir`` as train / holdout / test splits.
+
+    - The holdout is a seeded random ``holdout_fraction`` of the official training set; the test split is
+      the official test set (Tiny ImageNet: the official val set), untouched.
+    - ``limit`` keeps the first ``limit`` training images *after* the holdout is carved out; the training
+      split is in seeded random order, so they mix all classes, and holdout and normalisation statistics do
+      not depend on ``limit``.
+    - Decoded images are cached under ``cache_dir`` (default ``<data_dir>/.shallowdeep-cache``) and
+      decoded again only when the source files change.
+    - ``download`` fetches CIFAR-10/100 when absent. ``image_size`` (imagefolder only) resizes every image
+      to a square; ``coarse_labels`` (cifar100 only) uses the 20 superclasses.
+    - Normalisation: the paper's statistics for CIFAR and Tiny ImageNet; imagefolder and digits use the mean
+      and std of their training split.
+    """
+    if name not in DATASETS:
+        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if image_size is not None and (name != "imagefolder" or image_size < 1):
+        raise UserError("image_size must be a positive size and applies to imagefolder only")
+    if coarse_labels and name != "cifar100":
+        raise UserError("coarse_labels applies to cifar100 only")
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be a positive number of images, got {limit}")
+    raw = _decode(name, data_dir, download, cache_dir, image_size, coarse_labels)
+    train, holdout = carve_holdout(raw.train, holdout_fraction, seed)
+    spec = _spec(name, raw, train.images)
+    if limit is not None:
+        train = train.subset(slice(0, limit))
+    return Splits(spec=spec, train=train, holdout=holdout, test=raw.test)

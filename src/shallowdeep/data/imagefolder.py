@@ -1,0 +1,73 @@
+"""Any image folder laid out as ``ROOT/{train,test}/<class>/<image>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shallowdeep.data.containers import ImageData, RawDataset
+from shallowdeep.data.decode import decode_images
+from shallowdeep.errors import UserError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+_LAYOUT = "expected ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
+
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+    if not split_dir.is_dir():
+        raise UserError(f"missing folder {split_dir}; {_LAYOUT}")
+    return sorted((d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def _images_in(folder: Path, max_per_class: int | None) -> list[Path]:
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return files[:max_per_class]
+
+
+def _listing(root: Path, max_per_class: int | None) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """Class names (sorted train folders) and, per split, (file, label) pairs in class then name order."""
+    classes = [d.name for d in _class_dirs(root / "train")]
+    index = {name: i for i, name in enumerate(classes)}
+    listing = {}
+    for split in ("train", "test"):
+        pairs = []
+        for class_dir in _class_dirs(root / split):
+            if class_dir.name not in index:
+                raise UserError(f"class folder {class_dir} has no counterpart in {root / 'train'}")
+            pairs += [(p, index[class_dir.name]) for p in _images_in(class_dir, max_per_class)]
+        if not pairs:
+            raise UserError(f"no images under {root / split}; {_LAYOUT}")
+        listing[split] = pairs
+    return classes, listing
+
+
+def imagefolder_files(root: str | Path, max_per_class: int | None = None) -> list[Path]:
+    """Every image file :func:`read_imagefolder` would decode."""
+    _, listing = _listing(Path(root).expanduser(), max_per_class)
+    return [p for pairs in listing.values() for p, _ in pairs]
+
+
+def read_imagefolder(root: str | Path, image_size: int | None = None,
+                     max_per_class: int | None = None) -> RawDataset:
+    """Decode ``ROOT/{train,test}/<class>/<image>``; classes are the sorted train folder names.
+
+    Images are converted to RGB. They must all share one square size unless ``image_size`` is given, in which
+    case each is resized (bilinear) to ``image_size`` x ``image_size``. ``max_per_class`` keeps the first
+    images (by file name) of each class folder, for quick runs.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist; {_LAYOUT}")
+    classes, listing = _listing(root, max_per_class)
+    pairs = listing["train"] + listing["test"]
+    images = torch.from_numpy(decode_images([p for p, _ in pairs], image_size))
+    labels = torch.from_numpy(np.array([label for _, label in pairs], dtype=np.int64))
+    height, width = images.shape[2:]
+    if height != width:
+        raise UserError(f"images under {root} are {width}x{height}, not square; pass image_size to resize them")
+    n_train = len(listing["train"])
+    return RawDataset(ImageData(images[:n_train], labels[:n_train]), ImageData(images[n_train:], labels[n_train:]),
+                      classes)
