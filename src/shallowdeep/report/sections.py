@@ -58,15 +58,18 @@ def tradeoff_section(ctx: ReportContext, over: dict[str, Any]) -> str:
     else:
         local = maxprob_curve(test.logits, test.labels, test.exit_flops, test.backbone_flops)
         cost, accuracy, label, chosen = local["flops_fraction"], local["accuracy"], "max-probability policy, q in [0, 1]", None
+        first = ("early-exit.json holds no test curve this report can read"
+                 if stored else "No threshold chosen yet: run `shallowdeep early-exit RUN` to calibrate one on the holdout split")
         parts.append(html.paragraph(
-            "No threshold chosen yet: run `shallowdeep early-exit RUN` to calibrate one on the holdout split. "
-            "The curve below sweeps the paper's max-probability threshold q on the test split.", note=True))
+            f"{first}. The curve below sweeps the paper's max-probability threshold q on the test split.", note=True))
     ctx.summary["early_exit"] = {"source": "early-exit.json" if curve is not None else "max-probability sweep on test",
                                  "curve": {"flops_fraction": list(cost), "accuracy": list(accuracy)},
                                  "chosen": chosen, "oracle": oracle, "final_head": final}
     if stored:
         scalars = [(k, fmt(v)) for k, v in flatten(stored).items() if not isinstance(v, list)]
         parts.append(html.table(["early-exit.json", "value"], scalars))
+    if stored and curve is None and (ctx.run.path / "early-exit.png").is_file():
+        parts.append(html.figure((ctx.run.path / "early-exit.png").read_bytes(), "early-exit.png, as the early-exit command drew it."))
     caption = "Accuracy against average cost on the test split; the oracle lets every sample leave at its earliest correct exit."
     parts.append(ctx.add_figure("tradeoff", plots.tradeoff_plot(cost, accuracy, oracle, final, chosen, label), caption))
     return html.section("Early exit: the trade-off", parts, "early-exit")
