@@ -96,8 +96,7 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.Grap
         device = next(model.parameters(), torch.zeros(())).device
         example = torch.zeros(1, *input_shape, device=device)
         with torch.no_grad():
-            ShapeProp(gm).propagate(example)
-            cumulative = _cumulative_flops(gm, example)
+            cumulative = _shapes_and_cumulative_flops(gm, example)
     finally:
         model.train(was_training)
     nodes = list(gm.graph.nodes)
@@ -205,19 +204,20 @@ def _module_output_names(nodes: list[torch.fx.Node]) -> dict[str, str]:
     return names
 
 
-def _cumulative_flops(gm: torch.fx.GraphModule, example: torch.Tensor) -> list[int]:
-    """Cumulative FLOPs per image after each node, running the graph once node by node."""
+def _shapes_and_cumulative_flops(gm: torch.fx.GraphModule, example: torch.Tensor) -> list[int]:
+    """Run the graph once node by node: record each node's shape (``tensor_meta``) and return the
+    cumulative FLOPs per image after each node."""
     totals: list[int] = []
     batch = example.shape[0]
 
-    class _Counter(torch.fx.Interpreter):
+    class _Counter(ShapeProp):
         def run_node(self, n: torch.fx.Node):  # noqa: ANN201 - fx signature
             result = super().run_node(n)
             totals.append(counter.get_total_flops() // batch)
             return result
 
     with FlopCounterMode(display=False) as counter:
-        _Counter(gm).run(example)
+        _Counter(gm).propagate(example)
     return totals
 
 

@@ -56,6 +56,7 @@ def new_run(run_dir: Path, data: dict[str, Any], model: dict[str, Any], cfg: Tra
             model = _backbone_of(source_spec) | model
     if "arch" not in model and "factory" not in model:
         raise UserError("say which backbone to train: --arch NAME, --backbone FILE.py:FUNCTION, or --from RUN")
+    torch.manual_seed(cfg.seed)  # the initial weights, ICs included
     net = build_sdn(model, ".", state, f"weights from {pretrained}")
     if cfg.mode == "sdn" and not cfg.ic_weights:
         cfg.ic_weights = [round(f / net.backbone_flops, 4) for f in net.exit_flops[:-1]]

@@ -1,0 +1,111 @@
+"""Training modes: IC-only leaves the backbone untouched, cached features train the same ICs as
+streaming, an interrupted run resumes to the same weights, NaN losses stop cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from shallowdeep.build import build_sdn, extract_state_dict
+from shallowdeep.data import load_dataset
+from shallowdeep.errors import UserError
+from shallowdeep.run import open_run
+from shallowdeep.train import Interrupted, Recipe, TrainConfig, new_run, resume_run
+from shallowdeep.train.ic_cache import train_ics_cached
+from shallowdeep.train.recipe import default_recipe, sdn_ic_weights
+from shallowdeep.train.trainer import train
+
+DATA = {"name": "digits", "data_dir": None, "holdout_fraction": 0.1, "seed": 0, "limit": 192}
+MODEL = {"arch": "resnet56", "exits": None}
+CPU = torch.device("cpu")
+
+
+def quick(mode: str, epochs: int = 1, lr: float | None = None) -> TrainConfig:
+    recipe = Recipe("adam" if mode == "ic-only" else "sgd", lr or (1e-3 if mode == "ic-only" else 0.02), epochs, [],
+                    batch_size=64)
+    return TrainConfig(mode, recipe, seed=3)
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    new_run(out, DATA, dict(MODEL), quick("cnn"), device=CPU)
+    return out
+
+
+def test_recipes_and_growing_ic_weights():
+    assert default_recipe("cnn", 1e-4).lr_at(34) == 0.1 and default_recipe("cnn", 1e-4).lr_at(35) == pytest.approx(0.01)
+    assert default_recipe("ic-only", 5e-4).lr_at(15) == pytest.approx(1e-4)
+    c = [0.15, 0.3, 0.45, 0.6, 0.75, 0.9]
+    assert sdn_ic_weights(0, 10, c) == pytest.approx([0.01] * 6)
+    assert sdn_ic_weights(9, 10, c) == pytest.approx(c)
+    mid = sdn_ic_weights(3, 7, c)
+    assert mid == pytest.approx([0.01 + (x - 0.01) / 2 for x in c])
+
+
+def test_ic_only_keeps_the_backbone_exactly(cnn_run, tmp_path):
+    out = tmp_path / "ic"
+    new_run(out, DATA, {"exits": None}, quick("ic-only", epochs=2), pretrained=str(cnn_run), device=CPU)
+    before, after = open_run(cnn_run).load_net(), open_run(out).load_net()
+    b_state = extract_state_dict(before.state_dict())
+    a_state = extract_state_dict(after.state_dict())
+    assert b_state.keys() == a_state.keys()
+    assert all(torch.equal(b_state[k], a_state[k]) for k in b_state)  # BN running stats included
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(before(x)[-1], after(x)[-1])
+    assert len(before.ics) == 0 and len(after.ics) == 6
+    assert len(open_run(out).read_metrics()) == 2
+
+
+def test_cached_features_train_the_same_ics_as_streaming(cnn_run, tmp_path):
+    splits = load_dataset(**DATA)
+    ckpt = open_run(cnn_run).load_checkpoint()
+    nets = []
+    for name in ("stream", "cache"):
+        torch.manual_seed(0)
+        net = build_sdn(dict(MODEL, num_classes=10, input_shape=[3, 16, 16]))
+        state = {k: v for k, v in ckpt["model"].items() if k.startswith("segments.")}
+        net.load_state_dict(state, strict=False)
+        cfg = quick("ic-only", epochs=2)
+        cfg.cache_views = 2
+        (tmp_path / name).mkdir()
+        if name == "stream":
+            train(tmp_path / name, net, splits, cfg, CPU)
+        else:
+            train_ics_cached(tmp_path / name, net, splits, cfg, CPU, dtype=torch.float32)
+        nets.append(net)
+    for a, b in zip(nets[0].ics.parameters(), nets[1].ics.parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    cfg = quick("sdn", epochs=2)
+    new_run(tmp_path / "whole", DATA, dict(MODEL), cfg, device=CPU)
+
+    def kill_after_two(stream, total, desc):
+        for i, item in enumerate(stream):
+            if desc.startswith("epoch 2") and i == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield item
+
+    with pytest.raises(Interrupted):
+        new_run(tmp_path / "cut", DATA, dict(MODEL), quick("sdn", epochs=2), device=CPU, progress=kill_after_two)
+    assert open_run(tmp_path / "cut").load_checkpoint()["step"] == 2
+    resume_run(tmp_path / "cut", device=CPU)
+    whole = open_run(tmp_path / "whole").load_checkpoint()["model"]
+    cut = open_run(tmp_path / "cut").load_checkpoint()["model"]
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert len(open_run(tmp_path / "cut").read_metrics()) == 2
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_nothing_half_written(tmp_path):
+    with pytest.raises(UserError, match="learning rate"):
+        new_run(tmp_path / "nan", DATA, dict(MODEL), quick("cnn", lr=1e30), device=CPU)
+    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+    with pytest.raises(UserError, match="already holds a run"):
+        new_run(tmp_path / "nan", DATA, dict(MODEL), quick("cnn"), device=CPU)
