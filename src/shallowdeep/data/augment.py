@@ -35,14 +35,17 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | Non
                      flip: bool = True) -> torch.Tensor:
     """Random crop with zero padding ``pad`` and (when ``flip``) random horizontal flip, per sample.
 
-    Draws, in order: top offsets, left offsets, then flip coins (each (N,), on the generator's device).
+    Draws, in order, each (N,) on the generator's device: top offsets and left offsets (only when ``pad``),
+    then flip coins (only when ``flip``).
     """
     n = x.shape[0]
-    top = _draw(generator, x.device, torch.randint, 0, 2 * pad + 1, (n,))
-    left = _draw(generator, x.device, torch.randint, 0, 2 * pad + 1, (n,))
-    mirror = (_draw(generator, x.device, torch.randint, 0, 2, (n,)).bool() if flip
-              else torch.zeros(n, dtype=torch.bool, device=x.device))
-    return crop_flip(x, pad, top, left, mirror)
+    if pad == 0 and not flip:
+        return x
+    zeros = torch.zeros(n, dtype=torch.long, device=x.device)
+    top = _draw(generator, x.device, torch.randint, 0, 2 * pad + 1, (n,)) if pad else zeros
+    left = _draw(generator, x.device, torch.randint, 0, 2 * pad + 1, (n,)) if pad else zeros
+    mirror = _draw(generator, x.device, torch.randint, 0, 2, (n,)) if flip else zeros
+    return crop_flip(x, pad, top, left, mirror.bool())
 
 
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
