@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -73,7 +74,9 @@ def load_checkpoint_file(path: str | Path) -> Any:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about old pickle protocols before refusing them
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(
             f"checkpoint {path} holds objects other than tensors and plain values; refusing to unpickle it as code"

@@ -1,0 +1,95 @@
+"""Bad input through the real command line: one line naming the problem, exit code 2, no traceback,
+nothing that existed before destroyed."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run([sys.executable, "-m", "shallowdeep", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_missing_data_folder(tmp_path):
+    r = cli("train", "--arch", "resnet56", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nope"),
+            "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "nope")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_empty_image_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+            "--out", str(tmp_path / "run"))
+    assert_one_line_error(r)
+
+
+def test_conflicting_and_missing_options(tmp_path):
+    r = cli("train", "--arch", "resnet56", "--backbone", "x.py:f", "--dataset", "digits", "--out", str(tmp_path / "r"))
+    assert_one_line_error(r, "--arch", "--backbone")
+    r = cli("train", "--mode", "ic-only", "--arch", "resnet56", "--dataset", "digits", "--out", str(tmp_path / "r"))
+    assert_one_line_error(r, "--from")
+
+
+def test_evaluate_missing_or_damaged_run(tmp_path):
+    assert_one_line_error(cli("evaluate", str(tmp_path / "none")), "does not exist")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    assert_one_line_error(cli("evaluate", str(tmp_path / "bad")), "config.json")
+
+
+def test_weights_of_another_architecture_name_the_keys(tmp_path):
+    torch.save({"state_dict": {"module.features.0.weight": torch.zeros(3)}}, tmp_path / "w.th")
+    r = cli("train", "--mode", "ic-only", "--arch", "resnet56", "--from", str(tmp_path / "w.th"),
+            "--dataset", "digits", "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "missing", "unexpected", "features.0.weight")
+
+
+def test_truncated_checkpoint(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, tmp_path / "w.th")
+    data = (tmp_path / "w.th").read_bytes()
+    (tmp_path / "w.th").write_bytes(data[: len(data) // 2])
+    r = cli("train", "--mode", "ic-only", "--arch", "resnet56", "--from", str(tmp_path / "w.th"),
+            "--dataset", "digits", "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "damaged")
+    assert (tmp_path / "w.th").read_bytes() == data[: len(data) // 2]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Payload.marker}",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    _Payload.marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": _Payload()}, f)
+    r = cli("train", "--mode", "ic-only", "--arch", "resnet56", "--from", str(tmp_path / "evil.pt"),
+            "--dataset", "digits", "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["demo", "--help"]])
+def test_help(args):
+    r = cli(*args)
+    assert r.returncode == 0 and "usage" in r.stdout
