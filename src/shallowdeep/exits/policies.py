@@ -1,0 +1,160 @@
+"""Exit policies: when an internal classifier's answer is good enough to stop.
+
+Every policy is a rule "go on while the IC's *score* is below the policy's *key*", i.e. stop at
+the first IC whose score reaches the key; the final head answers the samples no IC stops.
+Expressing all of them this way lets the batched engine, the simulation on stored logits and the
+threshold search share one definition.
+
+- ``maxprob`` (the paper's): score = largest softmax probability; key = threshold q.
+- ``entropy``: score = minus the softmax entropy divided by log(classes), so the normalised
+  entropy lies in [0, 1]; the threshold t means "stop when the normalised entropy <= t" (key = -t).
+- ``patience``: score = how many consecutive exits, ending at this one, predict the same class;
+  the threshold k means "stop once k consecutive exits agree" (key = k, a whole number >= 1).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..errors import UserError
+
+State = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class ExitPolicy(ABC):
+    """A stopping rule with its threshold, in the user's units."""
+
+    threshold: float
+    name: ClassVar[str]
+
+    @property
+    def key(self) -> float:
+        """The value a score must reach for a sample to stop (compared in float32, as scores are)."""
+        return float(self.threshold)
+
+    @classmethod
+    @abstractmethod
+    def threshold_of_key(cls, key: float) -> float:
+        """The threshold whose key is ``key`` (inverse of :attr:`key`)."""
+
+    @classmethod
+    @abstractmethod
+    def scores(cls, logits: torch.Tensor) -> torch.Tensor:
+        """Float32 scores of the ICs' logits ``(exits, samples, classes)`` -> ``(exits, samples)``."""
+
+    def start(self, n: int, device: torch.device) -> State:
+        """Per-sample state carried from exit to exit (rows follow the surviving samples)."""
+        return ()
+
+    def step(self, logits: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Whether each sample goes on past this IC, given its logits ``(samples, classes)``, and the new state.
+
+        Stateless policies score each IC alone (``scores`` accepts any leading dimensions)."""
+        return self.scores(logits) < self.key, state
+
+
+@dataclass(frozen=True)
+class MaxProb(ExitPolicy):
+    """Stop when the largest softmax probability is at least ``threshold`` (the paper's rule; above 1: never)."""
+
+    name: ClassVar[str] = "maxprob"
+
+    def __post_init__(self) -> None:
+        _check_number(self)
+
+    @classmethod
+    def threshold_of_key(cls, key: float) -> float:
+        return key
+
+    @classmethod
+    def scores(cls, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+
+
+@dataclass(frozen=True)
+class Entropy(ExitPolicy):
+    """Stop when the softmax entropy divided by log(classes) is at most ``threshold`` (below 0: never)."""
+
+    name: ClassVar[str] = "entropy"
+
+    def __post_init__(self) -> None:
+        _check_number(self)
+
+    @property
+    def key(self) -> float:
+        return -float(self.threshold)
+
+    @classmethod
+    def threshold_of_key(cls, key: float) -> float:
+        return -key
+
+    @classmethod
+    def scores(cls, logits: torch.Tensor) -> torch.Tensor:
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(dim=-1)
+        return -entropy / math.log(max(2, logits.shape[-1]))
+
+
+@dataclass(frozen=True)
+class Patience(ExitPolicy):
+    """Stop once ``threshold`` consecutive exits (this one included) predict the same class (more than the
+    number of ICs: never)."""
+
+    name: ClassVar[str] = "patience"
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.threshold) or self.threshold < 1 or self.threshold != int(self.threshold):
+            raise UserError(f"patience {self.threshold} must be a whole number of agreeing exits, at least 1")
+
+    @classmethod
+    def threshold_of_key(cls, key: float) -> float:
+        return float(math.ceil(key))
+
+    @classmethod
+    def scores(cls, logits: torch.Tensor) -> torch.Tensor:
+        predictions = logits.argmax(dim=-1)
+        runs = torch.ones(predictions.shape, dtype=torch.float32, device=logits.device)
+        for i in range(1, len(predictions)):
+            runs[i] = torch.where(predictions[i] == predictions[i - 1], runs[i - 1] + 1, 1.0)
+        return runs
+
+    def start(self, n: int, device: torch.device) -> State:
+        return (torch.full((n,), -1, dtype=torch.long, device=device), torch.zeros(n, device=device))
+
+    def step(self, logits: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        previous, run = state
+        predictions = logits.argmax(dim=-1)
+        run = torch.where(predictions == previous, run + 1, 1.0)
+        return run < self.key, (predictions, run)
+
+
+def _check_number(policy: ExitPolicy) -> None:
+    if not isinstance(policy.threshold, (int, float)) or math.isnan(policy.threshold):
+        raise UserError(f"{policy.name} threshold must be a number, got {policy.threshold!r}")
+
+
+POLICIES: dict[str, type[ExitPolicy]] = {p.name: p for p in (MaxProb, Entropy, Patience)}
+
+
+def make_policy(name: str, threshold: float) -> ExitPolicy:
+    """The policy called ``name`` ('maxprob', 'entropy' or 'patience') with ``threshold``."""
+    if name not in POLICIES:
+        raise UserError(f"unknown exit policy '{name}': choose one of {', '.join(POLICIES)}")
+    return POLICIES[name](float(threshold))
+
+
+def resolve_policy(threshold: float | None, policy: ExitPolicy | str | None) -> ExitPolicy:
+    """The policy ``early_exit`` was asked for: a policy object, or a name (default maxprob) with a threshold."""
+    if isinstance(policy, ExitPolicy):
+        if threshold is not None:
+            raise UserError("give either a policy object or a threshold, not both")
+        return policy
+    if threshold is None:
+        raise UserError("early exit needs a threshold (or a policy object carrying one)")
+    return make_policy(policy or "maxprob", threshold)
