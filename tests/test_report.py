@@ -94,11 +94,8 @@ def test_report_shows_early_exit_and_backdoor_results_when_present(reported_run,
     source, _ = reported_run
     run = tmp_path / "run"
     shutil.copytree(source, run, ignore=shutil.ignore_patterns("report"))
-    (run / "early-exit.json").write_text(json.dumps({
-        "policy": "maxprob", "threshold": 0.875,
-        "test": {"early_exit": {"accuracy": 0.9, "flops_fraction": 0.4}, "oracle": {"accuracy": 0.97, "flops_fraction": 0.2}},
-        "curve": {"test": {"flops_fraction": [0.1, 0.4, 1.0], "accuracy": [0.8, 0.9, 0.5]}},
-    }))
+    assert main(["early-exit", str(run), "--device", "cpu"]) == 0  # the real early-exit.json
+    stored = json.loads((run / "early-exit.json").read_text())
     (run / "backdoor.json").write_text(json.dumps({"attack": {"success_rate": 0.9731, "trigger": "patch"},
                                                    "detection": {"auroc": 0.8125}}))
     marker = Image.new("RGB", (8, 8), (255, 0, 0))
@@ -108,11 +105,13 @@ def test_report_shows_early_exit_and_backdoor_results_when_present(reported_run,
 
     page = write_report(run, gradcam_samples=0, examples_per_exit=0).read_text()
     summary = json.loads((run / "report" / "report.json").read_text())
+    point = lambda entry: [entry["flops_fraction"], entry["accuracy"]]  # noqa: E731
     assert summary["early_exit"]["source"] == "early-exit.json"
-    assert summary["early_exit"]["chosen"] == [0.4, 0.9]
-    assert summary["early_exit"]["oracle"] == [0.2, 0.97]
-    assert summary["early_exit"]["curve"]["accuracy"] == [0.8, 0.9, 0.5]
-    assert "0.875" in page and "run `shallowdeep early-exit RUN`" not in page
+    assert summary["early_exit"]["chosen"] == point(stored["test"]["early_exit"])
+    assert summary["early_exit"]["oracle"] == point(stored["test"]["oracle"])
+    assert summary["early_exit"]["curve"]["accuracy"] == stored["curve"]["test"]["accuracy"]
+    assert f"threshold {stored['threshold']:.4g} chosen on the holdout split" in page
+    assert "run `shallowdeep early-exit RUN`" not in page
     assert 'id="backdoor"' in page and "attack.success_rate" in page and "0.9731" in page and "detection.auroc" in page
     assert buf.getvalue() in embedded_images(page)
     assert not (run / "report" / "gradcam.png").exists() and not (run / "report" / "examples.png").exists()

@@ -55,6 +55,7 @@ def tradeoff_section(ctx: ReportContext, over: dict[str, Any]) -> str:
         label = f"{stored.get('policy', 'early exit')} policy (from early-exit.json)"
         chosen = stored_point(stored, "early_exit")
         oracle = stored_point(stored, "oracle") or oracle
+        final = stored_point(stored, "final_head") or final
     else:
         local = maxprob_curve(test.logits, test.labels, test.exit_flops, test.backbone_flops)
         cost, accuracy, label, chosen = local["flops_fraction"], local["accuracy"], "max-probability policy, q in [0, 1]", None
@@ -66,13 +67,30 @@ def tradeoff_section(ctx: ReportContext, over: dict[str, Any]) -> str:
                                  "curve": {"flops_fraction": list(cost), "accuracy": list(accuracy)},
                                  "chosen": chosen, "oracle": oracle, "final_head": final}
     if stored:
-        scalars = [(k, fmt(v)) for k, v in flatten(stored).items() if not isinstance(v, list)]
-        parts.append(html.table(["early-exit.json", "value"], scalars))
+        parts += _early_exit_tables(stored)
     if stored and curve is None and (ctx.run.path / "early-exit.png").is_file():
         parts.append(html.figure((ctx.run.path / "early-exit.png").read_bytes(), "early-exit.png, as the early-exit command drew it."))
     caption = "Accuracy against average cost on the test split; the oracle lets every sample leave at its earliest correct exit."
     parts.append(ctx.add_figure("tradeoff", plots.tradeoff_plot(cost, accuracy, oracle, final, chosen, label), caption))
     return html.section("Early exit: the trade-off", parts, "early-exit")
+
+
+def _early_exit_tables(stored: dict[str, Any]) -> list[str]:
+    """The chosen policy's figures from early-exit.json: a summary when it has the usual layout, else every value."""
+    rows = []
+    for split in ("calibration", "test"):
+        for name in ("early_exit", "final_head", "oracle"):
+            entry = stored.get(split, {}).get(name) if isinstance(stored.get(split), dict) else None
+            if isinstance(entry, dict):
+                rows.append((split, name.replace("_", " "), pct(entry.get("accuracy")), fmt(entry.get("flops_fraction"))))
+    if not rows:
+        return [html.table(["early-exit.json", "value"],
+                           [(k, fmt(v)) for k, v in flatten(stored).items() if not isinstance(v, list)])]
+    source = stored.get("calibrated_on") if isinstance(stored.get("calibrated_on"), dict) else {}
+    chosen = (f"{stored.get('policy', '?')} threshold {fmt(stored.get('threshold'))} chosen on the "
+              f"{source.get('split', '?')} split of {source.get('dataset', '?')} ({source.get('samples', '?')} images, "
+              f"{source.get('source', '?')} data); criterion: {fmt(stored.get('criterion'))}.")
+    return [html.paragraph(chosen), html.table(["data", "", "accuracy", "cost (fraction of the backbone)"], rows)]
 
 
 def overthinking_section(ctx: ReportContext, over: dict[str, Any], examples_per_exit: int) -> str:
@@ -206,6 +224,8 @@ def fmt(value: Any) -> str:
         return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k.replace('_', ' ')} {fmt(v)}" for k, v in value.items())
     if isinstance(value, list):
         shown = ", ".join(fmt(v) for v in value[:12])
         return f"[{shown}{', …' if len(value) > 12 else ''}]"
