@@ -30,6 +30,10 @@ class InternalClassifier(nn.Module):
         """The two pooled maps (max, avg), or (x, None) when the map is not pooled."""
         if not self.pools:
             return x, None
+        h, w = x.shape[-2:]
+        if h % self.out_size[0] == 0 and w % self.out_size[1] == 0:  # plain pooling is faster than adaptive
+            k = (h // self.out_size[0], w // self.out_size[1])
+            return F.max_pool2d(x, k), F.avg_pool2d(x, k)
         return F.adaptive_max_pool2d(x, self.out_size), F.adaptive_avg_pool2d(x, self.out_size)
 
     def classify(self, maxp: torch.Tensor, avgp: torch.Tensor | None) -> torch.Tensor:
