@@ -478,10 +478,7 @@ def test_load_dataset_splits_limit_and_stats(tmp_path):
         ["apple", "banana", "cherry"], 64, 8, True, True)
 
 
-def test_channel_stats_matches_numpy_over_chunks(monkeypatch):
-    from shallowdeep.data import splits as splits_module
-
-    monkeypatch.setattr(splits_module, "_STATS_CHUNK", 3)
+def test_channel_stats_matches_numpy():
     images = torch.randint(0, 256, (10, 3, 5, 5), dtype=torch.uint8)
     mean, std = channel_stats(images)
     pixels = images.numpy().astype(np.float64) / 255

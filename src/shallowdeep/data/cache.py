@@ -40,13 +40,14 @@ def default_cache_dir(data_dir: str | Path) -> Path:
 
 def fingerprint(root: Path, files: list[Path], options: dict) -> str:
     """A hex digest of ``options`` and each file's path relative to ``root``, size and mtime."""
+    prefix = os.path.join(str(root), "")
     entries = []
-    for path in files:
+    for path in map(str, files):
         try:
-            stat = path.stat()
+            stat = os.stat(path)
         except FileNotFoundError:
             raise UserError(f"missing file {path}") from None
-        entries.append([os.path.relpath(path, root), stat.st_size, stat.st_mtime_ns])
+        entries.append([path.removeprefix(prefix), stat.st_size, stat.st_mtime_ns])
     blob = json.dumps({"version": FORMAT_VERSION, "options": options, "files": entries}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

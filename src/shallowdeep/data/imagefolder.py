@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,10 @@ def _class_dirs(split_dir: Path) -> list[Path]:
 
 
 def _images_in(folder: Path, max_per_class: int | None) -> list[Path]:
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
-    return files[:max_per_class]
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                       and not e.name.startswith(".") and e.is_file())
+    return [folder / name for name in names[:max_per_class]]
 
 
 def _listing(root: Path, max_per_class: int | None) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
