@@ -16,8 +16,11 @@ from torch import nn
 from shallowdeep.analysis import confusion_report, confusion_scores, error_auroc, overthinking
 from shallowdeep.analysis.gradcam import disagreements, gradcam
 from shallowdeep.attach import attach
+from shallowdeep.build import build_sdn
 from shallowdeep.cli import main
+from shallowdeep.data import batches, load_dataset
 from shallowdeep.errors import UserError
+from shallowdeep.io import atomic_torch_save, atomic_write_json
 from shallowdeep.outputs import ExitOutputs, load_outputs
 from shallowdeep.run import open_run
 
@@ -38,10 +41,6 @@ BACKBONE = textwrap.dedent('''
 
 def make_tiny_run(path: Path, epochs: int = 3) -> Path:
     """A run folder written by hand: a small CNN with ICs, trained briefly on the embedded digits."""
-    from shallowdeep.build import build_sdn
-    from shallowdeep.data import batches, load_dataset
-    from shallowdeep.io import atomic_torch_save, atomic_write_json
-
     path.mkdir(parents=True, exist_ok=True)
     (path / "backbone.py").write_text(BACKBONE)
     data = {"name": "digits", "data_dir": None}
@@ -52,7 +51,8 @@ def make_tiny_run(path: Path, epochs: int = 3) -> Path:
     optimiser = torch.optim.Adam(net.parameters(), 3e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
-        for x, y in batches(splits.train, splits.spec, 64, train=False, shuffle=True, device="cpu", generator=generator):
+        for x, y in batches(splits.train, splits.spec, 64, train=False, shuffle=True, device="cpu",
+                            generator=generator):
             loss = sum(F.cross_entropy(out, y) for out in net(x))
             optimiser.zero_grad()
             loss.backward()
@@ -62,9 +62,15 @@ def make_tiny_run(path: Path, epochs: int = 3) -> Path:
     return path
 
 
+def shared_tiny_run(tmp_path_factory) -> Path:
+    """One tiny run per test session, built by whichever test module asks first."""
+    path = tmp_path_factory.getbasetemp() / "shared-tiny-run"
+    return path if (path / "checkpoint.pt").is_file() else make_tiny_run(path)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("runs") / "tiny")
+    return shared_tiny_run(tmp_path_factory)
 
 
 def direct_softmax(row) -> list[float]:
@@ -160,7 +166,8 @@ def test_overthinking_on_a_hand_worked_example():
     confidence = lambda a: math.exp(a) / (math.exp(a) + 2)  # noqa: E731 - logit a on one class of three
     assert destructive["per_ic"][0] == {"exit": 0, "name": "a", "count": 2,
                                         "mean_confidence": pytest.approx((confidence(1) + confidence(2)) / 2)}
-    assert destructive["per_ic"][1] == {"exit": 1, "name": "b", "count": 1, "mean_confidence": pytest.approx(confidence(0.5))}
+    assert destructive["per_ic"][1] == {"exit": 1, "name": "b", "count": 1,
+                                        "mean_confidence": pytest.approx(confidence(0.5))}
     json.dumps(result)  # JSON-ready
 
 

@@ -21,14 +21,14 @@ from shallowdeep.outputs import load_outputs
 from shallowdeep.report import write_report
 from shallowdeep.report.tradeoff import maxprob_curve
 from shallowdeep.run import open_run
-from test_analysis import make_tiny_run
+from test_analysis import shared_tiny_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_report.sh"
 
 
 @pytest.fixture(scope="module")
 def reported_run(tmp_path_factory) -> tuple[Path, Path]:
-    run = make_tiny_run(tmp_path_factory.mktemp("runs") / "tiny")
+    run = shared_tiny_run(tmp_path_factory)
     return run, write_report(run, gradcam_samples=3, examples_per_exit=3)
 
 
@@ -131,7 +131,8 @@ def test_report_command(reported_run, tmp_path, capsys):
 def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     run, _ = reported_run
     shot = tmp_path / "shot.png"
-    done = subprocess.run(["bash", str(SCRIPT), str(run), str(shot), "2400"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(["bash", str(SCRIPT), str(run), str(shot), "2400"], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     image = np.asarray(Image.open(shot).convert("L"))
     assert image.shape == (2400, 1280)

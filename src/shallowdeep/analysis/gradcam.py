@@ -34,7 +34,10 @@ TARGET = "gradcam_target"
 
 
 def disagreements(correct: np.ndarray, exit_index: int = 0) -> np.ndarray:
-    """Indices of the samples exit ``exit_index`` gets right and the final head wrong; ``correct`` is (exits, samples)."""
+    """Indices of the samples exit ``exit_index`` gets right and the final head wrong.
+
+    ``correct`` is the (exits, samples) boolean array of ``ExitOutputs.correct``.
+    """
     correct = np.asarray(correct, dtype=bool)
     return np.flatnonzero(correct[exit_index] & ~correct[-1])
 
@@ -72,7 +75,8 @@ class _ExitModel(nn.Module):
         if exit_index < last:
             self.path = nn.Sequential(*net.segments[: exit_index + 1], net.ics[exit_index])
             self.layer: nn.Module = net.segments[exit_index]
-            self.layer_name = f"output of segment {exit_index} ({net.exit_names[exit_index]}), read by IC {exit_index + 1}"
+            where = net.exit_names[exit_index]
+            self.layer_name = f"output of segment {exit_index} ({where}), read by IC {exit_index + 1}"
             return
         inputs = [example]
         with torch.no_grad():

@@ -23,7 +23,8 @@ def logit_stack(outputs: Any) -> np.ndarray:
             raise UserError("no exit outputs given: pass the logits of every exit, the final head last")
         shapes = {p.shape for p in parts}
         if len(shapes) != 1 or parts[0].ndim != 2:
-            raise UserError(f"every exit's logits must be one (samples, classes) array of the same shape, got {sorted(shapes)}")
+            raise UserError("every exit's logits must be one (samples, classes) array of the same shape, "
+                            f"got {sorted(shapes)}")
         stack = np.stack(parts)
     else:
         stack = _to_numpy(outputs)

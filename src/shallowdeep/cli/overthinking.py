@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
                      per_ic["count"] if per_ic else "-",
                      f"{per_ic['mean_confidence']:.3f}" if per_ic and per_ic["mean_confidence"] is not None else "-"))
     rows.append(("-", "none", "-", f"{100 * dist['none_share']:.2f}", "-", "-"))
-    print(table(["exit", "name", "accuracy %", "earliest correct %", "rescues final's mistakes", "mean confidence"], rows))
+    headers = ["exit", "name", "accuracy %", "earliest correct %", "rescues final's mistakes", "mean confidence"]
+    print(table(headers, rows))
     share = destructive["share_of_mistakes"]
     print(f"wasteful: {100 * result['wasteful']['share']:.2f}% of {result['samples']} {args.split} samples are already "
           f"right before the final head")

@@ -12,7 +12,8 @@ from ..outputs import load_outputs, load_run_data
 from ..run import open_run
 from . import html
 from .context import ReportContext
-from .sections import backdoor_section, confusion_section, exits_section, gradcam_section, overthinking_section, tradeoff_section
+from .external import backdoor_section, tradeoff_section
+from .sections import confusion_section, exits_section, gradcam_section, overthinking_section
 
 REPORT_DIR = "report"
 FIGURES = ("accuracy", "tradeoff", "earliest_exit", "examples", "destructive", "confusion", "gradcam")
