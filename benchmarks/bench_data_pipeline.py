@@ -3,7 +3,8 @@
 Pipeline: the decoded uint8 cache -> random crop + flip -> normalise -> batches of 128 on the device, one
 epoch of CIFAR-10's training split (the JPEG copy at .cache/data/cifar10-jpeg, or --data-dir; synthetic
 uint8 data of the same shape when absent). Training: forward + backward + SGD step of ResNet-56 at the same
-batch size. The two are measured in alternation, --rounds times, and their medians compared. The claim: the pipeline is at least 20 times faster than training, so it never starves the GPU.
+batch size. The two are measured in alternation, --rounds times, and their medians compared. The claim:
+the pipeline is at least 20 times faster than training, so it never starves the accelerator.
 
     python benchmarks/bench_data_pipeline.py [--device cuda] [--data-dir PATH] [--train-steps 20]
 
@@ -42,9 +43,11 @@ def sync(device: torch.device) -> None:
 def load_source(data_dir: Path) -> tuple[ImageData, DatasetSpec, dict]:
     """The training split and spec, with the times to decode the source and to read the decoded cache."""
     if not data_dir.is_dir():
-        images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-        data = ImageData(images, torch.randint(0, 10, (50_000,), generator=torch.Generator().manual_seed(1)))
-        return data, CIFAR10_SPEC, {"source": "synthetic", "note": f"{data_dir} absent: synthetic uint8 data, same shape"}
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, generator=generator)
+        data = ImageData(images, torch.randint(0, 10, (50_000,), generator=generator))
+        note = f"{data_dir} absent: synthetic uint8 data of CIFAR-10's shape"
+        return data, CIFAR10_SPEC, {"source": "synthetic", "note": note}
     with tempfile.TemporaryDirectory() as cache_dir:  # a fresh cache: the first load decodes every JPEG
         start = time.perf_counter()
         load_dataset("imagefolder", data_dir, holdout_fraction=0.0, cache_dir=cache_dir)

@@ -64,8 +64,8 @@ def write_cifar100(folder, n_train=6, n_test=4, seed=1):
     splits = {}
     for split, n in (("train", n_train), ("test", n_test)):
         fine = rng.integers(0, 100, n)
-        splits[split] = {"data": random_rows(rng, n), "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist(),
-                         "filenames": ["x.png"] * n, "batch_label": split}
+        splits[split] = {"data": random_rows(rng, n), "fine_labels": fine.tolist(),
+                         "coarse_labels": (fine // 5).tolist(), "filenames": ["x.png"] * n, "batch_label": split}
         write_pickle(folder / split, splits[split])
     return splits
 
@@ -415,6 +415,8 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, monkeypat
     assert len(list(cache_dir.glob("imagefolder-*.npz"))) == 1  # the stale file is gone
     load_dataset("imagefolder", tmp_path / "data", holdout_fraction=0.0, image_size=4)
     assert len(calls) == 3  # options are part of the key
+    load_dataset("imagefolder", tmp_path / "data", holdout_fraction=0.0)
+    assert len(calls) == 3  # ... and each option set keeps its own file
 
 
 def test_cache_files_hold_plain_arrays_and_survive_corruption(tmp_path):

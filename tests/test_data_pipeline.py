@@ -91,7 +91,8 @@ def test_color_jitter_matches_per_image_reference():
 def test_normalize_uint8_and_float():
     x = images(n=3)
     mean, std = (0.5, 0.25, 0.75), (0.2, 0.4, 0.1)
-    expected = (x.double() / 255 - torch.tensor(mean).double().view(1, 3, 1, 1)) / torch.tensor(std).double().view(1, 3, 1, 1)
+    mean_t, std_t = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (mean, std))
+    expected = (x.double() / 255 - mean_t) / std_t
     out = normalize(x, mean, std)
     assert out.dtype == torch.float32 and torch.allclose(out.double(), expected, atol=1e-5)
     unit = x.float() / 255
@@ -115,7 +116,8 @@ def test_eval_batches_are_ordered_and_exactly_normalised():
     assert [len(y) for _, y in out] == [4, 4, 2]
     assert torch.equal(torch.cat([y for _, y in out]), torch.arange(10))
     assert torch.allclose(torch.cat([b for b, _ in out]), normalize(x, spec.mean, spec.std))
-    assert [len(y) for _, y in batches(data, spec, 4, train=False, shuffle=False, device="cpu", drop_last=True)] == [4, 4]
+    dropped = batches(data, spec, 4, train=False, shuffle=False, device="cpu", drop_last=True)
+    assert [len(y) for _, y in dropped] == [4, 4]
 
 
 def test_train_batches_are_reproducible_augmented_and_shuffled():
@@ -149,7 +151,8 @@ def test_jitter_follows_spec_and_channels_last():
     assert torch.allclose(plain, normalize(x, spec_for().mean, spec_for().std))
     jittered = next(batches(data, spec_for(pad=0, flip=False, jitter=True), 4, train=True, shuffle=False,
                             device="cpu", generator=torch.Generator().manual_seed(0)))[0]
-    expected = normalize(color_jitter(x, JITTER_STRENGTH, torch.Generator().manual_seed(0)), spec_for().mean, spec_for().std)
+    spec = spec_for()
+    expected = normalize(color_jitter(x, JITTER_STRENGTH, torch.Generator().manual_seed(0)), spec.mean, spec.std)
     assert torch.allclose(jittered, expected) and not torch.allclose(jittered, plain)
     cl = next(batches(data, spec_for(), 4, train=False, shuffle=False, device="cpu", channels_last=True))[0]
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.allclose(cl, plain)

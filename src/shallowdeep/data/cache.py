@@ -1,9 +1,9 @@
 """Decode once: a uint8 array cache on disk, keyed by a fingerprint of the source files.
 
 A cache file is an uncompressed ``.npz`` (read with ``allow_pickle=False``) named
-``<name>-<root key>-<fingerprint>.npz``. The fingerprint hashes the reader options and every source file's
-path (relative to the data root), size and modification time, so any change to the source gives a new
-file; the older file of the same data set and root is then deleted.
+``<name>-<key>-<fingerprint>.npz``. The key hashes the data root and the reader options; the fingerprint
+also hashes every source file's path (relative to the root), size and modification time, so any change to
+the source gives a new file, and the older file with the same name and key is then deleted.
 """
 
 from __future__ import annotations
@@ -73,10 +73,14 @@ def _load(path: Path) -> RawDataset | None:
 
 def cached(cache_dir: str | Path, name: str, root: Path, files: list[Path], options: dict,
            build: Callable[[], RawDataset]) -> RawDataset:
-    """The data set from the cache when the fingerprint matches; else ``build()`` it and store it."""
+    """The data set from the cache when the fingerprint matches; else ``build()`` it and store it.
+
+    ``files`` are the source files ``build`` reads, ``options`` (JSON-able) the reader options.
+    """
     cache_dir = Path(cache_dir).expanduser()
-    root_key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
-    path = cache_dir / f"{name}-{root_key}-{fingerprint(root, files, options)[:16]}.npz"
+    key = json.dumps([str(Path(root).resolve()), options], sort_keys=True)
+    prefix = f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}-"
+    path = cache_dir / f"{prefix}{fingerprint(root, files, options)[:16]}.npz"
     if path.is_file() and (data := _load(path)) is not None:
         return data
     data = build()
@@ -84,7 +88,7 @@ def cached(cache_dir: str | Path, name: str, root: Path, files: list[Path], opti
         _save(path, data)
     except OSError as err:
         raise UserError(f"cannot write the data cache {path} ({err}); pass another cache_dir") from None
-    for stale in cache_dir.glob(f"{name}-{root_key}-*.npz"):
+    for stale in cache_dir.glob(f"{prefix}*.npz"):
         if stale != path:
             stale.unlink(missing_ok=True)
     return data

@@ -27,9 +27,11 @@ class CifarLayout:
 
 CIFAR_LAYOUTS = {
     "cifar10": CifarLayout("cifar-10-batches-py", "batches.meta",
-                           "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+                           "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                           "c58f30108f718f92721af3b95e74349a"),
     "cifar100": CifarLayout("cifar-100-python", "meta",
-                            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
+                            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                            "eb9058c3a382ffc7106e4002c42a8d85"),
 }
 _EXPECTED = {"cifar10": "data_batch_1..5, test_batch, batches.meta", "cifar100": "train, test, meta"}
 
@@ -61,7 +63,7 @@ def download_cifar(name: str, root: str | Path) -> Path:
         return folder
     extract_tar(fetch_verified(layout.url, layout.md5, _where_to_put(name, root)), root)
     if not (folder / layout.marker).is_file():
-        raise UserError(f"the {name} archive did not contain {layout.folder}/{layout.marker}; {_where_to_put(name, root)}")
+        raise UserError(f"the {name} archive has no {layout.folder}/{layout.marker}; {_where_to_put(name, root)}")
     return folder
 
 

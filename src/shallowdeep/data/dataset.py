@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+
+import torch
 
 from shallowdeep.data.cache import cached, default_cache_dir
 from shallowdeep.data.cifar import cifar_files, download_cifar, locate_cifar, read_cifar10, read_cifar100
@@ -41,18 +44,18 @@ def _decode(name: str, data_dir: str | Path | None, download: bool, cache_dir: s
     if name in ("cifar10", "cifar100"):
         folder = locate_cifar(name, data_dir)
         files, options = cifar_files(name, folder), {"coarse_labels": coarse_labels}
-        build = (lambda: read_cifar100(folder, coarse_labels)) if name == "cifar100" else (lambda: read_cifar10(folder))
+        build = partial(read_cifar100, folder, coarse_labels) if name == "cifar100" else partial(read_cifar10, folder)
     elif name == "tinyimagenet":
         folder = locate_tinyimagenet(data_dir)
-        files, options, build = tinyimagenet_files(folder), {}, lambda: read_tinyimagenet(folder)
+        files, options, build = tinyimagenet_files(folder), {}, partial(read_tinyimagenet, folder)
     else:
         folder = data_dir
         files, options = imagefolder_files(folder), {"image_size": image_size}
-        build = lambda: read_imagefolder(folder, image_size)  # noqa: E731
+        build = partial(read_imagefolder, folder, image_size)
     return cached(cache_dir, name, folder, files, options, build)
 
 
-def _spec(name: str, raw: RawDataset, train_images) -> DatasetSpec:
+def _spec(name: str, raw: RawDataset, train_images: torch.Tensor) -> DatasetSpec:
     size = raw.train.images.shape[-1]
     mean, std = KNOWN_STATS[name] if name in KNOWN_STATS else channel_stats(train_images)
     return DatasetSpec(name=name, num_classes=len(raw.classes), input_size=size, classes=list(raw.classes),

@@ -35,7 +35,8 @@ def shard(order: torch.Tensor, rank: int, world_size: int, drop_last: bool) -> t
 
 def batches(data: ImageData, spec: DatasetSpec, batch_size: int, *, train: bool, shuffle: bool,
             device: torch.device | str, generator: torch.Generator | None = None, drop_last: bool = False,
-            rank: int = 0, world_size: int = 1, channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            rank: int = 0, world_size: int = 1,
+            channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (normalised float32 images, int64 labels) batches on ``device`` for one epoch.
 
     ``train`` turns on the spec's augmentation (crop + flip, jitter where the spec asks). The whole uint8
