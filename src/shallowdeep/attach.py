@@ -26,6 +26,7 @@ from .heads import InternalClassifier
 from .sdn import SDN
 
 PAPER_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
+MAX_AUTO_FRACTION = 0.97
 
 
 @dataclass
@@ -119,9 +120,10 @@ def place_exits(points: Sequence[CutPoint], total_flops: int, fractions: Sequenc
     """The distinct cut points closest in FLOPs to each fraction of ``total_flops``, in depth order.
 
     Among points of equal cost the deepest is taken (the output of a block rather than of the
-    convolution inside it).
+    convolution inside it). Points past ``MAX_AUTO_FRACTION`` of the cost (after the last
+    convolution, say) are never chosen: an IC there could save nothing.
     """
-    usable = [p for p in points if 0 < p.flops < total_flops]
+    usable = [p for p in points if 0 < p.flops < MAX_AUTO_FRACTION * total_flops]
     if not usable:
         raise UserError("the model has no point where it can be split before its last layer")
     chosen: dict[int, CutPoint] = {}
