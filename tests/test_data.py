@@ -487,6 +487,22 @@ def test_channel_stats_matches_numpy():
     assert np.allclose(mean, pixels.mean(axis=(0, 2, 3))) and np.allclose(std, pixels.std(axis=(0, 2, 3)))
 
 
+def test_cifar10_copy_in_image_folder_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in reversed(CIFAR10_NAMES):
+            write_image(tmp_path / split / cls / "0.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    splits = load_dataset("cifar10", tmp_path, holdout_fraction=0.0)
+    assert splits.spec.classes == CIFAR10_NAMES and splits.spec.mean == (0.485, 0.456, 0.406)
+    assert sorted(splits.train.labels.tolist()) == list(range(10))
+    for split in ("train", "test"):
+        (tmp_path / split / "truck").rename(tmp_path / split / "lorry")
+    with pytest.raises(UserError, match="not a cifar10 copy"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(UserError, match="not a cifar100 copy"):
+        load_dataset("cifar100", tmp_path)
+
+
 def test_load_dataset_bad_arguments_are_one_line_user_errors(tmp_path):
     cases = [
         dict(name="mnist", data_dir=tmp_path),

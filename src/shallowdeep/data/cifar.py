@@ -33,6 +33,7 @@ CIFAR_LAYOUTS = {
                             "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                             "eb9058c3a382ffc7106e4002c42a8d85"),
 }
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _EXPECTED = {"cifar10": "data_batch_1..5, test_batch, batches.meta", "cifar100": "train, test, meta"}
 
 
@@ -42,14 +43,19 @@ def _where_to_put(name: str, root: Path) -> str:
             f" (or pass download=True)")
 
 
-def locate_cifar(name: str, root: str | Path) -> Path:
-    """The folder holding ``name``'s files: ``root`` itself or ``root/<official folder name>``."""
+def find_cifar(name: str, root: str | Path) -> Path | None:
+    """The folder holding ``name``'s official files: ``root`` itself or ``root/<official folder name>``."""
     root = Path(root).expanduser()
     layout = CIFAR_LAYOUTS[name]
-    for folder in (root, root / layout.folder):
-        if (folder / layout.marker).is_file():
-            return folder
-    raise UserError(f"no {name} files under {root}: {_where_to_put(name, root)}")
+    return next((f for f in (root, root / layout.folder) if (f / layout.marker).is_file()), None)
+
+
+def locate_cifar(name: str, root: str | Path) -> Path:
+    """Like :func:`find_cifar`, but a UserError telling where to put the files when they are absent."""
+    folder = find_cifar(name, root)
+    if folder is None:
+        raise UserError(f"no {name} files under {root}: {_where_to_put(name, Path(root).expanduser())}")
+    return folder
 
 
 def download_cifar(name: str, root: str | Path) -> Path:

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from shallowdeep.data.cache import cached, default_cache_dir
-from shallowdeep.data.cifar import cifar_files, download_cifar, locate_cifar, read_cifar10, read_cifar100
+from shallowdeep.data.cifar import (CIFAR10_CLASSES, cifar_files, download_cifar, find_cifar, locate_cifar, read_cifar10,
+                                   read_cifar100)
 from shallowdeep.data.containers import DatasetSpec, RawDataset, Splits
 from shallowdeep.data.digits import read_digits
 from shallowdeep.data.imagefolder import imagefolder_files, read_imagefolder
@@ -41,18 +42,34 @@ def _decode(name: str, data_dir: str | Path | None, download: bool, cache_dir: s
     if not data_dir.is_dir():
         raise UserError(f"data directory {data_dir} does not exist")
     cache_dir = default_cache_dir(data_dir) if cache_dir is None else cache_dir
-    if name in ("cifar10", "cifar100"):
+    if name in ("cifar10", "cifar100") and (find_cifar(name, data_dir) or not _is_image_folder(data_dir)):
         folder = locate_cifar(name, data_dir)
         files, options = cifar_files(name, folder), {"coarse_labels": coarse_labels}
         build = partial(read_cifar100, folder, coarse_labels) if name == "cifar100" else partial(read_cifar10, folder)
     elif name == "tinyimagenet":
         folder = locate_tinyimagenet(data_dir)
         files, options, build = tinyimagenet_files(folder), {}, partial(read_tinyimagenet, folder)
-    else:
+    else:  # an image folder, or a CIFAR copy laid out as one
         folder = data_dir
         files, options = imagefolder_files(folder), {"image_size": image_size}
         build = partial(read_imagefolder, folder, image_size)
-    return cached(cache_dir, name, folder, files, options, build)
+    raw = cached(cache_dir, name, folder, files, options, build)
+    if name in ("cifar10", "cifar100") and build.func is read_imagefolder:
+        _check_cifar_copy(name, raw, folder, coarse_labels)
+    return raw
+
+
+def _is_image_folder(path: Path) -> bool:
+    return (path / "train").is_dir() and (path / "test").is_dir()
+
+
+def _check_cifar_copy(name: str, raw: RawDataset, folder: Path, coarse_labels: bool) -> None:
+    """A CIFAR copy in image-folder layout (e.g. the JPEG copy) must have 32x32 images and the official class
+    folders, whose sorted names give the official label order."""
+    classes_ok = raw.classes == list(CIFAR10_CLASSES) if name == "cifar10" else len(raw.classes) == 100
+    if raw.train.images.shape[-1] != 32 or not classes_ok or coarse_labels:
+        raise UserError(f"{folder} is not a {name} copy: expected 32x32 images in the official "
+                        f"{len(CIFAR10_CLASSES) if name == 'cifar10' else 100} class folders (fine labels only)")
 
 
 def _spec(name: str, raw: RawDataset, train_images: torch.Tensor) -> DatasetSpec:
@@ -74,6 +91,9 @@ def load_dataset(name: str, data_dir: str | Path | None, *, holdout_fraction: fl
       not depend on ``limit``.
     - Decoded images are cached under ``cache_dir`` (default ``<data_dir>/.shallowdeep-cache``) and
       decoded again only when the source files change.
+    - CIFAR-10/100 are read from the official pickles (``data_dir`` or ``data_dir/cifar-10-batches-py``),
+      or from a copy in image-folder layout (``data_dir/{train,test}/<class>/``, e.g. the JPEG copy), whose
+      sorted class folders are the official classes in official order.
     - ``download`` fetches CIFAR-10/100 when absent. ``image_size`` (imagefolder only) resizes every image
       to a square; ``coarse_labels`` (cifar100 only) uses the 20 superclasses.
     - Normalisation: the paper's statistics for CIFAR and Tiny ImageNet; imagefolder and digits use the mean
