@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     device = torch.device(args.device)
-    data = dict(name="imagefolder", data_dir=args.data_dir, limit=args.limit, normalization="imagenet")
+    data = dict(name="cifar10", data_dir=args.data_dir, limit=args.limit)
     splits = load_dataset(**data)
     state = extract_state_dict(load_checkpoint_file(args.weights))
     spec = {"factory": f"{REPO / 'examples' / 'akamaster_resnet.py'}:resnet56", "exits": None,

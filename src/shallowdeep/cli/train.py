@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import models
 from ..data import DATASETS
+from ..data.dataset import NORMALIZATIONS
 from ..errors import UserError
 from ..train import MODES, Interrupted, TrainConfig, default_recipe, new_run, resume_run, scale_milestones
 from ..train.distributed import init_from_env
@@ -38,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--download", action="store_true", help="download the data set when it is missing")
     g.add_argument("--holdout-fraction", type=float, default=0.1, help="share of the training set held out")
     g.add_argument("--limit", type=int, help="train on the first N training images only")
+    g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
+                   help="input mean/std: the paper's per data set, ImageNet's, or the training split's own")
     g = p.add_argument_group("recipe (defaults: the paper's for --mode)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--lr", type=float)
@@ -119,7 +122,7 @@ def _start(args: argparse.Namespace, device, dist, log):
                       cache_budget_gb=args.cache_budget_gb, amp=not args.no_amp, compile=args.compile)
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
-            "download": args.download}
+            "download": args.download, "normalization": args.normalization}
     return new_run(args.out, data, model, cfg, pretrained=args.pretrained, device=device, dist=dist,
                    progress=progress_bar, on_epoch=log)
 

@@ -72,16 +72,24 @@ def _check_cifar_copy(name: str, raw: RawDataset, folder: Path, coarse_labels: b
                         f"{len(CIFAR10_CLASSES) if name == 'cifar10' else 100} class folders (fine labels only)")
 
 
-def _spec(name: str, raw: RawDataset, train_images: torch.Tensor) -> DatasetSpec:
+NORMALIZATIONS = ("paper", "imagenet", "dataset")
+
+
+def _spec(name: str, raw: RawDataset, train_images: torch.Tensor, normalization: str) -> DatasetSpec:
     size = raw.train.images.shape[-1]
-    mean, std = KNOWN_STATS[name] if name in KNOWN_STATS else channel_stats(train_images)
+    if normalization == "imagenet":
+        mean, std = KNOWN_STATS["cifar10"]
+    elif normalization == "paper" and name in KNOWN_STATS:
+        mean, std = KNOWN_STATS[name]
+    else:
+        mean, std = channel_stats(train_images)
     return DatasetSpec(name=name, num_classes=len(raw.classes), input_size=size, classes=list(raw.classes),
                        mean=mean, std=std, pad=size // 8, jitter=size >= 64, flip=name != "digits")
 
 
 def load_dataset(name: str, data_dir: str | Path | None, *, holdout_fraction: float = 0.1, seed: int = 0,
                  limit: int | None = None, download: bool = False, cache_dir: str | Path | None = None,
-                 image_size: int | None = None, coarse_labels: bool = False) -> Splits:
+                 image_size: int | None = None, coarse_labels: bool = False, normalization: str = "paper") -> Splits:
     """Load ``name`` (one of :data:`DATASETS`) from ``data_dir`` as train / holdout / test splits.
 
     - The holdout is a seeded random ``holdout_fraction`` of the official training set; the test split is
@@ -96,9 +104,12 @@ def load_dataset(name: str, data_dir: str | Path | None, *, holdout_fraction: fl
       sorted class folders are the official classes in official order.
     - ``download`` fetches CIFAR-10/100 when absent. ``image_size`` (imagefolder only) resizes every image
       to a square; ``coarse_labels`` (cifar100 only) uses the 20 superclasses.
-    - Normalisation: the paper's statistics for CIFAR and Tiny ImageNet; imagefolder and digits use the mean
-      and std of their training split.
+    - ``normalization``: "paper" (default): the paper's statistics for CIFAR and Tiny ImageNet, the training
+      split's own mean and std for imagefolder and digits; "imagenet": ImageNet's mean and std (for networks
+      pretrained that way); "dataset": the training split's own mean and std.
     """
+    if normalization not in NORMALIZATIONS:
+        raise UserError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
     if name not in DATASETS:
         raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if image_size is not None and (name != "imagefolder" or image_size < 1):
@@ -109,7 +120,7 @@ def load_dataset(name: str, data_dir: str | Path | None, *, holdout_fraction: fl
         raise UserError(f"limit must be a positive number of images, got {limit}")
     raw = _decode(name, data_dir, download, cache_dir, image_size, coarse_labels)
     train, holdout = carve_holdout(raw.train, holdout_fraction, seed)
-    spec = _spec(name, raw, train.images)
+    spec = _spec(name, raw, train.images, normalization)
     if limit is not None:
         train = train.subset(slice(0, limit))
     return Splits(spec=spec, train=train, holdout=holdout, test=raw.test)
