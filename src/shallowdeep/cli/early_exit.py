@@ -24,7 +24,6 @@ from ..errors import UserError
 from ..exits import DEFAULT_MAX_DROP, POLICIES, calibrate, early_exit_result
 from ..io import atomic_write_bytes, atomic_write_json
 from ..outputs import ExitOutputs, compute_outputs, load_outputs, load_run_data
-from ..report.plots import tradeoff_plot
 from ..run import Run, open_run
 from ._common import add_device_argument, resolve_device, table
 
@@ -130,6 +129,8 @@ def _short(value: Any) -> str:
 
 
 def _plot(result: dict[str, Any]) -> bytes:
+    from ..report.plots import tradeoff_plot  # matplotlib is loaded only when a figure is drawn
+
     test, curve = result["test"], result["curve"]["test"]
     point = lambda s: (s["flops_fraction"], s["accuracy"])  # noqa: E731
     label = f"{result['policy']} policy, threshold chosen on {result['calibrated_on']['split']} data"

@@ -1,0 +1,134 @@
+"""The early-exit command end to end on a tiny trained run, and the early-exit benchmark (not timed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shallowdeep.cli import main
+from shallowdeep.data import batches, load_dataset
+from shallowdeep.exits import calibrate, make_policy, simulate
+from shallowdeep.outputs import load_outputs
+from shallowdeep.run import open_run
+from test_analysis import make_tiny_run
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_early_exit.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids thread-pool stalls on a busy two-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("runs") / "tiny", epochs=2)
+
+
+def early_exit_json(run: Path, *options: str) -> dict:
+    assert main(["early-exit", str(run), "--device", "cpu", *options]) == 0
+    return json.loads((run / "early-exit.json").read_text())
+
+
+def test_command_calibrates_on_holdout_and_reports_what_the_engine_does_on_test(tiny_run, capsys):
+    result = early_exit_json(tiny_run, "--max-drop", "0.05")
+    run = open_run(tiny_run)
+    holdout, test = load_outputs(run, "holdout"), load_outputs(run, "test")
+    assert result["calibrated_on"] == {"source": "run", "dataset": "digits", "data_dir": None, "split": "holdout",
+                                       "samples": 144}
+    assert result["policy"] == "maxprob" and result["criterion"] == {"max_drop": 0.05}
+    assert result["threshold"] == calibrate(holdout, "maxprob", max_drop=0.05).threshold
+    assert result["calibration"]["final_head"]["accuracy"] - result["calibration"]["early_exit"]["accuracy"] <= 0.05
+
+    # the recorded test figures are what the batched engine does on the real test images
+    splits = load_dataset("digits", None)
+    x = torch.cat([b for b, _ in batches(splits.test, splits.spec, 512, train=False, shuffle=False, device="cpu")])
+    net = run.load_net("cpu")
+    predictions, exits, flops = net.early_exit(x, threshold=result["threshold"])
+    recorded = result["test"]["early_exit"]
+    assert recorded["accuracy"] == pytest.approx((predictions == splits.test.labels).double().mean().item())
+    assert recorded["average_flops"] == pytest.approx(flops.double().mean().item())
+    assert recorded["flops_fraction"] == pytest.approx(flops.double().mean().item() / net.backbone_flops)
+    assert recorded["exit_shares"] == pytest.approx(np.bincount(exits.numpy(), minlength=4) / len(x))
+    assert result["test"]["final_head"]["accuracy"] == pytest.approx(test.correct[-1].mean())
+    assert result["exit_flops"] == net.exit_flops and result["backbone_flops"] == net.backbone_flops
+    assert result["exit_names"] == ["1", "4", "6", "final"]
+
+    curve = result["curve"]["test"]
+    assert len(curve["thresholds"]) == len(curve["accuracy"]) == len(curve["flops_fraction"]) > 20
+    q = curve["thresholds"][len(curve["thresholds"]) // 2]
+    middle = simulate(test, make_policy("maxprob", q))
+    assert curve["accuracy"][len(curve["thresholds"]) // 2] == pytest.approx((middle.predictions == test.labels).mean())
+    png = (tiny_run / "early-exit.png").read_bytes()
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+    out = capsys.readouterr().out
+    assert "holdout" in out and "early exit" in out and "oracle" in out and f"{result['threshold']:.6g}" in out
+
+
+def test_budget_and_other_policies(tiny_run):
+    result = early_exit_json(tiny_run, "--budget", "0.3", "--policy", "entropy")
+    assert result["criterion"] == {"budget": 0.3} and result["policy"] == "entropy"
+    assert result["calibration"]["early_exit"]["flops_fraction"] <= 0.3
+    result = early_exit_json(tiny_run, "--policy", "patience", "--calibration-split", "train")
+    assert result["policy"] == "patience" and result["threshold"] == int(result["threshold"])
+    assert result["calibrated_on"]["split"] == "train" and result["calibrated_on"]["samples"] == 1294
+
+
+def test_the_test_set_never_chooses_the_threshold(tiny_run, tmp_path, capsys):
+    (tiny_run / "early-exit.json").unlink(missing_ok=True)
+    for split in ("test", "all"):
+        assert main(["early-exit", str(tiny_run), "--calibration-split", split, "--device", "cpu"]) == 2
+        assert "test set" in capsys.readouterr().err
+    # naming the run's own data set as separate calibration data does not get around it: it is the run's data
+    options = ["--calibration-data", str(tmp_path), "--calibration-dataset", "digits"]
+    assert main(["early-exit", str(tiny_run), *options, "--calibration-split", "all", "--device", "cpu"]) == 2
+    assert "test set" in capsys.readouterr().err
+    assert not (tiny_run / "early-exit.json").exists()
+    recorded = early_exit_json(tiny_run, *options)["calibrated_on"]
+    assert recorded["source"] == "run" and recorded["split"] == "holdout"
+    assert main(["early-exit", str(tiny_run), "--budget", "0.000001", "--device", "cpu"]) == 2
+    assert "budget" in capsys.readouterr().err
+
+
+def test_separate_calibration_data_is_used_and_recorded(tiny_run, tmp_path):
+    """The run's holdout images written as an image folder calibrate exactly as the holdout split does."""
+    holdout = load_dataset("digits", None).holdout
+    root = tmp_path / "calibration"
+    for i, (image, label) in enumerate(zip(holdout.images, holdout.labels.tolist())):
+        folder = root / ("train" if i % 2 else "test") / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    separate = early_exit_json(tiny_run, "--calibration-data", str(root), "--calibration-dataset", "imagefolder")
+    assert separate["calibrated_on"] == {"source": "separate", "dataset": "imagefolder", "data_dir": str(root),
+                                         "split": "all", "samples": len(holdout)}
+    own = early_exit_json(tiny_run)
+    assert separate["threshold"] == own["threshold"]
+    assert separate["calibration"] == own["calibration"]
+
+
+def test_benchmark_runs_on_a_tiny_run_and_writes_its_figures(tiny_run, tmp_path, capsys):
+    early_exit_json(tiny_run)
+    spec = importlib.util.spec_from_file_location("bench_early_exit", BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    output = tmp_path / "early_exit.json"
+    result = bench.main([str(tiny_run), "--device", "cpu", "--limit", "40", "--batch-sizes", "1,16",
+                         "--latency-images", "5", "--repeats", "1", "--output", str(output)])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(result))
+    assert set(result["throughput"]) == {"1", "16"}
+    average = result["flops"]["engine_average"]
+    assert result["throughput"]["16"]["predicted_speedup"] == pytest.approx(result["flops"]["backbone"] / average)
+    assert result["settings"]["images"] == 40 and result["batch1_latency_ms"]["images"] == 5
+    assert sum(result["flops"]["exit_shares"]) == pytest.approx(1.0)
+    assert "realised" in capsys.readouterr().out
