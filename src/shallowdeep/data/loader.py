@@ -20,17 +20,14 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False, world_size: in
     return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
 
-def shard(order: torch.Tensor, rank: int, world_size: int, drop_last: bool) -> torch.Tensor:
-    """Rank ``rank``'s share of the global ``order``: every ``world_size``-th index starting at ``rank``.
-
-    Shards have equal sizes: ``drop_last`` drops the tail that does not divide evenly, otherwise the order
-    wraps around to pad it (as ``torch.utils.data.DistributedSampler`` does).
-    """
+def padded(order: torch.Tensor, world_size: int, drop_last: bool) -> torch.Tensor:
+    """``order`` cut or padded to a multiple of ``world_size``: ``drop_last`` drops the tail that does not
+    divide evenly, otherwise the order wraps around to pad it (as ``DistributedSampler`` does)."""
     n = order.numel()
     total = n - n % world_size if drop_last else math.ceil(n / world_size) * world_size
     if total > n:
         order = order.repeat(math.ceil(total / n))
-    return order[:total][rank::world_size]
+    return order[:total]
 
 
 def batches(data: ImageData, spec: DatasetSpec, batch_size: int, *, train: bool, shuffle: bool,
@@ -66,13 +63,18 @@ def _epoch(data: ImageData, spec: DatasetSpec, batch_size: int, train: bool, shu
         order = torch.randperm(n, generator=generator, device=generator.device if generator is not None else "cpu")
     else:
         order = torch.arange(n)
-    mine = shard(order, rank, world_size, drop_last).to(device)
+    full = padded(order, world_size, drop_last).to(device)
+    step = batch_size * world_size
     for i in range(num_batches(n, batch_size, drop_last, world_size)):
-        index = mine[i * batch_size:(i + 1) * batch_size]
+        # The global batch is augmented on every rank and each rank keeps its share, so the random draws and
+        # therefore the training do not depend on the number of processes.
+        index = full[i * step:(i + 1) * step]
         x = images[index]
         if train:
             x = random_crop_flip(x, spec.pad, generator, flip=spec.flip)
             if spec.jitter:
                 x = color_jitter(x, JITTER_STRENGTH, generator)
+        if world_size > 1:
+            x, index = x[rank::world_size], index[rank::world_size]
         x = normalize(x, mean, std)
         yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), labels[index]

@@ -26,12 +26,18 @@ class DistInfo:
         """``net`` wrapped in DistributedDataParallel when there is more than one process."""
         if self.world_size == 1:
             return net
-        ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if device.type == "cuda":  # batch statistics over the global batch, as on one GPU
+            nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            return nn.parallel.DistributedDataParallel(net, device_ids=[device.index])
+        return nn.parallel.DistributedDataParallel(net)
 
 
 def init_from_env() -> DistInfo:
-    """Join the process group ``torchrun`` describes in the environment (NCCL on CUDA, else gloo)."""
+    """Join the process group ``torchrun`` describes in the environment (NCCL on CUDA, else gloo).
+
+    On CPU (gloo) batch norm keeps per-process statistics, so only runs whose batch norm is frozen
+    (IC-only) match a one-process run exactly; on CUDA batch norm is synchronised.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo()

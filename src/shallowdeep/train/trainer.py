@@ -195,6 +195,9 @@ def train(
                         save_checkpoint(run_dir, net, optimizer,
                                         State(epoch, step + 1, state.metrics, torch.get_rng_state()))
                     raise Interrupted(f"stopped at epoch {epoch + 1}, batch {step + 1}; checkpoint saved")
+            if dist.world_size > 1:
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= dist.world_size
             done_steps = max(1, steps - state.step)
             state.step, state.rng = 0, None
             row = {"epoch": epoch + 1, "lr": cfg.recipe.lr_at(epoch), "train_loss": loss_sum.item() / done_steps,
