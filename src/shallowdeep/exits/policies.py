@@ -15,6 +15,7 @@ threshold search share one definition.
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -109,6 +110,7 @@ class Patience(ExitPolicy):
     name: ClassVar[str] = "patience"
 
     def __post_init__(self) -> None:
+        _check_number(self)
         if not math.isfinite(self.threshold) or self.threshold < 1 or self.threshold != int(self.threshold):
             raise UserError(f"patience {self.threshold} must be a whole number of agreeing exits, at least 1")
 
@@ -135,7 +137,7 @@ class Patience(ExitPolicy):
 
 
 def _check_number(policy: ExitPolicy) -> None:
-    if not isinstance(policy.threshold, (int, float)) or math.isnan(policy.threshold):
+    if not isinstance(policy.threshold, numbers.Real) or math.isnan(policy.threshold):
         raise UserError(f"{policy.name} threshold must be a number, got {policy.threshold!r}")
 
 
