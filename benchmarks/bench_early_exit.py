@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
         realised = times["backbone"] / times["engine"]
         throughput[str(size)] = {
             "backbone_images_per_s": len(x) / times["backbone"], "engine_images_per_s": len(x) / times["engine"],
-            "realised_speedup": realised, "predicted_speedup": predicted, "realised_over_predicted": realised / predicted,
+            "realised_speedup": realised, "predicted_speedup": predicted,
+            "realised_over_predicted": realised / predicted,
         }
 
     latency = batch1_latency(net, engine, backbone, x, exits, args.latency_images, args.repeats, sync)

@@ -59,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
     run_splits = load_run_data(run_, **overrides) if overrides or args.calibration_data else None
     calibration, calibrated_on = _calibration_outputs(run_, args, run_splits, device)
-    test = load_outputs(run_, "test", device, splits=run_splits)
     policy = calibrate(calibration, args.policy, max_drop=args.max_drop, budget=args.budget)
+    test = load_outputs(run_, "test", device, splits=run_splits)
     criterion = {"budget": args.budget} if args.budget is not None else {
         "max_drop": DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop}
     exit_names = run_.config["model"].get("exits") or [f"IC {i + 1}" for i in range(len(test.exit_flops) - 1)]
-    result = {"run": str(args.run), **early_exit_result(policy, criterion, calibrated_on, calibration, test, exit_names)}
+    result = {"run": str(args.run),
+              **early_exit_result(policy, criterion, calibrated_on, calibration, test, exit_names)}
     atomic_write_json(run_.path / RESULT_JSON, result)
     atomic_write_bytes(run_.path / RESULT_PNG, _plot(result))
     _print(result)
@@ -146,7 +147,8 @@ def _print(result: dict[str, Any]) -> None:
             rows.append((split if name == "early_exit" else "", name.replace("_", " "), f"{100 * s['accuracy']:.2f}",
                          f"{s['average_flops'] / 1e6:.2f}", f"{s['flops_fraction']:.3f}"))
     print(table(["data", "", "accuracy %", "avg MFLOPs", "of backbone"], rows))
-    shares = "  ".join(f"{n}: {100 * s:.1f}%" for n, s in zip(result["exit_names"], result["test"]["early_exit"]["exit_shares"]))
+    shares = "  ".join(f"{n}: {100 * s:.1f}%"
+                       for n, s in zip(result["exit_names"], result["test"]["early_exit"]["exit_shares"]))
     print(f"test samples leaving at each exit: {shares}")
     source = result["calibrated_on"]
     criterion = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result["criterion"].items())
