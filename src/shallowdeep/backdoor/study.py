@@ -1,0 +1,342 @@
+"""The backdoor study end to end: a backdoored CNN, its SDN, and the figures.
+
+Layout of a study folder ``OUT`` (every ``*-cnn`` folder and ``OUT`` itself are ordinary runs)::
+
+    OUT/study.json              the study's settings (enough to resume it)
+    OUT/backdoored-cnn/         the CNN trained or fine-tuned on poisoned data (config.json records "poison")
+    OUT/clean-cnn/              the same recipe on clean data: the un-poisoned twin (clean baseline "train")
+    OUT/config.json, checkpoint.pt   the SDN: ICs trained on CLEAN data, the backdoored backbone frozen
+    OUT/backdoor.json, OUT/backdoor-*.png   the figures (the HTML report shows them)
+
+Every stage is skipped when finished and continued from its checkpoint when interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..build import build_sdn
+from ..data import ImageData, Splits, load_dataset
+from ..errors import UserError
+from ..exits import make_policy, simulate
+from ..io import atomic_write_bytes, atomic_write_json
+from ..outputs import ExitOutputs, compute_outputs, load_outputs
+from ..run import CHECKPOINT, CONFIG, Run, open_run
+from ..train import Recipe, TrainConfig, load_pretrained, new_run, resume_run
+from ..train.trainer import Progress, train
+from .metrics import accuracy, backdoor_figures
+from .plots import confusion_histogram, exit_plot
+from .poison import PoisonConfig, check_target, choose_poisoned, poison_splits, triggered_inputs
+from .trigger import TriggerSpec, build_trigger
+
+FORMAT = "shallowdeep-backdoor-1"
+STUDY = "study.json"
+BACKDOORED, CLEAN = "backdoored-cnn", "clean-cnn"
+BASELINES = ("train", "source", "none")
+PAPER = {"triggered_accuracy_cnn": 0.12, "triggered_accuracy_early_exit": 0.84,
+         "source": "Kaya et al., Shallow-Deep Networks (ICML 2019), BadNets backdoor on CIFAR-10"}
+TARGET_ASR, TARGET_CLEAN_POINTS = 0.9, 2.0
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class StudySettings:
+    """Everything a study needs; ``model`` is a model spec without classes and input shape (see
+    :mod:`shallowdeep.build`), ``data`` the keyword arguments of :func:`shallowdeep.data.load_dataset`."""
+
+    data: dict[str, Any]
+    model: dict[str, Any]
+    poison: PoisonConfig
+    cnn: TrainConfig  # the backdoored CNN's recipe (and its clean twin's)
+    ic: TrainConfig  # IC-only training on clean data
+    pretrained: str | None = None  # start the CNN from these weights (fine-tuning) instead of from scratch
+    clean_baseline: str = "train"  # train: a clean twin; source: the pretrained network; none
+    test_limit: int | None = None  # evaluate on the first N official test images only
+    policy: str = "maxprob"
+    max_drop: float = 0.01
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data, "model": self.model, "poison": self.poison.to_dict(),
+                "cnn": train_config_dict(self.cnn), "ic": train_config_dict(self.ic), "pretrained": self.pretrained,
+                "clean_baseline": self.clean_baseline, "test_limit": self.test_limit, "policy": self.policy,
+                "max_drop": self.max_drop}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudySettings:
+        try:
+            return cls(d["data"], d["model"], PoisonConfig.from_dict(d["poison"]), train_config(d["cnn"]),
+                       train_config(d["ic"]), d["pretrained"], d["clean_baseline"], d["test_limit"], d["policy"],
+                       d["max_drop"])
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{STUDY} is damaged ({exc!s:.100}); start the study again in a new folder") from exc
+
+
+def train_config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """A training configuration as plain values (the ``train`` section of a run's config)."""
+    return {**{k: v for k, v in vars(cfg).items() if k != "recipe"}, "recipe": cfg.recipe.to_dict()}
+
+
+def train_config(d: dict[str, Any]) -> TrainConfig:
+    """The inverse of :func:`train_config_dict`."""
+    return TrainConfig(**{**d, "recipe": Recipe(**d["recipe"])})
+
+
+def class_index(target: int | str, classes: list[str]) -> int:
+    """The index of ``target``, given as an index or a class name."""
+    if isinstance(target, int) or str(target).lstrip("-").isdigit():
+        return int(target)
+    if target not in classes:
+        raise UserError(f"target class '{target}' is not one of {', '.join(classes[:20])}"
+                        f"{' ...' if len(classes) > 20 else ''}")
+    return classes.index(target)
+
+
+def run_study(out: Path, settings: StudySettings | None, device: torch.device, progress: Progress | None = None,
+              on_epoch: Callable[[dict], None] | None = None, log: Log = lambda line: None) -> dict[str, Any]:
+    """Start a study in ``out`` with ``settings`` (None: continue the study already there) and run every stage.
+
+    Returns what ``OUT/backdoor.json`` holds; its ``seconds`` are those of this call's stages.
+    """
+    out = Path(out)
+    resuming = settings is None
+    settings = read_settings(out) if resuming else settings
+    splits = load_dataset(**settings.data)
+    if not resuming:
+        settings = start(out, settings, splits)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    poisoned, index = poison_splits(splits, settings.poison, out / BACKDOORED)
+    log(f"poisoned {len(index)} of {len(splits.train)} training images -> class {settings.poison.target}; "
+        f"training {out / BACKDOORED} ({settings.cnn.recipe.epochs} epochs)")
+    train_cnn(out / BACKDOORED, settings, poisoned, settings.poison, device, progress, on_epoch)
+    seconds["backdoored_cnn"] = time.perf_counter() - clock
+    if settings.clean_baseline == "train":
+        clock = time.perf_counter()
+        log(f"training the clean twin {out / CLEAN} (same recipe, no poison)")
+        train_cnn(out / CLEAN, settings, splits, None, device, progress, on_epoch)
+        seconds["clean_cnn"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    log(f"IC-only training on clean data -> {out} ({settings.ic.recipe.epochs} epochs)")
+    train_sdn(out, settings, device, progress, on_epoch)
+    seconds["ic_only"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    log("computing the outputs of every exit on clean and triggered data")
+    result = evaluate_study(out, settings, splits, len(index), device)
+    seconds["evaluation"] = time.perf_counter() - clock
+    result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    atomic_write_json(out / "backdoor.json", result)
+    return result
+
+
+def start(out: Path, settings: StudySettings, splits: Splits) -> StudySettings:
+    """Check the settings against the data, copy a trigger image into the study, record the settings."""
+    if (out / STUDY).exists() or (out / CONFIG).exists():
+        raise UserError(f"{out} already holds a study; pass --resume to continue it or choose another --out")
+    if settings.clean_baseline not in BASELINES:
+        raise UserError(f"clean baseline '{settings.clean_baseline}' must be one of {', '.join(BASELINES)}")
+    if settings.clean_baseline == "source" and settings.pretrained is None:
+        raise UserError("the clean baseline 'source' needs pretrained weights (--from)")
+    if settings.test_limit is not None and settings.test_limit < 1:
+        raise UserError(f"the test limit must be a positive number of images, got {settings.test_limit}")
+    target = class_index(settings.poison.target, splits.spec.classes)
+    poison = replace(settings.poison, target=target)
+    check_target(target, splits)
+    choose_poisoned(splits.train.labels, target, poison.rate, poison.seed)  # fail before anything is written
+    trigger = poison.trigger
+    build_trigger(trigger, splits.spec.input_size)
+    if trigger.is_file:
+        copy = f"trigger{Path(trigger.pattern).suffix.lower()}"
+        atomic_write_bytes(out / BACKDOORED / copy, Path(trigger.pattern).read_bytes())
+        poison = replace(poison, trigger=replace(trigger, pattern=copy))
+    settings = replace(settings, poison=poison)
+    atomic_write_json(out / STUDY, settings.to_dict())
+    return settings
+
+
+def read_settings(out: Path) -> StudySettings:
+    """The settings of the study in ``out``."""
+    path = out / STUDY
+    if not path.is_file():
+        raise UserError(f"{out} holds no study to resume ({STUDY} is missing)")
+    try:
+        return StudySettings.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is damaged (not valid JSON)") from exc
+
+
+def poisoned_run_data(run: Run) -> tuple[Splits, torch.Tensor]:
+    """The data a backdoored run was trained on, rebuilt from its config: the clean splits with the recorded
+    poisoning applied, and the poisoned indices of the training split."""
+    record = run.config.get("poison")
+    if not record:
+        raise UserError(f"{run.path} was not trained on poisoned data (its {CONFIG} has no 'poison' record)")
+    return poison_splits(load_dataset(**run.config["data"]), PoisonConfig.from_dict(record), run.path)
+
+
+def _checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint of the run in ``run_dir``, None when it has none yet."""
+    return open_run(run_dir).load_checkpoint() if (run_dir / CHECKPOINT).is_file() else None
+
+
+def _done(ckpt: dict[str, Any] | None, cfg: TrainConfig) -> bool:
+    return ckpt is not None and int(ckpt.get("epoch", 0)) >= cfg.recipe.epochs
+
+
+def train_cnn(run_dir: Path, settings: StudySettings, splits: Splits, poison: PoisonConfig | None,
+              device: torch.device, progress: Progress | None = None,
+              on_epoch: Callable[[dict], None] | None = None) -> None:
+    """Train (or finish training) a plain CNN of the study in ``run_dir`` on ``splits``: poisoned with ``poison``
+    for the backdoored CNN, clean (``poison`` None) for its twin. The run's config records ``poison``."""
+    ckpt = _checkpoint(run_dir)
+    if _done(ckpt, settings.cnn):
+        return
+    net = _new_cnn(run_dir, settings, splits, poison) if ckpt is None else \
+        build_sdn(open_run(run_dir).config["model"], run_dir)
+    net.to(device, memory_format=torch.channels_last)  # about 2.5x faster convolutions on this CPU too
+    train(run_dir, net, splits, settings.cnn, device, resume_from=ckpt, progress=progress, on_epoch=on_epoch)
+
+
+def _new_cnn(run_dir: Path, settings: StudySettings, splits: Splits, poison: PoisonConfig | None):
+    """The CNN's initial network, its run folder and config written."""
+    model = {**settings.model, "num_classes": splits.spec.num_classes,
+             "input_shape": [3, splits.spec.input_size, splits.spec.input_size], "exits": []}
+    weights = None
+    if settings.pretrained is not None:
+        weights, source_spec = load_pretrained(settings.pretrained)
+        if "arch" not in model and "factory" not in model and source_spec is not None:
+            model = {**_backbone_of(source_spec), **model}
+    if "arch" not in model and "factory" not in model:
+        raise UserError("say which backbone to train: --arch NAME, --backbone FILE.py:FUNCTION, or --from RUN")
+    torch.manual_seed(settings.cnn.seed)
+    net = build_sdn(model, ".", weights, f"weights from {settings.pretrained}")
+    spec = dict(net.spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if "factory" in spec:
+        path, _, name = spec["factory"].rpartition(":")
+        shutil.copyfile(path, run_dir / "backbone.py")
+        spec["factory"] = f"backbone.py:{name}"
+    atomic_write_json(run_dir / CONFIG, {
+        "data": settings.data, "model": spec, "train": train_config_dict(settings.cnn),
+        "pretrained": settings.pretrained, "poison": poison.to_dict() if poison else None})
+    return net
+
+
+def _backbone_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """The backbone part of another run's model spec, its factory file resolved against that run."""
+    if "arch" in spec:
+        return {"arch": spec["arch"]}
+    path, _, name = spec["factory"].rpartition(":")
+    return {"factory": f"{Path(spec['_dir'], path)}:{name}"}
+
+
+def train_sdn(out: Path, settings: StudySettings, device: torch.device, progress: Progress | None = None,
+              on_epoch: Callable[[dict], None] | None = None) -> None:
+    """IC-only training on CLEAN data of the backdoored CNN's SDN, in ``out`` (or finish it)."""
+    ckpt = _checkpoint(out)
+    if _done(ckpt, settings.ic):
+        return
+    if ckpt is None:
+        (out / CONFIG).unlink(missing_ok=True)  # a start that stopped before its first checkpoint
+        model = {k: v for k, v in settings.model.items() if k in ("exits", "fractions")}
+        new_run(out, settings.data, model, settings.ic, pretrained=str(out / BACKDOORED), device=device,
+                progress=progress, on_epoch=on_epoch)
+    else:
+        resume_run(out, device=device, progress=progress, on_epoch=on_epoch)
+
+
+def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_images: int,
+                   device: torch.device) -> dict[str, Any]:
+    """The study's figures (see :func:`shallowdeep.backdoor.metrics.backdoor_figures`) and its PNG figures."""
+    sdn = open_run(out)
+    test = splits.test if settings.test_limit is None else splits.test.subset(slice(0, settings.test_limit))
+    tested = replace(splits, test=test)
+    name = "test" if settings.test_limit is None else f"test-first{len(test)}"
+    trigger = build_trigger(settings.poison.trigger, splits.spec.input_size, out / BACKDOORED)
+    triggered = triggered_inputs(test, trigger, settings.poison.target)
+    key = hashlib.sha256(json.dumps(settings.poison.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    outputs = {
+        "train": load_outputs(sdn, "train", device, splits=splits),
+        "holdout": load_outputs(sdn, "holdout", device, splits=splits),
+        "clean": load_outputs(sdn, "test", device, splits=tested, name=name),
+        "triggered": load_outputs(sdn, "test", device, splits=replace(splits, test=triggered),
+                                  name=f"{name}-triggered-{key}"),
+    }
+    figures = backdoor_figures(outputs["train"], outputs["holdout"], outputs["clean"], outputs["triggered"],
+                               settings.poison.target, settings.policy, settings.max_drop)
+    baseline = _clean_baseline(out, settings, tested, name, device)
+    result = {
+        "format": FORMAT,
+        "runs": {"sdn": str(out), "backdoored_cnn": str(out / BACKDOORED),
+                 "clean_cnn": str(out / CLEAN) if settings.clean_baseline == "train" else None},
+        "poison": {**settings.poison.to_dict(), "target_name": splits.spec.classes[settings.poison.target],
+                   "poisoned_images": poisoned_images, "train_images": len(splits.train)},
+        "dataset": splits.spec.name, "test_images": len(test),
+        **figures,
+        "clean_baseline": baseline,
+        "targets": _targets(figures, baseline),
+        "paper": PAPER,
+        "settings": settings.to_dict(),
+    }
+    exit_names = [*sdn.config["model"]["exits"], "final"]
+    atomic_write_bytes(out / "backdoor-confusion.png", confusion_histogram(result["detection"]))
+    atomic_write_bytes(out / "backdoor-exits.png", exit_plot(result, exit_names, outputs["clean"].exit_flops))
+    atomic_write_bytes(out / "backdoor-examples.png", _examples(test, triggered, outputs["triggered"], result,
+                                                                 splits.spec.classes))
+    return result
+
+
+def _examples(test: ImageData, triggered: ImageData, outputs: ExitOutputs, result: dict[str, Any],
+              classes: list[str], count: int = 6) -> bytes:
+    """A few test images without and with the trigger, with the CNN's and the early-exit SDN's answers."""
+    from ..report.plots import image_grid
+
+    policy = make_policy(result["early_exit"]["policy"], result["early_exit"]["threshold"])
+    early = simulate(outputs, policy)
+    clean = test.images[test.labels != result["poison"]["target"]][:count]
+    shown = range(min(count, len(triggered)))
+    return image_grid(
+        [list(clean.numpy()), list(triggered.images[:count].numpy())], ["clean", "triggered"],
+        [[classes[int(triggered.labels[i])] for i in shown],
+         [f"CNN {classes[int(outputs.predictions[-1, i])]}\nexit {int(early.exits[i]) + 1}: "
+          f"{classes[int(early.predictions[i])]}" for i in shown]])
+
+
+def _clean_baseline(out: Path, settings: StudySettings, tested: Splits, name: str,
+                    device: torch.device) -> dict[str, Any] | None:
+    """The clean test accuracy of the un-poisoned network: the clean twin, or the pretrained source."""
+    if settings.clean_baseline == "train":
+        outputs = load_outputs(open_run(out / CLEAN), "test", device, splits=tested, name=name)
+        return {"network": "clean twin (same recipe, no poison)", "accuracy": accuracy(outputs.predictions[-1],
+                                                                                         outputs.labels)}
+    if settings.clean_baseline == "source":
+        outputs = _source_outputs(open_run(out / BACKDOORED), settings, tested.test, tested, device)
+        return {"network": f"pretrained source {settings.pretrained}",
+                "accuracy": accuracy(outputs.predictions[-1], outputs.labels)}
+    return None
+
+
+def _source_outputs(cnn: Run, settings: StudySettings, data: ImageData, splits: Splits,
+                    device: torch.device) -> ExitOutputs:
+    """The outputs of the pretrained network the backdoored CNN was fine-tuned from."""
+    weights, _ = load_pretrained(settings.pretrained)
+    net = build_sdn(cnn.config["model"], cnn.path, weights, f"weights {settings.pretrained}")
+    return compute_outputs(net.to(device), data, splits, device)
+
+
+def _targets(figures: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the backdoor is real: ASR at least 90 % and clean accuracy within 2 points of the baseline."""
+    drop = None if baseline is None else 100 * (baseline["accuracy"] - figures["clean"]["accuracy_cnn"])
+    return {"attack_success_rate_at_least": TARGET_ASR,
+            "attack_success_rate_met": figures["attack"]["success_rate"] >= TARGET_ASR,
+            "clean_accuracy_within_points": TARGET_CLEAN_POINTS,
+            "clean_accuracy_drop_points": drop,
+            "clean_accuracy_met": None if drop is None else drop <= TARGET_CLEAN_POINTS}

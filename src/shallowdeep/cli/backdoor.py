@@ -1,0 +1,182 @@
+"""The backdoor study (SDN paper, section 6): does a BadNets backdoor make the network overthink?
+
+Poisons a share of the training images (a trigger stamped on, relabelled to the target class),
+trains a CNN on them from scratch (--arch, the paper's recipe: a GPU job) or fine-tunes pretrained
+weights (--from, SGD lr 0.01 for 3 epochs: fits a CPU), trains the same recipe on clean data as the
+un-poisoned twin, turns the backdoored CNN into an SDN by IC-only training on CLEAN data, and measures:
+clean accuracy and attack success rate (ASR) of the backdoored CNN; on triggered test inputs outside the
+target class, the accuracy against their true labels of the CNN and of early exit at a threshold chosen
+on clean held-out data; the confusion score of triggered and clean inputs (normalised on the clean
+training split) and its AUROC as a trigger detector. OUT is the SDN's run folder; the CNNs are runs in
+OUT/backdoored-cnn and OUT/clean-cnn. Writes OUT/backdoor.json and OUT/backdoor-*.png, which
+`shallowdeep report OUT` shows. An interrupted study continues with --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import models
+from ..backdoor import BASELINES, DEFAULT_RATE, PLACES, PoisonConfig, StudySettings, TriggerSpec, run_study
+from ..data import DATASETS
+from ..errors import UserError
+from ..exits import DEFAULT_MAX_DROP, POLICIES
+from ..train import Interrupted, Recipe, TrainConfig, default_recipe, scale_milestones
+from ._common import add_device_argument, progress_bar, resolve_device, table
+
+NAME = "backdoor"
+ORDER = 70
+HELP = "BadNets backdoor: attack success, early-exit recovery, confusion as a detector"
+
+FINE_TUNE = {"lr": 0.01, "epochs": 3}
+IC_EPOCHS = 25
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="study folder to create (the SDN's run folder)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted study in --out")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=models.available(), help="built-in backbone")
+    g.add_argument("--backbone", metavar="FILE.py:FUNCTION", help="your own backbone: a function returning an nn.Module")
+    g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS",
+                   help="fine-tune these weights (a run folder or a checkpoint file) instead of training from scratch")
+    g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
+    g.add_argument("--fractions", default="0.15,0.3,0.45,0.6,0.75,0.9",
+                   help="fractions of the FLOPs where ICs go when --exits is not given")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="cifar10")
+    g.add_argument("--data-dir", type=Path, help="folder holding the data set")
+    g.add_argument("--holdout-fraction", type=float, default=0.1,
+                   help="share of the training set held out (clean; chooses the early-exit threshold)")
+    g.add_argument("--limit", type=int, help="train on the first N training images only")
+    g.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
+    g = p.add_argument_group("trigger and poisoning")
+    g.add_argument("--pattern", default="square", metavar="square|checkerboard|IMAGE",
+                   help="trigger pattern: a white square, a checkerboard, or an image file")
+    g.add_argument("--trigger-size", type=int, help="side of the trigger in pixels (default: 5/32 of the image side)")
+    g.add_argument("--position", default="bottom-right", metavar="PLACE|ROW,COL",
+                   help=f"where the trigger goes: {', '.join(PLACES)}, or the pixel of its top-left corner")
+    g.add_argument("--target", default="0", help="target class (index or name)")
+    g.add_argument("--poison-rate", type=float, default=DEFAULT_RATE, help="share of the training images poisoned")
+    g = p.add_argument_group("recipe (fine-tuning: SGD lr 0.01, 3 epochs; from scratch: the paper's CNN recipe)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--ic-epochs", type=int, default=IC_EPOCHS, help="epochs of IC-only training")
+    g.add_argument("--cache-views", type=int, default=2, help="IC-only: augmented views of the training set cached")
+    g.add_argument("--seed", type=int, default=0, help="seed of the data split, the poisoning and training")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--clean-baseline", choices=BASELINES, default="train",
+                   help="the un-poisoned network: train a clean twin with the same recipe, use the --from "
+                        "network as it is (source), or none")
+    g.add_argument("--policy", choices=tuple(POLICIES), default="maxprob", help="early-exit policy")
+    g.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
+                   help="early exit: largest clean holdout accuracy drop below the final head (0.01 = one point)")
+    add_device_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    settings = None if args.resume else _settings(args)
+    try:
+        result = run_study(args.out, settings, device, progress=progress_bar, on_epoch=_print_epoch,
+                           log=lambda line: print(line, flush=True))
+    except Interrupted as exc:
+        print(f"{args.out}: {exc}; continue with --resume")
+        return 130
+    _print(result)
+    print(f"wrote {args.out / 'backdoor.json'} and {args.out}/backdoor-*.png")
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> StudySettings:
+    if args.arch and args.backbone:
+        raise UserError("give either --arch or --backbone, not both")
+    if args.data_dir is None and args.dataset != "digits":
+        raise UserError(f"--data-dir is required for --dataset {args.dataset}")
+    for option, value in (("--epochs", args.epochs), ("--ic-epochs", args.ic_epochs)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be at least 1")
+    model: dict = {"exits": [e.strip() for e in args.exits.split(",") if e.strip()] if args.exits else None}
+    if args.arch:
+        model["arch"] = args.arch
+    if args.backbone:
+        model["factory"] = args.backbone
+    try:
+        model["fractions"] = [float(f) for f in args.fractions.split(",")]
+    except ValueError as exc:
+        raise UserError(f"--fractions must be comma-separated numbers, got '{args.fractions}'") from exc
+    weight_decay = args.weight_decay if args.weight_decay is not None else (
+        models.default_weight_decay(args.arch) if args.arch else 1e-4)
+    data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
+            "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit}
+    target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    poison = PoisonConfig(TriggerSpec(args.pattern, args.trigger_size, args.position), target, args.poison_rate,
+                          args.seed)
+    ic = scale_milestones(default_recipe("ic-only", weight_decay), args.ic_epochs)
+    return StudySettings(
+        data=data, model=model, poison=poison, pretrained=args.pretrained,
+        cnn=TrainConfig("cnn", _cnn_recipe(args, weight_decay), seed=args.seed),
+        ic=TrainConfig("ic-only", ic, seed=args.seed, cache_views=args.cache_views),
+        clean_baseline=args.clean_baseline, test_limit=args.test_limit, policy=args.policy, max_drop=args.max_drop)
+
+
+def _cnn_recipe(args: argparse.Namespace, weight_decay: float) -> Recipe:
+    """Fine-tuning: constant-rate SGD (lr 0.01, 3 epochs); from scratch: the paper's CNN recipe."""
+    if args.pretrained:
+        recipe = Recipe("sgd", FINE_TUNE["lr"], args.epochs or FINE_TUNE["epochs"], [], weight_decay=weight_decay)
+    else:
+        recipe = default_recipe("cnn", weight_decay)
+        if args.epochs is not None:
+            recipe = scale_milestones(recipe, args.epochs)
+    for name in ("lr", "batch_size"):
+        if getattr(args, name) is not None:
+            setattr(recipe, name, getattr(args, name))
+    if recipe.lr <= 0 or recipe.batch_size < 1:
+        raise UserError("--lr must be positive and --batch-size at least 1")
+    return recipe
+
+
+def _print_epoch(row: dict) -> None:
+    acc = row.get("holdout_acc")
+    shown = " ".join(f"{100 * a:.1f}" for a in acc) if acc else "-"
+    print(f"  epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  clean holdout acc per exit: {shown}", flush=True)
+
+
+def _print(r: dict) -> None:
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    baseline = r["clean_baseline"]
+    rows = [
+        ("clean test accuracy, backdoored CNN", pct(r["clean"]["accuracy_cnn"])),
+        (f"clean test accuracy, un-poisoned ({baseline['network'] if baseline else 'none'})",
+         pct(baseline["accuracy"] if baseline else None)),
+        ("clean test accuracy, early-exit SDN", pct(r["clean"]["accuracy_early_exit"])),
+        ("attack success rate, backdoored CNN", pct(r["attack"]["success_rate"])),
+        ("attack success rate, early-exit SDN", pct(r["attack"]["success_rate_early_exit"])),
+        ("triggered accuracy (true labels), CNN", pct(r["triggered"]["accuracy_cnn"])),
+        ("triggered accuracy (true labels), early-exit SDN", pct(r["triggered"]["accuracy_early_exit"])),
+        ("  paper: CNN -> early exit", f"{pct(r['paper']['triggered_accuracy_cnn'])} -> "
+                                       f"{pct(r['paper']['triggered_accuracy_early_exit'])}"),
+        ("confusion AUROC, triggered vs clean", pct(r["detection"]["auroc"])),
+        ("1 - max softmax AUROC, triggered vs clean", pct(r["detection"]["auroc_confidence"])),
+    ]
+    print(table(["figure", "%"], rows))
+    e = r["early_exit"]
+    print(f"{e['policy']} threshold {e['threshold']:.4g} chosen on {e['calibrated_on']['samples']} clean holdout "
+          f"images (max drop {e['criterion']['max_drop']}); cost on triggered inputs "
+          f"{100 * e['triggered_test']['flops_fraction']:.1f}% of the backbone, on clean "
+          f"{100 * e['clean_test']['flops_fraction']:.1f}%")
+    t = r["targets"]
+    drop = t["clean_accuracy_drop_points"]
+    print(f"backdoor targets: ASR >= {100 * t['attack_success_rate_at_least']:.0f}%: "
+          f"{'met' if t['attack_success_rate_met'] else 'NOT met'}; clean accuracy within "
+          f"{t['clean_accuracy_within_points']:g} points of the un-poisoned network: "
+          + ("no baseline" if drop is None else f"{'met' if t['clean_accuracy_met'] else 'NOT met'} "
+                                                f"({drop:+.2f} points)"))
+    print(f"{r['poison']['poisoned_images']} of {r['poison']['train_images']} training images poisoned; "
+          f"{r['test_images']} clean and {r['triggered']['samples']} triggered test images; seconds per stage: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()))
