@@ -33,9 +33,8 @@ from ..run import CHECKPOINT, CONFIG, Run, open_run
 from ..train import Recipe, TrainConfig, load_pretrained, new_run, resume_run
 from ..train.trainer import Progress, train
 from .metrics import accuracy, backdoor_figures
-from .plots import confusion_histogram, exit_plot
 from .poison import PoisonConfig, check_target, choose_poisoned, poison_splits, triggered_inputs
-from .trigger import TriggerSpec, build_trigger
+from .trigger import build_trigger
 
 FORMAT = "shallowdeep-backdoor-1"
 STUDY = "study.json"
@@ -286,6 +285,8 @@ def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_
         "paper": PAPER,
         "settings": settings.to_dict(),
     }
+    from .plots import confusion_histogram, exit_plot  # matplotlib is loaded only when figures are drawn
+
     exit_names = [*sdn.config["model"]["exits"], "final"]
     atomic_write_bytes(out / "backdoor-confusion.png", confusion_histogram(result["detection"]))
     atomic_write_bytes(out / "backdoor-exits.png", exit_plot(result, exit_names, outputs["clean"].exit_flops))
@@ -297,17 +298,17 @@ def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_
 def _examples(test: ImageData, triggered: ImageData, outputs: ExitOutputs, result: dict[str, Any],
               classes: list[str], count: int = 6) -> bytes:
     """A few test images without and with the trigger, with the CNN's and the early-exit SDN's answers."""
-    from ..report.plots import image_grid
+    from ..report.plots import image_grid  # matplotlib is loaded only when figures are drawn
 
     policy = make_policy(result["early_exit"]["policy"], result["early_exit"]["threshold"])
     early = simulate(outputs, policy)
     clean = test.images[test.labels != result["poison"]["target"]][:count]
     shown = range(min(count, len(triggered)))
     return image_grid(
-        [list(clean.numpy()), list(triggered.images[:count].numpy())], ["clean", "triggered"],
+        [list(clean.numpy()), list(triggered.images[:count].numpy())], ["clean\n(true class)",
+                                                                         "triggered\n(CNN | early exit)"],
         [[classes[int(triggered.labels[i])] for i in shown],
-         [f"CNN {classes[int(outputs.predictions[-1, i])]}\nexit {int(early.exits[i]) + 1}: "
-          f"{classes[int(early.predictions[i])]}" for i in shown]])
+         [f"{classes[int(outputs.predictions[-1, i])]} | {classes[int(early.predictions[i])]}" for i in shown]])
 
 
 def _clean_baseline(out: Path, settings: StudySettings, tested: Splits, name: str,

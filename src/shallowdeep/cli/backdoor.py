@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted study in --out")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=models.available(), help="built-in backbone")
-    g.add_argument("--backbone", metavar="FILE.py:FUNCTION", help="your own backbone: a function returning an nn.Module")
+    g.add_argument("--backbone", metavar="FILE.py:FUNCTION",
+                   help="your own backbone: a function returning an nn.Module")
     g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS",
                    help="fine-tune these weights (a run folder or a checkpoint file) instead of training from scratch")
     g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
