@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from shallowdeep.backdoor import (
     PoisonConfig, TriggerSpec, accuracy, attack_success_rate, backdoor_figures, build_trigger, choose_poisoned,
-    default_side, poison_splits, poisoned_run_data, stamp, triggered_inputs,
+    default_side, poison_splits, poisoned_run_data, random_subset, stamp, triggered_inputs,
 )
 from shallowdeep.cli import main
 from shallowdeep.data import DatasetSpec, ImageData, Splits, load_dataset
@@ -139,6 +139,17 @@ def test_triggered_inputs_drop_the_target_class_and_keep_true_labels():
     assert data.labels.tolist() == [0, 2, 0]
     assert torch.equal(data.images[:, :, :27], images[[0, 2, 4]][:, :, :27])
     assert (data.images[:, :, 27:, 27:] == 255).all()
+
+
+def test_random_subset_is_seeded_and_mixes_the_classes_of_an_ordered_split():
+    labels = torch.arange(10).repeat_interleave(50)  # ordered by class, as an image folder reads
+    data = ImageData(random_images(500, 8), labels)
+    sample = random_subset(data, 60, seed=0)
+    assert len(sample) == 60 and set(sample.labels.tolist()) == set(range(10))
+    rows = {tuple(img.flatten().tolist()) for img in sample.images}
+    assert len(rows) == 60 and rows <= {tuple(img.flatten().tolist()) for img in data.images}
+    assert torch.equal(random_subset(data, 60, seed=0).images, sample.images)
+    assert random_subset(data, None, 0) is data
 
 
 def test_attack_success_rate_and_accuracy_by_hand():
@@ -267,8 +278,10 @@ def test_cli_custom_trigger_image_position_target_and_source_baseline(study, tmp
     assert result["poison"]["target_name"] == "7" and result["test_images"] == 100
     assert result["clean_baseline"]["network"].startswith("pretrained source")
     splits = load_dataset("digits", None)
-    source = final_predictions(study / "clean-cnn", splits.test.images[:100], splits)
-    assert result["clean_baseline"]["accuracy"] == pytest.approx((source == splits.test.labels[:100].numpy()).mean())
+    sample = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))[:100].sort().values
+    source = final_predictions(study / "clean-cnn", splits.test.images[sample], splits)
+    accuracy_ = (source == splits.test.labels[sample].numpy()).mean()
+    assert result["clean_baseline"]["accuracy"] == pytest.approx(accuracy_)
 
 
 def test_cli_rejects_a_target_outside_the_classes(tmp_path, capsys):

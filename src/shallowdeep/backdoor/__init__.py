@@ -8,12 +8,12 @@ them (:mod:`.metrics`, :mod:`.study`).
 
 from .metrics import accuracy, attack_success_rate, backdoor_figures, detection, per_exit
 from .poison import DEFAULT_RATE, PoisonConfig, choose_poisoned, poison_data, poison_splits, triggered_inputs
-from .study import BASELINES, StudySettings, class_index, poisoned_run_data, run_study
+from .study import BASELINES, StudySettings, class_index, poisoned_run_data, random_subset, run_study
 from .trigger import PATTERNS, PLACES, Trigger, TriggerSpec, build_trigger, default_side, place, stamp
 
 __all__ = [
     "BASELINES", "DEFAULT_RATE", "PATTERNS", "PLACES", "PoisonConfig", "StudySettings", "Trigger", "TriggerSpec",
     "accuracy", "attack_success_rate", "backdoor_figures", "build_trigger", "choose_poisoned", "class_index",
     "default_side", "detection", "per_exit", "place", "poison_data", "poison_splits", "poisoned_run_data",
-    "run_study", "stamp", "triggered_inputs",
+    "random_subset", "run_study", "stamp", "triggered_inputs",
 ]

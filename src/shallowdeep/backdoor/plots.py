@@ -45,5 +45,5 @@ def exit_plot(result: dict[str, Any], exit_names: Sequence[str], exit_flops: Seq
     ax.set(xlabel="cost (fraction of the backbone's FLOPs)", ylabel="%", ylim=(-3, 103),
            title="Every exit on clean and triggered test inputs")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)
     return png_bytes(fig)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..build import build_sdn
@@ -59,7 +60,7 @@ class StudySettings:
     ic: TrainConfig  # IC-only training on clean data
     pretrained: str | None = None  # start the CNN from these weights (fine-tuning) instead of from scratch
     clean_baseline: str = "train"  # train: a clean twin; source: the pretrained network; none
-    test_limit: int | None = None  # evaluate on the first N official test images only
+    test_limit: int | None = None  # evaluate on N test images drawn at random (seeded) only
     policy: str = "maxprob"
     max_drop: float = 0.01
 
@@ -256,9 +257,9 @@ def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_
                    device: torch.device) -> dict[str, Any]:
     """The study's figures (see :func:`shallowdeep.backdoor.metrics.backdoor_figures`) and its PNG figures."""
     sdn = open_run(out)
-    test = splits.test if settings.test_limit is None else splits.test.subset(slice(0, settings.test_limit))
+    test = random_subset(splits.test, settings.test_limit, settings.data.get("seed", 0))
     tested = replace(splits, test=test)
-    name = "test" if settings.test_limit is None else f"test-first{len(test)}"
+    name = "test" if settings.test_limit is None else f"test-sample{len(test)}"
     trigger = build_trigger(settings.poison.trigger, splits.spec.input_size, out / BACKDOORED)
     triggered = triggered_inputs(test, trigger, settings.poison.target)
     key = hashlib.sha256(json.dumps(settings.poison.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
@@ -300,15 +301,24 @@ def _examples(test: ImageData, triggered: ImageData, outputs: ExitOutputs, resul
     """A few test images without and with the trigger, with the CNN's and the early-exit SDN's answers."""
     from ..report.plots import image_grid  # matplotlib is loaded only when figures are drawn
 
-    policy = make_policy(result["early_exit"]["policy"], result["early_exit"]["threshold"])
-    early = simulate(outputs, policy)
-    clean = test.images[test.labels != result["poison"]["target"]][:count]
-    shown = range(min(count, len(triggered)))
+    early = simulate(outputs, make_policy(result["early_exit"]["policy"], result["early_exit"]["threshold"]))
+    labels = triggered.labels.numpy()
+    shown = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:count]]  # one image of each class
+    clean = test.images[test.labels != result["poison"]["target"]]
     return image_grid(
-        [list(clean.numpy()), list(triggered.images[:count].numpy())], ["clean\n(true class)",
-                                                                         "triggered\n(CNN | early exit)"],
-        [[classes[int(triggered.labels[i])] for i in shown],
-         [f"{classes[int(outputs.predictions[-1, i])]} | {classes[int(early.predictions[i])]}" for i in shown]])
+        [list(clean[shown].numpy()), list(triggered.images[shown].numpy())],
+        ["clean\n(true class)", "triggered\n(CNN | early exit)"],
+        [[classes[labels[i]] for i in shown],
+         [f"{classes[outputs.predictions[-1, i]]} | {classes[early.predictions[i]]}" for i in shown]])
+
+
+def random_subset(data: ImageData, limit: int | None, seed: int) -> ImageData:
+    """``limit`` samples of ``data`` drawn at random (seeded, kept in their order), or all of them when ``limit``
+    is None; drawn at random because a split may be ordered by class (an image folder's test split is)."""
+    if limit is None or limit >= len(data):
+        return data
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return data.subset(index)
 
 
 def _clean_baseline(out: Path, settings: StudySettings, tested: Splits, name: str,

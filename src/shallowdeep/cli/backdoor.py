@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--holdout-fraction", type=float, default=0.1,
                    help="share of the training set held out (clean; chooses the early-exit threshold)")
     g.add_argument("--limit", type=int, help="train on the first N training images only")
-    g.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
+    g.add_argument("--test-limit", type=int, help="evaluate on N test images drawn at random (seeded) only")
     g = p.add_argument_group("trigger and poisoning")
     g.add_argument("--pattern", default="square", metavar="square|checkerboard|IMAGE",
                    help="trigger pattern: a white square, a checkerboard, or an image file")
