@@ -19,13 +19,7 @@ from shallowdeep.exits import (POLICIES, calibrate, candidate_keys, early_exit, 
                                simulate, summarise, sweep)
 from shallowdeep.outputs import ExitOutputs
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-pool stalls on a busy two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- a CIFAR ResNet as third parties write it: option-A shortcuts (subsample + zero-pad channels) -------------

@@ -22,13 +22,7 @@ from test_analysis import make_tiny_run
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_early_exit.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-pool stalls on a busy two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ class InternalClassifier(nn.Module):
 
     def classify(self, maxp: torch.Tensor, avgp: torch.Tensor | None) -> torch.Tensor:
         """Logits from the pooled maps returned by :meth:`pool`."""
-        mixed = maxp if avgp is None else self.alpha * maxp + (1 - self.alpha) * avgp
+        mixed = maxp if avgp is None else torch.lerp(avgp, maxp, self.alpha)  # alpha * max + (1 - alpha) * avg
         return self.linear(mixed.flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
