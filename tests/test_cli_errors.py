@@ -93,3 +93,37 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_help(args):
     r = cli(*args)
     assert r.returncode == 0 and "usage" in r.stdout
+
+
+def _image_folder(root: Path, classes: int, size: int = 16) -> Path:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (size, size), (40 * c, 10 * i, 0)).save(folder / f"{i}.png")
+    return root
+
+
+def test_corrupt_image_is_named(tmp_path):
+    root = _image_folder(tmp_path / "data", 2)
+    (root / "train" / "class1" / "2.png").write_bytes(b"\x89PNG not really")
+    r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(root), "--out",
+            str(tmp_path / "run"))
+    assert_one_line_error(r, "2.png")
+
+
+def test_data_set_with_other_classes_than_the_checkpoint(tmp_path):
+    digits_run = tmp_path / "digits"
+    r = cli("train", "--arch", "resnet56", "--dataset", "digits", "--limit", "64", "--epochs", "1", "--out", str(digits_run))
+    assert r.returncode == 0, r.stderr
+    root = _image_folder(tmp_path / "data", 3)
+    r = cli("train", "--mode", "ic-only", "--from", str(digits_run), "--dataset", "imagefolder", "--data-dir", str(root),
+            "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "wrong shape")
+    before = (digits_run / "checkpoint.pt").read_bytes()
+    r = cli("train", "--arch", "resnet56", "--dataset", "digits", "--out", str(digits_run))  # would overwrite
+    assert_one_line_error(r, "already holds a run")
+    assert (digits_run / "checkpoint.pt").read_bytes() == before
