@@ -254,6 +254,8 @@ def test_cli_resume_reuses_finished_stages_and_refuses_a_second_start(study, cap
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
     after = json.loads((study / "backdoor.json").read_text())
     assert {k: v for k, v in after.items() if k != "seconds"} == {k: v for k, v in before.items() if k != "seconds"}
+    training = ("backdoored_cnn", "clean_cnn", "ic_only")  # stages that did not run again keep their times
+    assert [after["seconds"][k] for k in training] == [before["seconds"][k] for k in training]
     assert main(["backdoor", "--out", str(study), "--dataset", "digits"]) == 2
     assert "already holds a study" in capsys.readouterr().err
 

@@ -104,7 +104,8 @@ def run_study(out: Path, settings: StudySettings | None, device: torch.device, p
               on_epoch: Callable[[dict], None] | None = None, log: Log = lambda line: None) -> dict[str, Any]:
     """Start a study in ``out`` with ``settings`` (None: continue the study already there) and run every stage.
 
-    Returns what ``OUT/backdoor.json`` holds; its ``seconds`` are those of this call's stages.
+    Returns what ``OUT/backdoor.json`` holds. Its ``seconds`` give the wall-clock time of each stage when it ran
+    (a stage finished by an earlier call keeps the time recorded then, when there is one).
     """
     out = Path(out)
     resuming = settings is None
@@ -112,29 +113,42 @@ def run_study(out: Path, settings: StudySettings | None, device: torch.device, p
     splits = load_dataset(**settings.data)
     if not resuming:
         settings = start(out, settings, splits)
+    previous = _recorded_seconds(out)
     seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-    poisoned, index = poison_splits(splits, settings.poison, out / BACKDOORED)
-    log(f"poisoned {len(index)} of {len(splits.train)} training images -> class {settings.poison.target}; "
-        f"training {out / BACKDOORED} ({settings.cnn.recipe.epochs} epochs)")
-    train_cnn(out / BACKDOORED, settings, poisoned, settings.poison, device, progress, on_epoch)
-    seconds["backdoored_cnn"] = time.perf_counter() - clock
-    if settings.clean_baseline == "train":
+
+    def timed(stage: str, message: str, work: Callable[[], bool]) -> None:
+        log(message)
         clock = time.perf_counter()
-        log(f"training the clean twin {out / CLEAN} (same recipe, no poison)")
-        train_cnn(out / CLEAN, settings, splits, None, device, progress, on_epoch)
-        seconds["clean_cnn"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    log(f"IC-only training on clean data -> {out} ({settings.ic.recipe.epochs} epochs)")
-    train_sdn(out, settings, device, progress, on_epoch)
-    seconds["ic_only"] = time.perf_counter() - clock
+        if work():
+            seconds[stage] = round(time.perf_counter() - clock, 1)
+        elif stage in previous:
+            seconds[stage] = previous[stage]
+
+    poisoned, index = poison_splits(splits, settings.poison, out / BACKDOORED)
+    epochs = settings.cnn.recipe.epochs
+    timed("backdoored_cnn", f"poisoned {len(index)} of {len(splits.train)} training images -> class "
+          f"{settings.poison.target}; training {out / BACKDOORED} ({epochs} epochs)",
+          lambda: train_cnn(out / BACKDOORED, settings, poisoned, settings.poison, device, progress, on_epoch))
+    if settings.clean_baseline == "train":
+        timed("clean_cnn", f"training the clean twin {out / CLEAN} (same recipe, no poison)",
+              lambda: train_cnn(out / CLEAN, settings, splits, None, device, progress, on_epoch))
+    timed("ic_only", f"IC-only training on clean data -> {out} ({settings.ic.recipe.epochs} epochs)",
+          lambda: train_sdn(out, settings, device, progress, on_epoch))
     clock = time.perf_counter()
     log("computing the outputs of every exit on clean and triggered data")
     result = evaluate_study(out, settings, splits, len(index), device)
-    seconds["evaluation"] = time.perf_counter() - clock
-    result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    result["seconds"] = {**seconds, "evaluation": round(time.perf_counter() - clock, 1)}
     atomic_write_json(out / "backdoor.json", result)
     return result
+
+
+def _recorded_seconds(out: Path) -> dict[str, float]:
+    """The stage times an earlier call recorded in ``OUT/backdoor.json`` (none when it is absent or unreadable)."""
+    try:
+        seconds = json.loads((out / "backdoor.json").read_text()).get("seconds")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return {}
+    return seconds if isinstance(seconds, dict) else {}
 
 
 def start(out: Path, settings: StudySettings, splits: Splits) -> StudySettings:
@@ -193,16 +207,18 @@ def _done(ckpt: dict[str, Any] | None, cfg: TrainConfig) -> bool:
 
 def train_cnn(run_dir: Path, settings: StudySettings, splits: Splits, poison: PoisonConfig | None,
               device: torch.device, progress: Progress | None = None,
-              on_epoch: Callable[[dict], None] | None = None) -> None:
+              on_epoch: Callable[[dict], None] | None = None) -> bool:
     """Train (or finish training) a plain CNN of the study in ``run_dir`` on ``splits``: poisoned with ``poison``
-    for the backdoored CNN, clean (``poison`` None) for its twin. The run's config records ``poison``."""
+    for the backdoored CNN, clean (``poison`` None) for its twin. The run's config records ``poison``.
+    Returns False when the run had finished already."""
     ckpt = _checkpoint(run_dir)
     if _done(ckpt, settings.cnn):
-        return
+        return False
     net = _new_cnn(run_dir, settings, splits, poison) if ckpt is None else \
         build_sdn(open_run(run_dir).config["model"], run_dir)
     net.to(device, memory_format=torch.channels_last)  # about 2.5x faster convolutions on this CPU too
     train(run_dir, net, splits, settings.cnn, device, resume_from=ckpt, progress=progress, on_epoch=on_epoch)
+    return True
 
 
 def _new_cnn(run_dir: Path, settings: StudySettings, splits: Splits, poison: PoisonConfig | None):
@@ -239,11 +255,12 @@ def _backbone_of(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_sdn(out: Path, settings: StudySettings, device: torch.device, progress: Progress | None = None,
-              on_epoch: Callable[[dict], None] | None = None) -> None:
-    """IC-only training on CLEAN data of the backdoored CNN's SDN, in ``out`` (or finish it)."""
+              on_epoch: Callable[[dict], None] | None = None) -> bool:
+    """IC-only training on CLEAN data of the backdoored CNN's SDN, in ``out`` (or finish it); False when it had
+    finished already."""
     ckpt = _checkpoint(out)
     if _done(ckpt, settings.ic):
-        return
+        return False
     if ckpt is None:
         (out / CONFIG).unlink(missing_ok=True)  # a start that stopped before its first checkpoint
         model = {k: v for k, v in settings.model.items() if k in ("exits", "fractions")}
@@ -251,6 +268,7 @@ def train_sdn(out: Path, settings: StudySettings, device: torch.device, progress
                 progress=progress, on_epoch=on_epoch)
     else:
         resume_run(out, device=device, progress=progress, on_epoch=on_epoch)
+    return True
 
 
 def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_images: int,
