@@ -35,14 +35,7 @@ def make():
 QUICK = ["--dataset", "digits", "--limit", "600", "--epochs", "4", "--lr", "0.05", "--batch-size", "32",
          "--ic-epochs", "2", "--cache-views", "1", "--device", "cpu"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks train many times faster on one thread, above all on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks train many times faster on one thread
 
 
 def normalised(images: torch.Tensor, splits: Splits) -> torch.Tensor:
@@ -200,7 +193,7 @@ def test_figures_on_hand_made_outputs():
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
+def study(tmp_path_factory, one_thread) -> Path:
     """One end-to-end study on the digits with the default trigger."""
     root = tmp_path_factory.mktemp("backdoor")
     (root / "tiny.py").write_text(TINY)
@@ -267,7 +260,7 @@ def test_cli_custom_trigger_image_position_target_and_source_baseline(study, tmp
     out = tmp_path / "custom"
     args = ["backdoor", "--out", str(out), "--from", str(study / "clean-cnn"), "--pattern", str(tmp_path / "logo.png"),
             "--trigger-size", "4", "--position", "1,2", "--target", "7", "--poison-rate", "0.2",
-            "--clean-baseline", "source", "--test-limit", "100", *QUICK]
+            "--clean-baseline", "source", "--test-limit", "100", "--normalization", "imagenet", *QUICK]
     assert main(args) == 0
     cnn = open_run(out / "backdoored-cnn")
     assert cnn.config["poison"]["trigger"] == {"pattern": "trigger.png", "size": 4, "position": "1,2"}
@@ -279,7 +272,9 @@ def test_cli_custom_trigger_image_position_target_and_source_baseline(study, tmp
     result = json.loads((out / "backdoor.json").read_text())
     assert result["poison"]["target_name"] == "7" and result["test_images"] == 100
     assert result["clean_baseline"]["network"].startswith("pretrained source")
-    splits = load_dataset("digits", None)
+    assert cnn.config["data"]["normalization"] == "imagenet"
+    splits = load_dataset("digits", None, normalization="imagenet")
+    assert splits.spec.mean == (0.485, 0.456, 0.406)
     sample = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))[:100].sort().values
     source = final_predictions(study / "clean-cnn", splits.test.images[sample], splits)
     accuracy_ = (source == splits.test.labels[sample].numpy()).mean()

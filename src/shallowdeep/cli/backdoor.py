@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import models
 from ..backdoor import BASELINES, DEFAULT_RATE, PLACES, PoisonConfig, StudySettings, TriggerSpec, run_study
 from ..data import DATASETS
+from ..data.dataset import NORMALIZATIONS
 from ..errors import UserError
 from ..exits import DEFAULT_MAX_DROP, POLICIES
 from ..train import Interrupted, Recipe, TrainConfig, default_recipe, scale_milestones
@@ -52,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the training set held out (clean; chooses the early-exit threshold)")
     g.add_argument("--limit", type=int, help="train on the first N training images only")
     g.add_argument("--test-limit", type=int, help="evaluate on N test images drawn at random (seeded) only")
+    g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
+                   help="input mean/std: the paper's per data set, ImageNet's (e.g. for the akamaster weights on "
+                        "--dataset imagefolder), or the training split's own")
     g = p.add_argument_group("trigger and poisoning")
     g.add_argument("--pattern", default="square", metavar="square|checkerboard|IMAGE",
                    help="trigger pattern: a white square, a checkerboard, or an image file")
@@ -112,7 +116,8 @@ def _settings(args: argparse.Namespace) -> StudySettings:
     weight_decay = args.weight_decay if args.weight_decay is not None else (
         models.default_weight_decay(args.arch) if args.arch else 1e-4)
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
-            "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit}
+            "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
+            "normalization": args.normalization}
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     poison = PoisonConfig(TriggerSpec(args.pattern, args.trigger_size, args.position), target, args.poison_rate,
                           args.seed)
