@@ -22,7 +22,7 @@ from ..data.loader import batches, num_batches
 from ..sdn import SDN
 from .recipe import TrainConfig
 from .trainer import (
-    Interrupted, Progress, State, epoch_generator, exit_accuracies, make_optimizer, restore, save_checkpoint, stop_on_signals,
+    Interrupted, Progress, State, epoch_generator, make_optimizer, restore, save_checkpoint, stop_on_signals,
 )
 
 PooledMaps = list[tuple[torch.Tensor, torch.Tensor | None]]  # per IC: (max-pooled, avg-pooled or None)
@@ -30,10 +30,12 @@ PooledMaps = list[tuple[torch.Tensor, torch.Tensor | None]]  # per IC: (max-pool
 
 @dataclass
 class FeatureCache:
-    """The pooled IC inputs of one pass over a split, and its labels, in the order of that pass."""
+    """The pooled IC inputs of one pass over a split, its labels and the final head's hits, in the order of
+    that pass."""
 
     maps: PooledMaps
     labels: torch.Tensor
+    final_correct: torch.Tensor
 
 
 def bytes_per_sample(net: SDN, input_shape: tuple[int, ...], dtype: torch.dtype) -> int:
@@ -58,17 +60,18 @@ def build_cache(net: SDN, data: ImageData, splits: Splits, batch_size: int, devi
     """One pass of the frozen backbone over ``data`` (shuffled and augmented when ``train``)."""
     net.eval()
     chunks: list[list[list[torch.Tensor]]] = [[[], []] for _ in net.ics]
-    labels = []
+    labels, final_correct = [], []
     for x, y in batches(data, splits.spec, batch_size, train=train, shuffle=train, device=device,
                         generator=generator):
-        maps, _ = net.features(x)
+        maps, final = net.features(x)
+        final_correct.append(final.argmax(1) == y)
         for store, ic, m in zip(chunks, net.ics, maps):
             for part, t in zip(store, ic.pool(m)):
                 if t is not None:
                     part.append(t.to(dtype))
         labels.append(y)
     pooled = [(torch.cat(mx), torch.cat(av) if av else None) for mx, av in chunks]
-    return FeatureCache(pooled, torch.cat(labels))
+    return FeatureCache(pooled, torch.cat(labels), torch.cat(final_correct))
 
 
 def ic_logits(net: SDN, maps: PooledMaps, index: torch.Tensor | slice) -> list[torch.Tensor]:
@@ -78,11 +81,11 @@ def ic_logits(net: SDN, maps: PooledMaps, index: torch.Tensor | slice) -> list[t
 
 
 @torch.no_grad()
-def cached_accuracies(net: SDN, cache: FeatureCache, final_correct: float) -> list[float]:
+def cached_accuracies(net: SDN, cache: FeatureCache) -> list[float]:
     """Every IC's accuracy on a cached split, then the (frozen) final head's."""
     net.ics.eval()
     hits = [(out.argmax(1) == cache.labels).double().mean().item() for out in ic_logits(net, cache.maps, slice(None))]
-    return hits + [final_correct]
+    return hits + [cache.final_correct.double().mean().item()]
 
 
 def train_ics_cached(
@@ -103,11 +106,8 @@ def train_ics_cached(
     state = restore(resume_from, net, optimizer) if resume_from else State(metrics=[])
     batch = cfg.recipe.batch_size
     views: dict[int, FeatureCache] = {}
-    holdout = None
-    final_holdout = 0.0
-    if len(splits.holdout):
-        holdout = build_cache(net, splits.holdout, splits, 512, device, dtype, None, train=False)
-        final_holdout = exit_accuracies(net, splits, device)[-1]
+    holdout = build_cache(net, splits.holdout, splits, 512, device, dtype, None, train=False) \
+        if len(splits.holdout) else None
     with stop_on_signals() as flag:
         for epoch in range(state.epoch, cfg.recipe.epochs):
             view = epoch % cfg.cache_views
@@ -136,7 +136,7 @@ def train_ics_cached(
             row = {"epoch": epoch + 1, "lr": cfg.recipe.lr_at(epoch), "train_loss": loss_sum.item() / max(1, n // batch),
                    "cached_view": view}
             if holdout is not None:
-                row["holdout_acc"] = cached_accuracies(net, holdout, final_holdout)
+                row["holdout_acc"] = cached_accuracies(net, holdout)
             state.metrics.append(row)
             state.epoch = epoch + 1
             save_checkpoint(run_dir, net, optimizer, state)
