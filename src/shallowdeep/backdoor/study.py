@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,8 +30,8 @@ from ..exits import make_policy, simulate
 from ..io import atomic_write_bytes, atomic_write_json
 from ..outputs import ExitOutputs, compute_outputs, load_outputs
 from ..run import CHECKPOINT, CONFIG, Run, open_run
-from ..train import Recipe, TrainConfig, load_pretrained, new_run, resume_run
-from ..train.trainer import Progress, train
+from ..train import TrainConfig, config_from_dict, config_to_dict, load_pretrained, new_run, resume_run
+from ..train.trainer import Progress
 from .metrics import accuracy, backdoor_figures
 from .poison import PoisonConfig, check_target, choose_poisoned, poison_splits, triggered_inputs
 from .trigger import build_trigger
@@ -67,28 +66,18 @@ class StudySettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"data": self.data, "model": self.model, "poison": self.poison.to_dict(),
-                "cnn": train_config_dict(self.cnn), "ic": train_config_dict(self.ic), "pretrained": self.pretrained,
+                "cnn": config_to_dict(self.cnn), "ic": config_to_dict(self.ic), "pretrained": self.pretrained,
                 "clean_baseline": self.clean_baseline, "test_limit": self.test_limit, "policy": self.policy,
                 "max_drop": self.max_drop}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySettings:
         try:
-            return cls(d["data"], d["model"], PoisonConfig.from_dict(d["poison"]), train_config(d["cnn"]),
-                       train_config(d["ic"]), d["pretrained"], d["clean_baseline"], d["test_limit"], d["policy"],
+            return cls(d["data"], d["model"], PoisonConfig.from_dict(d["poison"]), config_from_dict(d["cnn"]),
+                       config_from_dict(d["ic"]), d["pretrained"], d["clean_baseline"], d["test_limit"], d["policy"],
                        d["max_drop"])
         except (KeyError, TypeError) as exc:
             raise UserError(f"{STUDY} is damaged ({exc!s:.100}); start the study again in a new folder") from exc
-
-
-def train_config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """A training configuration as plain values (the ``train`` section of a run's config)."""
-    return {**{k: v for k, v in vars(cfg).items() if k != "recipe"}, "recipe": cfg.recipe.to_dict()}
-
-
-def train_config(d: dict[str, Any]) -> TrainConfig:
-    """The inverse of :func:`train_config_dict`."""
-    return TrainConfig(**{**d, "recipe": Recipe(**d["recipe"])})
 
 
 def class_index(target: int | str, classes: list[str]) -> int:
@@ -215,44 +204,13 @@ def train_cnn(run_dir: Path, settings: StudySettings, splits: Splits, poison: Po
     ckpt = _checkpoint(run_dir)
     if _done(ckpt, settings.cnn):
         return False
-    net = _new_cnn(run_dir, settings, splits, poison) if ckpt is None else \
-        build_sdn(open_run(run_dir).config["model"], run_dir)
-    net.to(device, memory_format=torch.channels_last)  # as the trainer does on CUDA; ~1.2x faster on CPU too
-    train(run_dir, net, splits, settings.cnn, device, resume_from=ckpt, progress=progress, on_epoch=on_epoch)
+    if ckpt is None:
+        new_run(run_dir, settings.data, {**settings.model, "exits": []}, settings.cnn,
+                pretrained=settings.pretrained, device=device, progress=progress, on_epoch=on_epoch, splits=splits,
+                extra_config={"poison": poison.to_dict() if poison else None})
+    else:
+        resume_run(run_dir, device=device, progress=progress, on_epoch=on_epoch)
     return True
-
-
-def _new_cnn(run_dir: Path, settings: StudySettings, splits: Splits, poison: PoisonConfig | None):
-    """The CNN's initial network, its run folder and config written."""
-    model = {**settings.model, "num_classes": splits.spec.num_classes,
-             "input_shape": [3, splits.spec.input_size, splits.spec.input_size], "exits": []}
-    weights = None
-    if settings.pretrained is not None:
-        weights, source_spec = load_pretrained(settings.pretrained)
-        if "arch" not in model and "factory" not in model and source_spec is not None:
-            model = {**_backbone_of(source_spec), **model}
-    if "arch" not in model and "factory" not in model:
-        raise UserError("say which backbone to train: --arch NAME, --backbone FILE.py:FUNCTION, or --from RUN")
-    torch.manual_seed(settings.cnn.seed)
-    net = build_sdn(model, ".", weights, f"weights from {settings.pretrained}")
-    spec = dict(net.spec)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if "factory" in spec:
-        path, _, name = spec["factory"].rpartition(":")
-        shutil.copyfile(path, run_dir / "backbone.py")
-        spec["factory"] = f"backbone.py:{name}"
-    atomic_write_json(run_dir / CONFIG, {
-        "data": settings.data, "model": spec, "train": train_config_dict(settings.cnn),
-        "pretrained": settings.pretrained, "poison": poison.to_dict() if poison else None})
-    return net
-
-
-def _backbone_of(spec: dict[str, Any]) -> dict[str, Any]:
-    """The backbone part of another run's model spec, its factory file resolved against that run."""
-    if "arch" in spec:
-        return {"arch": spec["arch"]}
-    path, _, name = spec["factory"].rpartition(":")
-    return {"factory": f"{Path(spec['_dir'], path)}:{name}"}
 
 
 def train_sdn(out: Path, settings: StudySettings, device: torch.device, progress: Progress | None = None,

@@ -19,8 +19,8 @@ from .ic_cache import fits_in_budget, train_ics_cached
 from .recipe import MODES, Recipe, TrainConfig, default_recipe, scale_milestones
 from .trainer import Interrupted, Progress, train
 
-__all__ = ["MODES", "Interrupted", "Recipe", "TrainConfig", "default_recipe", "new_run", "resume_run",
-           "load_pretrained", "scale_milestones"]
+__all__ = ["MODES", "Interrupted", "Recipe", "TrainConfig", "config_from_dict", "config_to_dict", "default_recipe",
+           "new_run", "resume_run", "load_pretrained", "scale_milestones"]
 
 
 def load_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -34,18 +34,21 @@ def load_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
 
 def new_run(run_dir: Path, data: dict[str, Any], model: dict[str, Any], cfg: TrainConfig, *,
             pretrained: str | None = None, device: torch.device, dist: DistInfo | None = None,
-            progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+            progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None,
+            splits: Splits | None = None, extra_config: dict[str, Any] | None = None) -> list[dict]:
     """Start a run in ``run_dir`` (which must not hold one yet) and train it.
 
     ``model`` is a model spec (see :mod:`shallowdeep.build`) without ``num_classes`` and
     ``input_shape``, which come from the data set; a ``factory`` file is copied into the run.
+    ``splits`` replaces the data ``data`` describes (e.g. a poisoned copy); ``extra_config`` is
+    recorded in the run's config beside the rest (e.g. how the data was poisoned).
     """
     dist = dist or DistInfo()
     if (run_dir / CONFIG).exists() or (run_dir / CHECKPOINT).exists():
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if cfg.mode in ("ic-only",) and pretrained is None:
         raise UserError("IC-only training needs a trained backbone: pass --from RUN_OR_WEIGHTS")
-    splits = load_dataset(**data)
+    splits = splits or load_dataset(**data)
     model = {**model, "num_classes": splits.spec.num_classes, "input_shape": [3, splits.spec.input_size, splits.spec.input_size]}
     if cfg.mode == "cnn":
         model["exits"] = []
@@ -67,20 +70,27 @@ def new_run(run_dir: Path, data: dict[str, Any], model: dict[str, Any], cfg: Tra
             path, _, name = spec["factory"].rpartition(":")
             shutil.copyfile(path, run_dir / "backbone.py")
             spec["factory"] = f"backbone.py:{name}"
-        atomic_write_json(run_dir / CONFIG, {"data": data, "model": spec, "train": _config_dict(cfg),
-                                             "pretrained": str(pretrained) if pretrained else None})
+        atomic_write_json(run_dir / CONFIG, {"data": data, "model": spec, "train": config_to_dict(cfg),
+                                             "pretrained": str(pretrained) if pretrained else None,
+                                             **(extra_config or {})})
     return _run(run_dir, net, splits, cfg, device, None, dist, progress, on_epoch)
 
 
 def resume_run(run_dir: Path, *, device: torch.device, dist: DistInfo | None = None,
                progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Continue an interrupted run from its last checkpoint, with the settings it was started with."""
+    """Continue an interrupted run from its last checkpoint, with the settings and data it was
+    started with (a poisoned run's poisoning rebuilt from its config)."""
     run = open_run(run_dir)
     ckpt = run.load_checkpoint()
-    cfg = _config_from_dict(run.config["train"])
+    cfg = config_from_dict(run.config["train"])
     if int(ckpt.get("epoch", 0)) >= cfg.recipe.epochs:
         raise UserError(f"{run_dir} has finished all {cfg.recipe.epochs} epochs; nothing to resume")
-    splits = load_dataset(**run.config["data"])
+    if run.config.get("poison"):
+        from ..backdoor import poisoned_run_data
+
+        splits = poisoned_run_data(run)[0]
+    else:
+        splits = load_dataset(**run.config["data"])
     net = build_sdn(run.config["model"], run_dir)
     return _run(run_dir, net, splits, cfg, device, ckpt, dist or DistInfo(), progress, on_epoch)
 
@@ -102,13 +112,13 @@ def _backbone_of(spec: dict[str, Any]) -> dict[str, Any]:
     return {"factory": f"{Path(spec['_dir'], path)}:{name}"}
 
 
-def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    out = {k: v for k, v in vars(cfg).items() if k != "recipe"}
-    out["recipe"] = cfg.recipe.to_dict()
-    return out
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """A training configuration as plain values (the ``train`` section of a run's config)."""
+    return {**{k: v for k, v in vars(cfg).items() if k != "recipe"}, "recipe": cfg.recipe.to_dict()}
 
 
-def _config_from_dict(d: dict[str, Any]) -> TrainConfig:
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """The inverse of :func:`config_to_dict`; a one-line error for a damaged section."""
     try:
         return TrainConfig(**{**d, "recipe": Recipe(**d["recipe"])})
     except (KeyError, TypeError) as exc:
