@@ -48,3 +48,32 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def add_model_arguments(parser, from_help: str) -> None:
+    """The options that say which network to build: a built-in or user backbone, weights, exits."""
+    from .. import models
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--arch", choices=models.available(), help="built-in backbone")
+    g.add_argument("--backbone", metavar="FILE.py:FUNCTION", help="your own backbone: a function returning an nn.Module")
+    g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS", help=from_help)
+    g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
+    g.add_argument("--fractions", default="0.15,0.3,0.45,0.6,0.75,0.9",
+                   help="fractions of the FLOPs where ICs go when --exits is not given")
+
+
+def model_spec(args) -> dict:
+    """The model spec (see shallowdeep.build) that the options of :func:`add_model_arguments` describe."""
+    if args.arch and args.backbone:
+        raise UserError("give either --arch or --backbone, not both")
+    model: dict = {"exits": [e.strip() for e in args.exits.split(",") if e.strip()] if args.exits else None}
+    if args.arch:
+        model["arch"] = args.arch
+    if args.backbone:
+        model["factory"] = args.backbone
+    try:
+        model["fractions"] = [float(f) for f in args.fractions.split(",")]
+    except ValueError as exc:
+        raise UserError(f"--fractions must be comma-separated numbers, got '{args.fractions}'") from exc
+    return model

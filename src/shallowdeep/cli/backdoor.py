@@ -24,7 +24,7 @@ from ..data.dataset import NORMALIZATIONS
 from ..errors import UserError
 from ..exits import DEFAULT_MAX_DROP, POLICIES
 from ..train import Interrupted, Recipe, TrainConfig, default_recipe, scale_milestones
-from ._common import add_device_argument, progress_bar, resolve_device, table
+from ._common import add_device_argument, add_model_arguments, model_spec, progress_bar, resolve_device, table
 
 NAME = "backdoor"
 ORDER = 70
@@ -37,15 +37,7 @@ IC_EPOCHS = 25
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="study folder to create (the SDN's run folder)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted study in --out")
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=models.available(), help="built-in backbone")
-    g.add_argument("--backbone", metavar="FILE.py:FUNCTION",
-                   help="your own backbone: a function returning an nn.Module")
-    g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS",
-                   help="fine-tune these weights (a run folder or a checkpoint file) instead of training from scratch")
-    g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
-    g.add_argument("--fractions", default="0.15,0.3,0.45,0.6,0.75,0.9",
-                   help="fractions of the FLOPs where ICs go when --exits is not given")
+    add_model_arguments(p, "fine-tune these weights (a run folder or a checkpoint file) instead of training from scratch")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="cifar10")
     g.add_argument("--data-dir", type=Path, help="folder holding the data set")
@@ -97,22 +89,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> StudySettings:
-    if args.arch and args.backbone:
-        raise UserError("give either --arch or --backbone, not both")
     if args.data_dir is None and args.dataset != "digits":
         raise UserError(f"--data-dir is required for --dataset {args.dataset}")
     for option, value in (("--epochs", args.epochs), ("--ic-epochs", args.ic_epochs)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be at least 1")
-    model: dict = {"exits": [e.strip() for e in args.exits.split(",") if e.strip()] if args.exits else None}
-    if args.arch:
-        model["arch"] = args.arch
-    if args.backbone:
-        model["factory"] = args.backbone
-    try:
-        model["fractions"] = [float(f) for f in args.fractions.split(",")]
-    except ValueError as exc:
-        raise UserError(f"--fractions must be comma-separated numbers, got '{args.fractions}'") from exc
+    model = model_spec(args)
     weight_decay = args.weight_decay if args.weight_decay is not None else (
         models.default_weight_decay(args.arch) if args.arch else 1e-4)
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,

@@ -14,7 +14,7 @@ from ..data.dataset import NORMALIZATIONS
 from ..errors import UserError
 from ..train import MODES, Interrupted, TrainConfig, default_recipe, new_run, resume_run, scale_milestones
 from ..train.distributed import init_from_env
-from ._common import add_device_argument, progress_bar, resolve_device
+from ._common import add_device_argument, add_model_arguments, model_spec, progress_bar, resolve_device
 
 NAME = "train"
 ORDER = 10
@@ -25,14 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder to create (or to continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--mode", choices=MODES, default="cnn", help="what to train")
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=models.available(), help="built-in backbone")
-    g.add_argument("--backbone", metavar="FILE.py:FUNCTION", help="your own backbone: a function returning an nn.Module")
-    g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS",
-                   help="start from these backbone weights: a run folder or a checkpoint file")
-    g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
-    g.add_argument("--fractions", default="0.15,0.3,0.45,0.6,0.75,0.9",
-                   help="fractions of the FLOPs where ICs go when --exits is not given")
+    add_model_arguments(p, "start from these backbone weights: a run folder or a checkpoint file")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="cifar10")
     g.add_argument("--data-dir", type=Path, help="folder holding the data set")
@@ -100,22 +93,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace, device, dist, log):
-    if args.arch and args.backbone:
-        raise UserError("give either --arch or --backbone, not both")
     if args.mode == "ic-only" and not args.pretrained:
         raise UserError("--mode ic-only needs a trained backbone: --from RUN_OR_WEIGHTS")
     if args.data_dir is None and args.dataset != "digits":
         raise UserError(f"--data-dir is required for --dataset {args.dataset}")
-    model: dict = {}
-    if args.arch:
-        model["arch"] = args.arch
-    if args.backbone:
-        model["factory"] = args.backbone
-    model["exits"] = [e.strip() for e in args.exits.split(",") if e.strip()] if args.exits else None
-    try:
-        model["fractions"] = [float(f) for f in args.fractions.split(",")]
-    except ValueError as exc:
-        raise UserError(f"--fractions must be comma-separated numbers, got '{args.fractions}'") from exc
+    model = model_spec(args)
     weight_decay = models.default_weight_decay(args.arch) if args.arch else 1e-4
     cfg = TrainConfig(mode=args.mode, recipe=_recipe(args, weight_decay), seed=args.seed,
                       cache_features=not args.no_cache_features, cache_views=args.cache_views,
