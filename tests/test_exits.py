@@ -19,39 +19,20 @@ from shallowdeep.exits import (POLICIES, calibrate, candidate_keys, early_exit, 
                                simulate, summarise, sweep)
 from shallowdeep.outputs import ExitOutputs
 
+from conftest import load_example
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- a CIFAR ResNet as third parties write it: option-A shortcuts (subsample + zero-pad channels) -------------
 
 
-class LambdaLayer(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            pad = (cout - cin) // 2
-            self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad)))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+BasicBlock = load_example().BasicBlock  # the third-party block: subsample + zero-padded channels
 
 
 class OptionAResNet(nn.Module):
+    """A smaller layout of that block than examples/ builds: 8/16/32 channels, two blocks per stage."""
+
     def __init__(self, blocks=2, num_classes=10):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
