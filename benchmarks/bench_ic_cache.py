@@ -38,7 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=REPO / ".cache" / "data" / "cifar10-jpeg")
     p.add_argument("--weights", type=Path, default=WEIGHTS)
-    p.add_argument("--limit", type=int, default=2000, help="training images (None: all 45,000)")
+    p.add_argument("--limit", type=int, default=2000, help="training images (the full split has 45,000)")
     p.add_argument("--test-images", type=int, default=5000, help="test images the accuracies are measured on")
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--views", type=int, default=2)
