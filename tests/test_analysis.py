@@ -21,7 +21,8 @@ from shallowdeep.cli import main
 from shallowdeep.data import batches, load_dataset
 from shallowdeep.errors import UserError
 from shallowdeep.io import atomic_torch_save, atomic_write_json
-from shallowdeep.outputs import ExitOutputs, load_outputs
+from shallowdeep.exit_outputs import ExitOutputs
+from shallowdeep.outputs import load_outputs
 from shallowdeep.run import open_run
 
 BACKBONE = textwrap.dedent('''

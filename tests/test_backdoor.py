@@ -19,7 +19,7 @@ from shallowdeep.backdoor import (
 from shallowdeep.cli import main
 from shallowdeep.data import DatasetSpec, ImageData, Splits, load_dataset
 from shallowdeep.errors import UserError
-from shallowdeep.outputs import ExitOutputs
+from shallowdeep.exit_outputs import ExitOutputs
 from shallowdeep.run import open_run
 
 TINY = '''

@@ -17,7 +17,7 @@ from shallowdeep.attach import attach
 from shallowdeep.errors import UserError
 from shallowdeep.exits import (POLICIES, calibrate, candidate_keys, early_exit, make_policy, oracle, run_backbone,
                                simulate, summarise, sweep)
-from shallowdeep.outputs import ExitOutputs
+from shallowdeep.exit_outputs import ExitOutputs
 
 from conftest import load_example
 

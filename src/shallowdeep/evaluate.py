@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .outputs import ExitOutputs
+from .exit_outputs import ExitOutputs
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:

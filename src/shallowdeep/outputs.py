@@ -8,7 +8,6 @@ Every analysis reads these instead of running the network again.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,31 +16,12 @@ import torch
 from .data import ImageData, Splits, load_dataset
 from .data.loader import batches
 from .errors import UserError
+from .exit_outputs import ExitOutputs
 from .io import atomic_save_npz
 from .run import Run
 from .sdn import SDN
 
 SPLITS = ("train", "holdout", "test")
-
-
-@dataclass
-class ExitOutputs:
-    """Logits of every exit on one split."""
-
-    logits: np.ndarray  # float32 (exits, samples, classes), the final head last
-    labels: np.ndarray  # int64 (samples,)
-    exit_flops: np.ndarray  # int64 (exits,), cumulative FLOPs per image
-    backbone_flops: int
-
-    @property
-    def predictions(self) -> np.ndarray:
-        """Predicted class of every exit, (exits, samples)."""
-        return self.logits.argmax(-1)
-
-    @property
-    def correct(self) -> np.ndarray:
-        """Whether each exit is right on each sample, (exits, samples)."""
-        return self.predictions == self.labels[None, :]
 
 
 @torch.no_grad()
@@ -51,7 +31,7 @@ def compute_outputs(net: SDN, data: ImageData, splits: Splits, device: str | tor
     net.eval()
     chunks: list[list[torch.Tensor]] = [[] for _ in range(net.num_exits)]
     for x, _ in batches(data, splits.spec, batch_size, train=False, shuffle=False, device=device):
-        for store, out in zip(chunks, net(x)):
+        for store, out in zip(chunks, net.exit_logits(x)):
             store.append(out.float().cpu())
     logits = np.stack([torch.cat(c).numpy() for c in chunks]) if len(data.labels) else np.zeros((net.num_exits, 0, splits.spec.num_classes), np.float32)
     return ExitOutputs(logits, data.labels.numpy().astype(np.int64), np.asarray(net.exit_flops, np.int64), net.backbone_flops)

@@ -18,7 +18,7 @@ from ..errors import UserError
 from .probs import logit_stack, softmax
 
 if TYPE_CHECKING:
-    from ..outputs import ExitOutputs
+    from ..exit_outputs import ExitOutputs
 
 
 def confusion_scores(outputs: Any) -> np.ndarray:

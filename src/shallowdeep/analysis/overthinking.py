@@ -16,7 +16,7 @@ from ..errors import UserError
 from .probs import softmax
 
 if TYPE_CHECKING:
-    from ..outputs import ExitOutputs
+    from ..exit_outputs import ExitOutputs
 
 
 def earliest_correct_exit(correct: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from ..analysis import confusion_statistics, error_auroc, normalised_confusion
 from ..analysis.probs import softmax
 from ..errors import UserError
 from ..exits import calibrate, simulate, summarise
-from ..outputs import ExitOutputs
+from ..exit_outputs import ExitOutputs
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

@@ -28,7 +28,8 @@ from ..data import ImageData, Splits, load_dataset
 from ..errors import UserError
 from ..exits import make_policy, simulate
 from ..io import atomic_write_bytes, atomic_write_json
-from ..outputs import ExitOutputs, compute_outputs, load_outputs
+from ..exit_outputs import ExitOutputs
+from ..outputs import compute_outputs, load_outputs
 from ..run import CHECKPOINT, CONFIG, Run, open_run
 from ..train import TrainConfig, config_from_dict, config_to_dict, load_pretrained, new_run, resume_run
 from ..train.trainer import Progress

@@ -23,7 +23,8 @@ from ..data import DATASETS, ImageData, Splits, load_dataset
 from ..errors import UserError
 from ..exits import DEFAULT_MAX_DROP, POLICIES, calibrate, early_exit_result
 from ..io import atomic_write_bytes, atomic_write_json
-from ..outputs import ExitOutputs, compute_outputs, load_outputs, load_run_data
+from ..exit_outputs import ExitOutputs
+from ..outputs import compute_outputs, load_outputs, load_run_data
 from ..run import Run, open_run
 from ._common import add_device_argument, resolve_device, table
 

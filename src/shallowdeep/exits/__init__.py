@@ -6,6 +6,7 @@ same rule to stored per-exit logits; :func:`calibrate` chooses a threshold on he
 :func:`early_exit_result` gathers everything the ``early-exit`` command records.
 """
 
+from ..exit_outputs import ExitOutputs
 from .calibrate import DEFAULT_MAX_DROP, calibrate
 from .engine import early_exit, run_backbone
 from .policies import POLICIES, Entropy, ExitPolicy, MaxProb, Patience, make_policy, resolve_policy
@@ -14,7 +15,7 @@ from .simulate import (Curve, Outcome, Summary, candidate_keys, curve, exit_scor
                        simulate, summarise, sweep)
 
 __all__ = [
-    "DEFAULT_MAX_DROP", "POLICIES", "Curve", "Entropy", "ExitPolicy", "MaxProb", "Outcome", "Patience", "Summary",
+    "DEFAULT_MAX_DROP", "POLICIES", "Curve", "Entropy", "ExitOutputs", "ExitPolicy", "MaxProb", "Outcome", "Patience", "Summary",
     "calibrate", "candidate_keys", "curve", "early_exit", "early_exit_result", "exit_scores", "final_head",
     "grid_keys", "make_policy", "oracle", "resolve_policy", "run_backbone", "simulate", "split_result", "summarise",
     "sweep",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from ..outputs import ExitOutputs
+from ..exit_outputs import ExitOutputs
 from .policies import POLICIES, ExitPolicy
 from .simulate import candidate_keys, sweep
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..outputs import ExitOutputs
+from ..exit_outputs import ExitOutputs
 from .policies import ExitPolicy
 from .simulate import curve, final_head, grid_keys, oracle, simulate, summarise
 

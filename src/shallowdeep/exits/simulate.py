@@ -1,7 +1,7 @@
 """Early exit simulated on stored per-exit logits: outcomes, trade-off curves, the oracle.
 
 The simulation applies exactly the engine's rule (stop at the first IC whose score reaches the
-policy's key) to :class:`~shallowdeep.outputs.ExitOutputs`, vectorised over samples, so a
+policy's key) to :class:`~shallowdeep.exit_outputs.ExitOutputs`, vectorised over samples, so a
 policy can be evaluated at thousands of thresholds without running the network.
 """
 
@@ -14,7 +14,7 @@ import torch
 
 from ..analysis.overthinking import earliest_correct_exit
 from ..errors import UserError
-from ..outputs import ExitOutputs
+from ..exit_outputs import ExitOutputs
 from .policies import ExitPolicy
 
 
@@ -59,8 +59,13 @@ def exit_scores(outputs: ExitOutputs, kind: type[ExitPolicy] | ExitPolicy) -> np
 
 
 def simulate(outputs: ExitOutputs, policy: ExitPolicy) -> Outcome:
-    """Where each sample of ``outputs`` leaves under ``policy``, and its answer and cost."""
-    stops = ~(exit_scores(outputs, policy) < np.float32(policy.key))
+    """Where each sample of ``outputs`` leaves under ``policy`` (one key for all ICs or one per IC), and its
+    answer and cost."""
+    scores = exit_scores(outputs, policy)
+    if isinstance(policy.threshold, tuple) and len(policy.threshold) != scores.shape[0]:
+        raise UserError(f"the policy has {len(policy.threshold)} thresholds for {scores.shape[0]} ICs")
+    keys = np.array([policy.key_at(i) for i in range(scores.shape[0])], np.float32)
+    stops = ~(scores < keys[:, None])
     exits = np.where(stops.any(axis=0), stops.argmax(axis=0), stops.shape[0]).astype(np.int64)
     predictions = outputs.predictions[exits, np.arange(exits.size)].astype(np.int64)
     return Outcome(predictions, exits, outputs.exit_flops[exits].astype(np.int64))

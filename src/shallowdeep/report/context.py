@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..data import Splits
-from ..outputs import ExitOutputs
+from ..exit_outputs import ExitOutputs
 from ..run import Run
 from . import html
 
