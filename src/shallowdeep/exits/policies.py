@@ -10,6 +10,8 @@ threshold search share one definition.
   entropy lies in [0, 1]; the threshold t means "stop when the normalised entropy <= t" (key = -t).
 - ``patience``: score = how many consecutive exits, ending at this one, predict the same class;
   the threshold k means "stop once k consecutive exits agree" (key = k, a whole number >= 1).
+- ``maxprob-per-exit``: the paper's score with one threshold per IC (a tuple), chosen by
+  ``calibrate(..., per_exit=True)``; it is not one of the named policies of :data:`POLICIES`.
 """
 
 from __future__ import annotations
@@ -49,15 +51,20 @@ class ExitPolicy(ABC):
     def scores(cls, logits: torch.Tensor) -> torch.Tensor:
         """Float32 scores of the ICs' logits ``(exits, samples, classes)`` -> ``(exits, samples)``."""
 
+    def key_at(self, index: int) -> float:
+        """The key at IC ``index`` (0 = first IC): the same at every IC unless the policy has one per IC."""
+        return self.key
+
     def start(self, n: int, device: torch.device) -> State:
         """Per-sample state carried from exit to exit (rows follow the surviving samples)."""
         return ()
 
-    def step(self, logits: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """Whether each sample goes on past this IC, given its logits ``(samples, classes)``, and the new state.
+    def step(self, logits: torch.Tensor, state: State, index: int) -> tuple[torch.Tensor, State]:
+        """Whether each sample goes on past IC ``index`` (0-based), given its logits ``(samples, classes)``,
+        and the new state.
 
         Stateless policies score each IC alone (``scores`` accepts any leading dimensions)."""
-        return self.scores(logits) < self.key, state
+        return self.scores(logits) < self.key_at(index), state
 
 
 @dataclass(frozen=True)
@@ -129,11 +136,33 @@ class Patience(ExitPolicy):
     def start(self, n: int, device: torch.device) -> State:
         return (torch.full((n,), -1, dtype=torch.long, device=device), torch.zeros(n, device=device))
 
-    def step(self, logits: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, logits: torch.Tensor, state: State, index: int) -> tuple[torch.Tensor, State]:
         previous, run = state
         predictions = logits.argmax(dim=-1)
         run = torch.where(predictions == previous, run + 1, 1.0)
-        return run < self.key, (predictions, run)
+        return run < self.key_at(index), (predictions, run)
+
+
+@dataclass(frozen=True)
+class PerExitMaxProb(MaxProb):
+    """The paper's rule with one threshold per IC: stop at the first IC ``i`` whose largest softmax
+    probability is at least ``threshold[i]``."""
+
+    threshold: tuple[float, ...]
+    name: ClassVar[str] = "maxprob-per-exit"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.threshold, tuple) or not self.threshold:
+            raise UserError(f"a per-exit policy needs a tuple of thresholds, one per IC, got {self.threshold!r}")
+        if not all(isinstance(q, numbers.Real) and not math.isnan(q) for q in self.threshold):
+            raise UserError(f"{self.name} thresholds must be numbers, got {self.threshold!r}")
+
+    @property
+    def key(self) -> float:
+        raise UserError("a per-exit policy has one key per IC: use key_at(index)")
+
+    def key_at(self, index: int) -> float:
+        return float(self.threshold[index])
 
 
 def _check_number(policy: ExitPolicy) -> None:
