@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.fx
@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UserError
 from .flops import count_flops
-from .heads import InternalClassifier
+from .heads import GeometricEnsemble, ICDesign, make_heads
 from .sdn import SDN
 
 PAPER_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
@@ -45,8 +45,13 @@ def attach(
     num_classes: int,
     exits: Sequence[str] | None = None,
     fractions: Sequence[float] = PAPER_FRACTIONS,
+    ic: ICDesign | str | Mapping[str, Any] | None = "paper",
 ) -> SDN:
     """Return an SDN built from ``model`` with an internal classifier at each exit.
+
+    ``ic`` chooses the heads' design: ``"paper"`` (the SDN paper's IC), ``"conv"`` or ``"ztw"``
+    (see :mod:`shallowdeep.heads`), or an :class:`~shallowdeep.heads.ICDesign` with its settings.
+    Every exit's FLOPs include the heads on the way to it.
 
     ``exits=[]`` gives an SDN of one segment and no IC: the plain CNN, trained and evaluated
     by the same code.
@@ -67,13 +72,25 @@ def attach(
         points = [p for p in points if re.fullmatch(r"stages\.\d+", p.name)]  # between blocks, as in the paper
     chosen = _resolve_exits(gm, points, exits) if exits is not None else place_exits(points, total_flops, fractions)
     segments = split_graph(gm, [p.index for p in chosen])
-    ics = [InternalClassifier(*p.shape, num_classes) for p in chosen]
+    design = ICDesign.parse(ic)
     device = next(model.parameters(), torch.zeros(())).device
-    ics = [ic.to(device) for ic in ics]
-    ic_flops = [count_flops(ic, torch.zeros(1, *p.shape, device=device)) for ic, p in zip(ics, chosen)]
-    exit_flops = [p.flops + sum(ic_flops[: i + 1]) for i, p in enumerate(chosen)]
-    exit_flops.append(total_flops + sum(ic_flops))
-    return SDN(segments, ics, [p.name for p in chosen], exit_flops, total_flops)
+    heads = [h.to(device) for h in make_heads(design, [p.shape for p in chosen], num_classes)]
+    head_flops = [_head_flops(h, p.shape, num_classes, device) for h, p in zip(heads, chosen)]
+    exit_flops = [p.flops + sum(head_flops[: i + 1]) for i, p in enumerate(chosen)]
+    exit_flops.append(total_flops + sum(head_flops))
+    ensemble = GeometricEnsemble(len(heads), num_classes).to(device) if design.ensembles and heads else None
+    return SDN(segments, heads, [p.name for p in chosen], exit_flops, total_flops, ensemble, design)
+
+
+def _head_flops(head: nn.Module, shape: Sequence[int], num_classes: int, device: torch.device) -> int:
+    """FLOPs per image of one head (eval mode), the cascaded logits it reads included."""
+    was_training = head.training
+    head.eval()
+    try:
+        prev = torch.zeros(1, num_classes, device=device) if head.cascade_classes else None
+        return count_flops(lambda x: head(x, prev), torch.zeros(1, *shape, device=device))
+    finally:
+        head.train(was_training)
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:

@@ -3,8 +3,9 @@
 A *model spec* is a JSON-able dict saved with every run, enough to rebuild the network:
 ``{"arch": "resnet56"}`` or ``{"factory": "backbone.py:make"}`` (a Python file and a function
 returning an ``nn.Module``, resolved against the run folder), plus ``num_classes``,
-``input_shape`` and ``exits`` (a list of exit names; ``[]`` for the plain CNN; None to place
-them at ``fractions`` of the FLOPs, after which the chosen names are recorded).
+``input_shape``, ``exits`` (a list of exit names; ``[]`` for the plain CNN; None to place
+them at ``fractions`` of the FLOPs, after which the chosen names are recorded) and ``ic`` (the
+heads' design, see :class:`shallowdeep.heads.ICDesign`; the paper's IC when absent).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def build_sdn(spec: Mapping[str, Any], base_dir: str | Path = ".",
     if backbone_state is not None:
         load_backbone_weights(backbone, backbone_state, source)
     net = attach(backbone, tuple(spec["input_shape"]), spec["num_classes"], exits=spec["exits"],
-                 fractions=spec.get("fractions", PAPER_FRACTIONS))
-    net.spec = {**spec, "exits": list(net.exit_names)}
+                 fractions=spec.get("fractions", PAPER_FRACTIONS), ic=spec.get("ic"))
+    net.spec = {**spec, "exits": list(net.exit_names), "ic": net.ic_design.to_dict()}
     return net
 
 

@@ -1,45 +1,205 @@
-"""The internal classifier (IC) of the SDN paper: mixed max/average pooling, then one linear layer."""
+"""Internal classifiers (ICs): the exit heads of an SDN, in three designs, and ZTW's ensemble.
+
+- ``paper``: the SDN paper's IC: mixed max/average pooling to 4x4, then one linear layer.
+- ``conv``: a small convolutional head: mixed pooling to at most 8x8, a 3x3 convolution, a
+  strided 3x3 convolution to 4x4 (each with batch norm and ReLU), then one linear layer.
+- ``ztw``: Zero Time Waste (Wojcik et al., NeurIPS 2021) on the ``conv`` head: each IC also reads
+  the previous IC's softmax probabilities (detached; *cascading*), and exit k answers with a
+  learned weighted geometric mean of the probabilities of ICs 1..k (:class:`GeometricEnsemble`).
+
+Every head splits its forward pass in two: :meth:`ExitHead.reduce` is a fixed, parameter-free
+reduction of the feature map (what the IC-only feature cache stores), :meth:`ExitHead.classify`
+the learned rest. ``head(x, prev)`` is ``classify(reduce(x), prev)``, where ``prev`` is the
+previous IC's logits (read by cascading heads only).
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-POOLED_SIZE = 4
+from .errors import UserError
+
+POOLED_SIZE = 4  # the paper IC's pooled map, and the conv head's output map
+CONV_INPUT_SIZE = 8  # the conv head pools larger maps to this size before its first convolution
+IC_DESIGNS = ("paper", "conv", "ztw")
+
+Reduced = tuple[torch.Tensor, ...]
 
 
-class InternalClassifier(nn.Module):
-    """Reduces a (C, H, W) feature map to (C, 4, 4) by ``alpha * max + (1 - alpha) * avg`` pooling
-    (no pooling when H and W are already 4 or smaller), flattens it and applies one linear layer.
+@dataclass(frozen=True)
+class ICDesign:
+    """Which exit heads an SDN has, as saved in a run's model spec (``{"design": "conv", "width": 64}``)."""
+
+    design: str = "paper"
+    width: int = 64  # channels of the conv and ztw heads' convolutions
+
+    def __post_init__(self) -> None:
+        if self.design not in IC_DESIGNS:
+            raise UserError(f"unknown IC design '{self.design}': choose one of {', '.join(IC_DESIGNS)}")
+        if not isinstance(self.width, int) or not 1 <= self.width <= 4096:
+            raise UserError(f"IC width {self.width!r} must be a whole number from 1 to 4096")
+
+    @property
+    def cascades(self) -> bool:
+        return self.design == "ztw"
+
+    @property
+    def ensembles(self) -> bool:
+        return self.design == "ztw"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) if self.design != "paper" else {"design": "paper"}
+
+    @classmethod
+    def parse(cls, value: "ICDesign | str | Mapping[str, Any] | None") -> "ICDesign":
+        """A design from its name, its saved dict, or itself (None: the paper's IC)."""
+        if value is None:
+            return cls()
+        if isinstance(value, ICDesign):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        try:
+            return cls(**dict(value))
+        except TypeError as exc:
+            raise UserError(f"IC design {dict(value)} has unknown settings ({exc})") from exc
+
+
+class ExitHead(nn.Module):
+    """An internal classifier reading a (C, H, W) feature map; see the module docstring."""
+
+    def __init__(self, cascade_classes: int = 0) -> None:
+        super().__init__()
+        self.cascade_classes = cascade_classes  # > 0: reads the previous IC's logits
+
+    def reduce(self, x: torch.Tensor) -> Reduced:
+        """The fixed (parameter-free) reduction of the feature map that :meth:`classify` reads."""
+        raise NotImplementedError
+
+    def classify(self, reduced: Reduced, prev: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from the reduced maps and, for a cascading head, the previous IC's logits."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(self.reduce(x), prev)
+
+    def _with_previous(self, features: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        """``features`` followed by the previous IC's probabilities (detached), for a cascading head."""
+        if not self.cascade_classes:
+            return features
+        if prev is None:
+            raise ValueError("a cascading internal classifier needs the previous IC's logits")
+        return torch.cat([features, torch.softmax(prev.detach().float(), dim=1).to(features.dtype)], dim=1)
+
+
+def mixed_pool_parts(x: torch.Tensor, size: int) -> Reduced:
+    """Max- and average-pooled maps of at most ``size`` x ``size`` (``(x,)`` when already that small)."""
+    h, w = x.shape[-2:]
+    if h <= size and w <= size:
+        return (x,)
+    out = (min(h, size), min(w, size))
+    if h % out[0] == 0 and w % out[1] == 0:  # plain pooling is faster than adaptive
+        k = (h // out[0], w // out[1])
+        return F.max_pool2d(x, k), F.avg_pool2d(x, k)
+    return F.adaptive_max_pool2d(x, out), F.adaptive_avg_pool2d(x, out)
+
+
+def _mix(reduced: Reduced, alpha: nn.Parameter | None) -> torch.Tensor:
+    """``alpha * max + (1 - alpha) * avg`` of :func:`mixed_pool_parts`' output."""
+    if len(reduced) == 1:
+        return reduced[0]
+    maxp, avgp = reduced
+    return torch.lerp(avgp, maxp, alpha.to(maxp.dtype))
+
+
+class InternalClassifier(ExitHead):
+    """The paper's IC: a (C, H, W) map reduced to (C, 4, 4) by ``alpha * max + (1 - alpha) * avg``
+    pooling (no pooling when H and W are already 4 or smaller), flattened, one linear layer.
 
     ``alpha`` is one learnable scalar, initialised uniformly in [0, 1) as in the paper's code.
-    :meth:`pool` and :meth:`classify` split the forward pass so that the pooled maps of a frozen
-    backbone can be cached and the IC trained on the cache.
     """
 
-    def __init__(self, channels: int, height: int, width: int, num_classes: int) -> None:
-        super().__init__()
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, cascade_classes: int = 0) -> None:
+        super().__init__(cascade_classes)
         self.pools = height > POOLED_SIZE or width > POOLED_SIZE
-        out_h, out_w = (min(height, POOLED_SIZE), min(width, POOLED_SIZE)) if self.pools else (height, width)
         self.alpha = nn.Parameter(torch.rand(1)) if self.pools else None
-        self.linear = nn.Linear(channels * out_h * out_w, num_classes)
-        self.out_size = (out_h, out_w)
+        out_h, out_w = min(height, POOLED_SIZE), min(width, POOLED_SIZE)
+        self.linear = nn.Linear(channels * out_h * out_w + cascade_classes, num_classes)
 
-    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The two pooled maps (max, avg), or (x, None) when the map is not pooled."""
-        if not self.pools:
-            return x, None
-        h, w = x.shape[-2:]
-        if h % self.out_size[0] == 0 and w % self.out_size[1] == 0:  # plain pooling is faster than adaptive
-            k = (h // self.out_size[0], w // self.out_size[1])
-            return F.max_pool2d(x, k), F.avg_pool2d(x, k)
-        return F.adaptive_max_pool2d(x, self.out_size), F.adaptive_avg_pool2d(x, self.out_size)
+    def reduce(self, x: torch.Tensor) -> Reduced:
+        return mixed_pool_parts(x, POOLED_SIZE)
 
-    def classify(self, maxp: torch.Tensor, avgp: torch.Tensor | None) -> torch.Tensor:
-        """Logits from the pooled maps returned by :meth:`pool`."""
-        mixed = maxp if avgp is None else torch.lerp(avgp, maxp, self.alpha)  # alpha * max + (1 - alpha) * avg
-        return self.linear(mixed.flatten(1))
+    def classify(self, reduced: Reduced, prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(self._with_previous(_mix(reduced, self.alpha).flatten(1), prev))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(*self.pool(x))
+
+class ConvHead(ExitHead):
+    """A small convolutional IC: mixed pooling to at most 8x8 (learnable ``alpha`` as in the paper's
+    IC), 3x3 conv -> BN -> ReLU, 3x3 conv with stride 2 (to 4x4 from 8x8) -> BN -> ReLU, flatten,
+    one linear layer. ``width`` channels in both convolutions."""
+
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, conv_width: int = 64,
+                 cascade_classes: int = 0) -> None:
+        super().__init__(cascade_classes)
+        pools = height > CONV_INPUT_SIZE or width > CONV_INPUT_SIZE
+        self.alpha = nn.Parameter(torch.rand(1)) if pools else None
+        h, w = min(height, CONV_INPUT_SIZE), min(width, CONV_INPUT_SIZE)
+        stride = 2 if min(h, w) > POOLED_SIZE else 1
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, conv_width, 3, padding=1, bias=False), nn.BatchNorm2d(conv_width), nn.ReLU(inplace=True),
+            nn.Conv2d(conv_width, conv_width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(conv_width),
+            nn.ReLU(inplace=True),
+        )
+        out_h, out_w = (h - 1) // stride + 1, (w - 1) // stride + 1
+        self.linear = nn.Linear(conv_width * out_h * out_w + cascade_classes, num_classes)
+
+    def reduce(self, x: torch.Tensor) -> Reduced:
+        return mixed_pool_parts(x, CONV_INPUT_SIZE)
+
+    def classify(self, reduced: Reduced, prev: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.body(_mix(reduced, self.alpha)).flatten(1)
+        return self.linear(self._with_previous(features, prev))
+
+
+def make_heads(design: ICDesign, shapes: Sequence[Sequence[int]], num_classes: int) -> list[ExitHead]:
+    """One head of ``design`` per exit, for feature maps of the given (C, H, W) shapes."""
+    heads: list[ExitHead] = []
+    for i, shape in enumerate(shapes):
+        cascade = num_classes if design.cascades and i > 0 else 0
+        if design.design == "paper":
+            heads.append(InternalClassifier(*shape, num_classes))
+        else:
+            heads.append(ConvHead(*shape, num_classes, conv_width=design.width, cascade_classes=cascade))
+    return heads
+
+
+class GeometricEnsemble(nn.Module):
+    """ZTW's geometric ensembling: exit k answers ``log_softmax(sum_{i<=k} w_ki * log p_i + b_k)``,
+    with one learned weight per IC and a per-class bias for every exit.
+
+    Initialised to answer with IC k alone (``w_kk = 1``, the rest 0, no bias); trained after the
+    ICs, with them frozen. Its cost (k x classes multiply-adds per exit) is not counted in FLOPs,
+    like other element-wise work (see :mod:`shallowdeep.flops`).
+    """
+
+    def __init__(self, num_ics: int, num_classes: int) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList([nn.Parameter(F.one_hot(torch.tensor(k), k + 1).float())
+                                         for k in range(num_ics)])
+        self.bias = nn.Parameter(torch.zeros(num_ics, num_classes))
+
+    def exit_logits(self, k: int, log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Exit ``k``'s answer (log-probabilities) from the log-softmax of ICs 0..k."""
+        w = self.weights[k]
+        mixed = sum(w[i] * log_probs[i] for i in range(k + 1))
+        return torch.log_softmax(mixed + self.bias[k], dim=1)
+
+    def forward(self, ic_logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Every exit's answer from every IC's logits."""
+        log_probs = [torch.log_softmax(z.float(), dim=1) for z in ic_logits]
+        return [self.exit_logits(k, log_probs) for k in range(len(log_probs))]

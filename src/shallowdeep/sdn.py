@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .heads import InternalClassifier
+from .heads import ExitHead, GeometricEnsemble, ICDesign
 
 
 class SDN(nn.Module):
@@ -15,28 +15,35 @@ class SDN(nn.Module):
 
     ``segments[i]`` maps the previous segment's output to the feature map read by ``ics[i]``;
     the last segment ends with the original classifier. ``forward`` returns the logits of every
-    exit in depth order, the final head last.
+    head in depth order, the final head last (what training reads); :meth:`exit_logits` returns
+    what every exit *answers*: the same, except that with a ``ensemble`` (ZTW) exit k answers with
+    the ensemble of ICs 1..k.
 
     Attributes:
         exit_names: where each IC reads its input (module or fx node names of the backbone).
         exit_flops: cumulative FLOPs per image to reach each exit, the ICs on the way included.
         backbone_flops: FLOPs per image of the unmodified backbone.
+        ic_design: the heads' design (see :mod:`shallowdeep.heads`).
         spec: how the SDN was built (set by :mod:`shallowdeep.build`), saved with checkpoints.
     """
 
     def __init__(
         self,
         segments: Sequence[nn.Module],
-        ics: Sequence[InternalClassifier],
+        ics: Sequence[ExitHead],
         exit_names: Sequence[str],
         exit_flops: Sequence[int],
         backbone_flops: int,
+        ensemble: GeometricEnsemble | None = None,
+        ic_design: ICDesign | None = None,
     ) -> None:
         super().__init__()
         if len(segments) != len(ics) + 1 or len(exit_flops) != len(segments):
             raise ValueError("an SDN needs one more segment and exit cost than it has ICs")
         self.segments = nn.ModuleList(segments)
         self.ics = nn.ModuleList(ics)
+        self.ensemble = ensemble
+        self.ic_design = ic_design or ICDesign()
         self.exit_names = list(exit_names)
         self.exit_flops = [int(f) for f in exit_flops]
         self.backbone_flops = int(backbone_flops)
@@ -49,12 +56,32 @@ class SDN(nn.Module):
         return len(self.segments)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outputs = []
+        outputs: list[torch.Tensor] = []
         for segment, ic in zip(self.segments, self.ics):
             x = segment(x)
-            outputs.append(ic(x))
+            outputs.append(ic(x, outputs[-1] if outputs else None))
         outputs.append(self.segments[-1](x))
         return outputs
+
+    def combine(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What every exit answers, given every head's logits (``forward``'s output)."""
+        if self.ensemble is None:
+            return outputs
+        return [*self.ensemble(outputs[:-1]), outputs[-1]]
+
+    def exit_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What every exit answers on ``x``, in depth order, the final head last."""
+        return self.combine(self(x))
+
+    def answer_at(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """IC ``k``'s answer on ``x`` (0-based), computing only the segments and ICs before it."""
+        raws: list[torch.Tensor] = []
+        for segment, ic in zip(self.segments[: k + 1], self.ics):
+            x = segment(x)
+            raws.append(ic(x, raws[-1] if raws else None))
+        if self.ensemble is None:
+            return raws[-1]
+        return self.ensemble.exit_logits(k, [torch.log_softmax(r.float(), dim=1) for r in raws])
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The feature map read by every IC, and the final logits."""

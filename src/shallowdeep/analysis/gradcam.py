@@ -64,6 +64,17 @@ def mark_last_feature_map(segment: nn.Module, example: torch.Tensor) -> tuple[to
     return gm, node.name
 
 
+class _ToIC(nn.Module):
+    """The input-to-answer path of IC ``k``."""
+
+    def __init__(self, net: "SDN", k: int) -> None:
+        super().__init__()
+        self.net, self.k = net, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.answer_at(x, self.k)
+
+
 class _ExitModel(nn.Module):
     """The path from the input to one exit, with ``layer`` the module whose output Grad-CAM explains."""
 
@@ -73,7 +84,7 @@ class _ExitModel(nn.Module):
         if not 0 <= exit_index <= last:
             raise UserError(f"exit {exit_index} does not exist: the network has exits 0 to {last}")
         if exit_index < last:
-            self.path = nn.Sequential(*net.segments[: exit_index + 1], net.ics[exit_index])
+            self.path = _ToIC(net, exit_index)
             self.layer: nn.Module = net.segments[exit_index]
             where = net.exit_names[exit_index]
             self.layer_name = f"output of segment {exit_index} ({where}), read by IC {exit_index + 1}"

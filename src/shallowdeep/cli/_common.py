@@ -9,6 +9,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from ..errors import UserError
+from ..heads import IC_DESIGNS, ICDesign
 
 
 def add_device_argument(parser) -> None:
@@ -61,13 +62,18 @@ def add_model_arguments(parser, from_help: str) -> None:
     g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
     g.add_argument("--fractions", default="0.15,0.3,0.45,0.6,0.75,0.9",
                    help="fractions of the FLOPs where ICs go when --exits is not given")
+    g.add_argument("--ic", choices=IC_DESIGNS, default="paper",
+                   help="internal classifier design: the SDN paper's (pooling + linear), conv (a small convolutional "
+                        "head), or ztw (conv heads with Zero Time Waste's cascading and geometric ensemble)")
+    g.add_argument("--ic-width", type=int, default=ICDesign.width, help="channels of the conv and ztw heads")
 
 
 def model_spec(args) -> dict:
     """The model spec (see shallowdeep.build) that the options of :func:`add_model_arguments` describe."""
     if args.arch and args.backbone:
         raise UserError("give either --arch or --backbone, not both")
-    model: dict = {"exits": [e.strip() for e in args.exits.split(",") if e.strip()] if args.exits else None}
+    model: dict = {"exits": [e.strip() for e in args.exits.split(",") if e.strip()] if args.exits else None,
+                   "ic": ICDesign(args.ic, args.ic_width).to_dict()}
     if args.arch:
         model["arch"] = args.arch
     if args.backbone:

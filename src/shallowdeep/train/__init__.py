@@ -83,7 +83,8 @@ def resume_run(run_dir: Path, *, device: torch.device, dist: DistInfo | None = N
     run = open_run(run_dir)
     ckpt = run.load_checkpoint()
     cfg = config_from_dict(run.config["train"])
-    if int(ckpt.get("epoch", 0)) >= cfg.recipe.epochs:
+    ensemble_pending = "ensemble.bias" in ckpt.get("model", {}) and not ckpt.get("ensemble_trained")
+    if int(ckpt.get("epoch", 0)) >= cfg.recipe.epochs and not ensemble_pending:
         raise UserError(f"{run_dir} has finished all {cfg.recipe.epochs} epochs; nothing to resume")
     if run.config.get("poison"):
         from ..backdoor import poisoned_run_data

@@ -1,7 +1,8 @@
 """IC-only training on cached features.
 
-The backbone is frozen, so the pooled maps each IC reads (max and average pooled, before the
-learnable mix) depend only on the input. They are computed once per augmented view of the
+The backbone is frozen, so the reduced maps each IC reads (its parameter-free
+:meth:`~shallowdeep.heads.ExitHead.reduce`: max and average pooled, before the learnable mix)
+depend only on the input. They are computed once per augmented view of the
 training set and the ICs are trained on them, so a 25-epoch IC-only run costs a few backbone
 passes instead of 25. Epoch ``e`` uses view ``e % views``; while ``e < views`` the view holds
 the samples in the order the streamed epoch ``e`` would see them, with the same augmentation, so
@@ -10,6 +11,7 @@ with ``views == epochs`` and a float32 cache both paths train the same ICs.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,12 +22,14 @@ import torch.nn.functional as F
 from ..data import ImageData, Splits
 from ..data.loader import batches, num_batches
 from ..sdn import SDN
+from .ensemble import fit_ensemble
 from .recipe import TrainConfig
 from .trainer import (
-    Interrupted, Progress, State, epoch_generator, make_optimizer, restore, save_checkpoint, stop_on_signals,
+    Interrupted, Progress, State, check_finite, epoch_generator, make_optimizer, needs_ensemble, record_ensemble,
+    restore, save_checkpoint, stop_on_signals,
 )
 
-PooledMaps = list[tuple[torch.Tensor, torch.Tensor | None]]  # per IC: (max-pooled, avg-pooled or None)
+PooledMaps = list[tuple[torch.Tensor, ...]]  # per IC: its reduced maps
 
 
 @dataclass
@@ -44,7 +48,7 @@ def bytes_per_sample(net: SDN, input_shape: tuple[int, ...], dtype: torch.dtype)
     with torch.no_grad():
         maps, _ = net.eval().features(torch.zeros(1, *input_shape, device=device))
     size = torch.tensor([], dtype=dtype).element_size()
-    return sum(sum(t.numel() for t in ic.pool(m) if t is not None) for ic, m in zip(net.ics, maps)) * size
+    return sum(sum(t.numel() for t in ic.reduce(m)) for ic, m in zip(net.ics, maps)) * size
 
 
 def fits_in_budget(net: SDN, splits: Splits, cfg: TrainConfig, dtype: torch.dtype) -> bool:
@@ -59,32 +63,45 @@ def build_cache(net: SDN, data: ImageData, splits: Splits, batch_size: int, devi
                 dtype: torch.dtype, generator: torch.Generator | None, train: bool) -> FeatureCache:
     """One pass of the frozen backbone over ``data`` (shuffled and augmented when ``train``)."""
     net.eval()
-    chunks: list[list[list[torch.Tensor]]] = [[[], []] for _ in net.ics]
+    chunks: list[list[list[torch.Tensor]]] | None = None
     labels, final_correct = [], []
     for x, y in batches(data, splits.spec, batch_size, train=train, shuffle=train, device=device,
                         generator=generator):
         maps, final = net.features(x)
         final_correct.append(final.argmax(1) == y)
-        for store, ic, m in zip(chunks, net.ics, maps):
-            for part, t in zip(store, ic.pool(m)):
-                if t is not None:
-                    part.append(t.to(dtype))
+        reduced = [ic.reduce(m) for ic, m in zip(net.ics, maps)]
+        chunks = chunks or [[[] for _ in parts] for parts in reduced]
+        for store, parts in zip(chunks, reduced):
+            for part, t in zip(store, parts):
+                part.append(t.to(dtype))
         labels.append(y)
-    pooled = [(torch.cat(mx), torch.cat(av) if av else None) for mx, av in chunks]
+    pooled = [tuple(torch.cat(part) for part in store) for store in chunks or []]
     return FeatureCache(pooled, torch.cat(labels), torch.cat(final_correct))
 
 
 def ic_logits(net: SDN, maps: PooledMaps, index: torch.Tensor | slice) -> list[torch.Tensor]:
-    """Every IC's logits for the cached samples at ``index``."""
-    return [ic.classify(mx[index].float(), None if av is None else av[index].float())
-            for ic, (mx, av) in zip(net.ics, maps)]
+    """Every IC's logits for the cached samples at ``index`` (each cascading IC reads the one before)."""
+    outputs: list[torch.Tensor] = []
+    for ic, parts in zip(net.ics, maps):
+        outputs.append(ic.classify(tuple(t[index].float() for t in parts), outputs[-1] if outputs else None))
+    return outputs
+
+
+@torch.no_grad()
+def cached_ic_logits(net: SDN, cache: FeatureCache, batch_size: int = 1024) -> list[torch.Tensor]:
+    """Every IC's logits (eval mode) on all samples of a cache, in its order."""
+    net.ics.eval()
+    n = len(cache.labels)
+    parts = [ic_logits(net, cache.maps, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
+    return [torch.cat([p[k] for p in parts]) for k in range(len(net.ics))]
 
 
 @torch.no_grad()
 def cached_accuracies(net: SDN, cache: FeatureCache) -> list[float]:
-    """Every IC's accuracy on a cached split, then the (frozen) final head's."""
-    net.ics.eval()
-    hits = [(out.argmax(1) == cache.labels).double().mean().item() for out in ic_logits(net, cache.maps, slice(None))]
+    """What every exit answers, scored on a cached split: the ICs (or their ensemble), then the frozen
+    final head."""
+    answers = net.combine([*cached_ic_logits(net, cache), torch.empty(0)])[:-1]
+    hits = [(out.argmax(1) == cache.labels).double().mean().item() for out in answers]
     return hits + [cache.final_correct.double().mean().item()]
 
 
@@ -121,20 +138,23 @@ def train_ics_cached(
             for group in optimizer.param_groups:
                 group["lr"] = cfg.recipe.lr_at(epoch)
             net.train()
+            started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
-            steps = range(num_batches(n, batch, drop_last=False, world_size=1))
+            total = num_batches(n, batch, drop_last=False, world_size=1)
+            steps = range(total)
             if progress is not None:
                 steps = progress(iter(steps), len(steps), f"epoch {epoch + 1}/{cfg.recipe.epochs} (cached)")
             for step in steps:
                 index = order[step * batch:(step + 1) * batch]
                 y = cache.labels[index]
                 loss = sum(F.cross_entropy(out, y) for out in ic_logits(net, cache.maps, index))
+                check_finite(loss, epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach()
-            row = {"epoch": epoch + 1, "lr": cfg.recipe.lr_at(epoch), "train_loss": loss_sum.item() / max(1, n // batch),
-                   "cached_view": view}
+            row = {"epoch": epoch + 1, "lr": cfg.recipe.lr_at(epoch), "train_loss": loss_sum.item() / total,
+                   "cached_view": view, "seconds": round(time.perf_counter() - started, 2)}
             if holdout is not None:
                 row["holdout_acc"] = cached_accuracies(net, holdout)
             state.metrics.append(row)
@@ -144,5 +164,10 @@ def train_ics_cached(
                 on_epoch(row)
             if flag["stop"] and epoch + 1 < cfg.recipe.epochs:
                 raise Interrupted(f"stopped after epoch {epoch + 1}; checkpoint saved")
+    if needs_ensemble(net, state, cfg.recipe.epochs):
+        views.clear()  # room for the un-augmented pass the ensemble is fitted on, as in the streamed loop
+        plain = build_cache(net, splits.train, splits, 512, device, dtype, None, train=False)
+        loss = fit_ensemble(net, cached_ic_logits(net, plain), plain.labels)
+        record_ensemble(run_dir, net, optimizer, state, loss)
     return state.metrics
 

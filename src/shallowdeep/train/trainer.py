@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..io import atomic_torch_save, atomic_write_bytes
 from ..run import CHECKPOINT, CHECKPOINT_FORMAT, METRICS
 from ..sdn import SDN
 from .distributed import DistInfo
+from .ensemble import fit_ensemble, streamed_ic_logits
 from .recipe import TrainConfig, sdn_ic_weights
 
 Progress = Callable[[Iterator, int, str], Iterator]
@@ -44,6 +46,7 @@ class State:
     step: int = 0
     metrics: list[dict[str, Any]] | None = None
     rng: torch.Tensor | None = None  # the global RNG (dropout) at ``step``, for a mid-epoch resume
+    ensemble_trained: bool = False  # ZTW: the exit ensemble was fitted after the last epoch
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -52,8 +55,19 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def trainable_parameters(net: SDN, mode: str) -> list[nn.Parameter]:
-    """The ICs' parameters in IC-only mode, else every parameter."""
-    return list(net.ics.parameters()) if mode == "ic-only" else list(net.parameters())
+    """The ICs' parameters in IC-only mode, else every parameter but the ensemble's (trained afterwards)."""
+    if mode == "ic-only":
+        return list(net.ics.parameters())
+    return [p for name, p in net.named_parameters() if not name.startswith("ensemble.")]
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    """A one-line error when the loss is NaN or infinite (the last checkpoint is kept)."""
+    if not torch.isfinite(loss):
+        raise UserError(
+            f"the loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}; "
+            "lower the learning rate (--lr); the last checkpoint is kept"
+        )
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -100,7 +114,8 @@ def save_checkpoint(run_dir: Path, net: SDN, optimizer: torch.optim.Optimizer, s
     atomic_torch_save(
         {"format": CHECKPOINT_FORMAT, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
          "epoch": state.epoch, "step": state.step, "metrics": state.metrics or [],
-         "rng": state.rng if state.rng is not None else torch.get_rng_state()},
+         "rng": state.rng if state.rng is not None else torch.get_rng_state(),
+         "ensemble_trained": state.ensemble_trained},
         run_dir / CHECKPOINT,
     )
     lines = "".join(json.dumps(m) + "\n" for m in state.metrics or [])
@@ -114,7 +129,23 @@ def restore(ckpt: dict[str, Any], net: SDN, optimizer: torch.optim.Optimizer) ->
         optimizer.load_state_dict(ckpt["optimizer"])
     except (KeyError, ValueError, RuntimeError) as exc:
         raise UserError(f"the checkpoint does not fit this run's model or optimiser ({exc!s:.200})") from exc
-    return State(int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt.get("metrics", [])), ckpt.get("rng"))
+    return State(int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt.get("metrics", [])), ckpt.get("rng"),
+                 bool(ckpt.get("ensemble_trained", False)))
+
+
+def needs_ensemble(net: SDN, state: State, epochs: int) -> bool:
+    """Whether the run has finished its epochs but not yet fitted its exit ensemble."""
+    return net.ensemble is not None and state.epoch >= epochs and not state.ensemble_trained
+
+
+def record_ensemble(run_dir: Path, net: SDN, optimizer: torch.optim.Optimizer, state: State, loss: float,
+                    is_main: bool = True) -> None:
+    """Mark the ensemble as fitted (its loss in the last metrics row) and save the checkpoint."""
+    state.ensemble_trained = True
+    if state.metrics:
+        state.metrics[-1]["ensemble_loss"] = loss
+    if is_main:
+        save_checkpoint(run_dir, net, optimizer, state)
 
 
 @torch.no_grad()
@@ -124,7 +155,7 @@ def exit_accuracies(net: nn.Module, splits: Splits, device: torch.device, batch_
     correct = None
     total = 0
     for x, y in batches(splits.holdout, splits.spec, batch_size, train=False, shuffle=False, device=device):
-        hits = torch.stack([(o.argmax(1) == y).sum() for o in net(x)])
+        hits = torch.stack([(o.argmax(1) == y).sum() for o in net.exit_logits(x)])
         correct = hits if correct is None else correct + hits
         total += len(y)
     return [] if correct is None else (correct.double() / max(1, total)).tolist()
@@ -166,6 +197,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = cfg.recipe.lr_at(epoch)
             weights = exit_weights(cfg, len(net.ics), epoch)
+            started = time.perf_counter()
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout
             model.train()
             loss_sum = torch.zeros((), device=device)
@@ -181,11 +213,7 @@ def train(
                     torch.set_rng_state(state.rng)
                 with autocast:
                     loss = weighted_loss(step_fn(x), y, weights)
-                if not torch.isfinite(loss):
-                    raise UserError(
-                        f"the loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}; "
-                        "lower the learning rate (--lr); the last checkpoint is kept"
-                    )
+                check_finite(loss, epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -201,7 +229,7 @@ def train(
             done_steps = max(1, steps - state.step)
             state.step, state.rng = 0, None
             row = {"epoch": epoch + 1, "lr": cfg.recipe.lr_at(epoch), "train_loss": loss_sum.item() / done_steps,
-                   "loss_weights": weights}
+                   "loss_weights": weights, "seconds": round(time.perf_counter() - started, 2)}
             if len(splits.holdout):
                 row["holdout_acc"] = exit_accuracies(net, splits, device)
             if not math.isfinite(row["train_loss"]):
@@ -212,4 +240,7 @@ def train(
                 save_checkpoint(run_dir, net, optimizer, state)
                 if on_epoch is not None:
                     on_epoch(row)
+    if needs_ensemble(net, state, cfg.recipe.epochs):
+        logits, labels = streamed_ic_logits(net, splits.train, splits, device)
+        record_ensemble(run_dir, net, optimizer, state, fit_ensemble(net, logits, labels), dist.is_main)
     return state.metrics
