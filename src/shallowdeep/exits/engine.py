@@ -36,10 +36,16 @@ def early_exit(
     predictions = exits = alive = None  # allocated when the first sample leaves
     state = rule.start(n, device)
     h = x
+    raw: torch.Tensor | None = None  # the previous IC's logits (read by cascading ICs)
+    log_probs: list[torch.Tensor] = []  # with an ensemble: every IC's log-softmax so far
     for index, (segment, ic) in enumerate(zip(net.segments, net.ics)):  # the final segment comes after
         h = segment(h)
-        logits = ic(h)
-        go_on, state = rule.step(logits, state)
+        raw = ic(h, raw)
+        logits = raw
+        if net.ensemble is not None:
+            log_probs.append(torch.log_softmax(raw.float(), dim=1))
+            logits = net.ensemble.exit_logits(index, log_probs)
+        go_on, state = rule.step(logits, state, index)
         keep = torch.nonzero(go_on).squeeze(1)  # the stage's one synchronisation
         if keep.shape[0] == h.shape[0]:
             continue
@@ -52,7 +58,8 @@ def early_exit(
         exits.index_fill_(0, alive, index)
         if keep.shape[0] == 0:
             return predictions, exits, flops[exits]
-        alive, h = alive.index_select(0, keep), h.index_select(0, keep)
+        alive, h, raw = alive.index_select(0, keep), h.index_select(0, keep), raw.index_select(0, keep)
+        log_probs = [p.index_select(0, keep) for p in log_probs]
         state = tuple(s.index_select(0, keep) for s in state)
     final = net.segments[-1](h).argmax(dim=1)
     if alive is None:
