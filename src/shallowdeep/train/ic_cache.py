@@ -127,6 +127,7 @@ def train_ics_cached(
         if len(splits.holdout) else None
     with stop_on_signals() as flag:
         for epoch in range(state.epoch, cfg.recipe.epochs):
+            started = time.perf_counter()  # building a view's cache counts as part of its first epoch
             view = epoch % cfg.cache_views
             if view not in views:
                 views[view] = build_cache(net, splits.train, splits, batch, device, dtype,
@@ -138,7 +139,6 @@ def train_ics_cached(
             for group in optimizer.param_groups:
                 group["lr"] = cfg.recipe.lr_at(epoch)
             net.train()
-            started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             total = num_batches(n, batch, drop_last=False, world_size=1)
             steps = range(total)
@@ -166,8 +166,9 @@ def train_ics_cached(
                 raise Interrupted(f"stopped after epoch {epoch + 1}; checkpoint saved")
     if needs_ensemble(net, state, cfg.recipe.epochs):
         views.clear()  # room for the un-augmented pass the ensemble is fitted on, as in the streamed loop
+        started = time.perf_counter()
         plain = build_cache(net, splits.train, splits, 512, device, dtype, None, train=False)
         loss = fit_ensemble(net, cached_ic_logits(net, plain), plain.labels)
-        record_ensemble(run_dir, net, optimizer, state, loss)
+        record_ensemble(run_dir, net, optimizer, state, loss, time.perf_counter() - started)
     return state.metrics
 

@@ -139,11 +139,11 @@ def needs_ensemble(net: SDN, state: State, epochs: int) -> bool:
 
 
 def record_ensemble(run_dir: Path, net: SDN, optimizer: torch.optim.Optimizer, state: State, loss: float,
-                    is_main: bool = True) -> None:
-    """Mark the ensemble as fitted (its loss in the last metrics row) and save the checkpoint."""
+                    seconds: float, is_main: bool = True) -> None:
+    """Mark the ensemble as fitted (its loss and time in the last metrics row) and save the checkpoint."""
     state.ensemble_trained = True
     if state.metrics:
-        state.metrics[-1]["ensemble_loss"] = loss
+        state.metrics[-1].update(ensemble_loss=loss, ensemble_seconds=round(seconds, 2))
     if is_main:
         save_checkpoint(run_dir, net, optimizer, state)
 
@@ -241,6 +241,8 @@ def train(
                 if on_epoch is not None:
                     on_epoch(row)
     if needs_ensemble(net, state, cfg.recipe.epochs):
+        started = time.perf_counter()
         logits, labels = streamed_ic_logits(net, splits.train, splits, device)
-        record_ensemble(run_dir, net, optimizer, state, fit_ensemble(net, logits, labels), dist.is_main)
+        loss = fit_ensemble(net, logits, labels)
+        record_ensemble(run_dir, net, optimizer, state, loss, time.perf_counter() - started, dist.is_main)
     return state.metrics
