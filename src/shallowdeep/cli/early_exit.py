@@ -2,12 +2,15 @@
 
 The threshold of the policy (maxprob: the paper's maximum softmax probability q; entropy: the
 softmax entropy over log(classes); patience: how many consecutive exits must agree) is chosen on
-calibration data, never on the test set: by default the run's holdout split, or its training split,
-or a separate labelled data set (--calibration-data). --max-drop picks the cheapest threshold whose
-accuracy is at most that far below the final head's; --budget picks the most accurate one whose
-average cost is at most that fraction of the backbone's FLOPs. Writes RUN/early-exit.json (the
-threshold, which data chose it, accuracy and cost on calibration and test data next to the final head
-alone and the oracle, the share of samples leaving at each exit, both trade-off curves) and
+calibration data, never on the data it is reported on: by default the run's holdout split, or its
+training split, or a separate labelled data set (--calibration-data), or one seeded random half of the
+test split (--calibrate-on test-half; the figures are then on the other half). --max-drop picks the
+cheapest threshold whose accuracy is at most that far below the final head's (--confidence: certified
+for the expected drop on new data, by Learn then Test; --per-exit: one maxprob threshold per IC);
+--budget picks the most accurate one whose average cost is at most that fraction of the backbone's
+FLOPs. Writes RUN/early-exit.json (the threshold, which data chose it, accuracy and cost on calibration
+and test data next to the final head alone and the oracle, the share of samples leaving at each exit,
+the best accuracy within 25/50/75/100 % of the backbone's cost, both trade-off curves) and
 RUN/early-exit.png (the test curve with the chosen point and the oracle).
 """
 
@@ -21,7 +24,8 @@ import torch
 
 from ..data import DATASETS, ImageData, Splits, load_dataset
 from ..errors import UserError
-from ..exits import DEFAULT_MAX_DROP, POLICIES, calibrate, early_exit_result
+from ..exits import (DEFAULT_MAX_DROP, HALVES_NOTE, POLICIES, calibrate, certify, early_exit_result, index_hash,
+                     split_halves)
 from ..io import atomic_write_bytes, atomic_write_json
 from ..exit_outputs import ExitOutputs
 from ..outputs import compute_outputs, load_outputs, load_run_data
@@ -43,7 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     goal.add_argument("--max-drop", type=float, help="largest accuracy drop below the final head, 0.01 = one point "
                       f"(the criterion when neither is given, with {DEFAULT_MAX_DROP})")
     goal.add_argument("--budget", type=float, help="largest average cost, as a fraction of the backbone's FLOPs")
-    g = p.add_argument_group("calibration data (never the run's test split)")
+    p.add_argument("--confidence", type=float, help="certify the drop: with this probability (e.g. 0.9) the "
+                   "expected accuracy drop on new data is at most --max-drop (Learn then Test)")
+    p.add_argument("--per-exit", action="store_true", help="one maxprob threshold per IC (coordinate descent)")
+    g = p.add_argument_group("calibration data (never the data the figures are reported on)")
+    g.add_argument("--calibrate-on", choices=("holdout", "test-half"), default="holdout",
+                   help="holdout: the run's --calibration-split (default); test-half: a seeded random half of the "
+                        "test split chooses the threshold and the figures are on the other half")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the test-half split")
     g.add_argument("--calibration-split", choices=("holdout", "train", "test", "all"),
                    help="split that chooses the threshold: holdout (default) or train of the run's data; with "
                         "--calibration-data also test, or all (the default there: every image of that data set)")
@@ -57,13 +68,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     run_ = open_run(args.run)
     device = resolve_device(args.device)
+    if args.confidence is not None and args.budget is not None:
+        raise UserError("--confidence certifies a maximum accuracy drop; it does not go with --budget")
     overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
     run_splits = load_run_data(run_, **overrides) if overrides or args.calibration_data else None
-    calibration, calibrated_on = _calibration_outputs(run_, args, run_splits, device)
-    policy = calibrate(calibration, args.policy, max_drop=args.max_drop, budget=args.budget)
-    test = load_outputs(run_, "test", device, splits=run_splits)
-    criterion = {"budget": args.budget} if args.budget is not None else {
-        "max_drop": DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop}
+    if args.calibrate_on == "test-half":
+        calibration, test, calibrated_on = _test_halves(run_, args, run_splits, device)
+    else:
+        calibration, calibrated_on = _calibration_outputs(run_, args, run_splits, device)
+        test = None
+    drop = DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop
+    criterion: dict[str, Any] = {"budget": args.budget} if args.budget is not None else {"max_drop": drop}
+    if args.confidence is not None and not args.per_exit:
+        certificate = certify(calibration, POLICIES[args.policy], drop, args.confidence)
+        policy = certificate.policy
+        criterion.update(certificate.as_dict(args.confidence))
+    else:
+        policy = calibrate(calibration, args.policy, max_drop=args.max_drop, budget=args.budget,
+                           confidence=args.confidence, per_exit=args.per_exit)
+    if args.per_exit:
+        criterion["per_exit"] = True
+    test = test or load_outputs(run_, "test", device, splits=run_splits)
     exit_names = run_.config["model"].get("exits") or [f"IC {i + 1}" for i in range(len(test.exit_flops) - 1)]
     result = {"run": str(args.run),
               **early_exit_result(policy, criterion, calibrated_on, calibration, test, exit_names)}
@@ -72,6 +97,22 @@ def run(args: argparse.Namespace) -> int:
     _print(result)
     print(f"wrote {run_.path / RESULT_JSON} and {run_.path / RESULT_PNG}")
     return 0
+
+
+def _test_halves(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
+                 device: torch.device) -> tuple[ExitOutputs, ExitOutputs, dict[str, Any]]:
+    """The calibration half and the evaluation half of the run's test outputs, and their record."""
+    if args.calibration_data is not None or args.calibration_split is not None:
+        raise UserError("--calibrate-on test-half takes its calibration data from the test split; drop "
+                        "--calibration-data and --calibration-split")
+    test = load_outputs(run_, "test", device, splits=run_splits)
+    calibration, evaluation = split_halves(test.labels.size, args.split_seed)
+    data = run_.config["data"]
+    return test.subset(calibration), test.subset(evaluation), {
+        "source": "test-half", "dataset": data.get("name"),
+        "data_dir": str(args.data_dir) if args.data_dir else data.get("data_dir"), "split": "test",
+        "seed": args.split_seed, "samples": int(calibration.size), "evaluation_samples": int(evaluation.size),
+        "calibration_indices_sha256": index_hash(calibration), "note": HALVES_NOTE}
 
 
 def _calibration_outputs(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
@@ -135,7 +176,9 @@ def _plot(result: dict[str, Any]) -> bytes:
 
     test, curve = result["test"], result["curve"]["test"]
     point = lambda s: (s["flops_fraction"], s["accuracy"])  # noqa: E731
-    label = f"{result['policy']} policy, threshold chosen on {result['calibrated_on']['split']} data"
+    source = result["calibrated_on"]
+    data = "the other half of the test" if source["source"] == "test-half" else source["split"]
+    label = f"{result['policy']} policy, threshold chosen on {data} data"
     return tradeoff_plot(curve["flops_fraction"], curve["accuracy"], point(test["oracle"]), point(test["final_head"]),
                          point(test["early_exit"]), label)
 
@@ -151,7 +194,23 @@ def _print(result: dict[str, Any]) -> None:
     shares = "  ".join(f"{n}: {100 * s:.1f}%"
                        for n, s in zip(result["exit_names"], result["test"]["early_exit"]["exit_shares"]))
     print(f"test samples leaving at each exit: {shares}")
+    rows = []
+    for split in ("calibration", "test"):
+        for i, entry in enumerate(result[split]["best_at_budget"]):
+            figures = (("-", "-", entry["reason"]) if entry["accuracy"] is None else
+                       (f"{100 * entry['accuracy']:.2f}", f"{entry['flops_fraction']:.3f}",
+                        f"{entry['threshold']:.6g}"))
+            rows.append((split if i == 0 else "", f"{100 * entry['budget']:.0f} %", *figures))
+    print(f"best accuracy within a share of the backbone's cost, over every {result['policy']} threshold:")
+    print(table(["data", "budget", "accuracy %", "of backbone", "threshold"], rows))
     source = result["calibrated_on"]
-    criterion = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result["criterion"].items())
-    print(f"{result['policy']} threshold {result['threshold']:.6g} chosen for {criterion} on the {source['split']} "
-          f"split of {source['dataset']} ({source['source']} data, {source['samples']} images)")
+    criterion = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                          for k, v in result["criterion"].items())
+    print(f"{result['policy']} threshold {_threshold(result['threshold'])} chosen for {criterion} on the "
+          f"{source['split']} split of {source['dataset']} ({source['source']} data, {source['samples']} images)")
+    if "note" in source:
+        print(f"{source['note']} (seed {source['seed']}, {source['samples']} + {source['evaluation_samples']} images)")
+
+
+def _threshold(value: float | list[float]) -> str:
+    return ", ".join(f"{v:.6g}" for v in value) if isinstance(value, (list, tuple)) else f"{value:.6g}"

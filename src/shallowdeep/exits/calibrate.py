@@ -1,4 +1,4 @@
-"""Choosing a policy's threshold on held-out per-exit outputs (never on the test set)."""
+"""Choosing a policy's threshold on calibration outputs (never on the outputs it is reported on)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..exit_outputs import ExitOutputs
+from .ltt import certify
+from .per_exit import per_exit_thresholds
 from .policies import POLICIES, ExitPolicy
 from .simulate import candidate_keys, sweep
 
@@ -13,7 +15,8 @@ DEFAULT_MAX_DROP = 0.01
 
 
 def calibrate(
-    outputs: ExitOutputs, policy: str = "maxprob", max_drop: float | None = None, budget: float | None = None
+    outputs: ExitOutputs, policy: str = "maxprob", max_drop: float | None = None, budget: float | None = None,
+    confidence: float | None = None, per_exit: bool = False, seed: int = 0,
 ) -> ExitPolicy:
     """The threshold of ``policy`` chosen on ``outputs`` (calibration data), by one of two criteria.
 
@@ -21,34 +24,49 @@ def calibrate(
     below the final head's. ``budget``: the highest accuracy whose average cost is at most ``budget``
     times the backbone's FLOPs. Ties go to the other measure (higher accuracy, then lower cost), then
     to the larger threshold key (the more cautious policy).
+
+    ``confidence`` (with ``max_drop``): the cheapest threshold whose *expected* drop on new data is
+    certified to be at most ``max_drop`` with that probability (Learn then Test, see
+    :mod:`~shallowdeep.exits.ltt`; ``seed`` orders its samples). ``per_exit`` (maxprob with ``max_drop``):
+    one threshold per IC, see :mod:`~shallowdeep.exits.per_exit`.
     """
     if policy not in POLICIES:
         raise UserError(f"unknown exit policy '{policy}': choose one of {', '.join(POLICIES)}")
     if max_drop is not None and budget is not None:
         raise UserError("give either a maximum accuracy drop or a cost budget, not both")
+    if budget is not None and (confidence is not None or per_exit):
+        raise UserError("a confidence level or per-exit thresholds go with a maximum accuracy drop, not a budget")
+    if per_exit and (policy != "maxprob" or confidence is not None):
+        raise UserError("per-exit thresholds are supported for the maxprob policy without a confidence level")
     kind = POLICIES[policy]
+    if budget is not None:
+        return _within_budget(outputs, kind, budget)
+    drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
+    if not 0 <= drop <= 1:
+        raise UserError(f"maximum accuracy drop {drop} must lie in [0, 1] (0.01 = one point)")
+    if confidence is not None:
+        return certify(outputs, kind, drop, confidence, seed).policy
     keys = candidate_keys(outputs, kind)
     accuracy, average = sweep(outputs, kind, keys)
-    if budget is None:
-        drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
-        if not 0 <= drop <= 1:
-            raise UserError(f"maximum accuracy drop {drop} must lie in [0, 1] (0.01 = one point)")
-        final = outputs.correct[-1].mean()
-        feasible = final - accuracy <= drop + 1e-12
-        best = _best(feasible, primary=-average, secondary=accuracy)
-    else:
-        if not budget > 0:
-            raise UserError(f"cost budget {budget} must be a positive fraction of the backbone's FLOPs")
-        feasible = average <= budget * outputs.backbone_flops
-        if not feasible.any():
-            cheapest = average.min() / outputs.backbone_flops
-            raise UserError(f"cost budget {budget} is below the cheapest early exit ({cheapest:.3f} of the "
-                            "backbone, everyone leaving at the first IC); raise --budget")
-        best = _best(feasible, primary=accuracy, secondary=-average)
-    return kind(kind.threshold_of_key(float(keys[best])))
+    feasible = outputs.correct[-1].mean() - accuracy <= drop + 1e-12
+    best = kind(kind.threshold_of_key(float(keys[best_index(feasible, primary=-average, secondary=accuracy)])))
+    return per_exit_thresholds(outputs, best, drop) if per_exit else best
 
 
-def _best(feasible: np.ndarray, primary: np.ndarray, secondary: np.ndarray) -> int:
+def _within_budget(outputs: ExitOutputs, kind: type[ExitPolicy], budget: float) -> ExitPolicy:
+    if not budget > 0:
+        raise UserError(f"cost budget {budget} must be a positive fraction of the backbone's FLOPs")
+    keys = candidate_keys(outputs, kind)
+    accuracy, average = sweep(outputs, kind, keys)
+    feasible = average <= budget * outputs.backbone_flops
+    if not feasible.any():
+        cheapest = average.min() / outputs.backbone_flops
+        raise UserError(f"cost budget {budget} is below the cheapest early exit ({cheapest:.3f} of the "
+                        "backbone, everyone leaving at the first IC); raise --budget")
+    return kind(kind.threshold_of_key(float(keys[best_index(feasible, primary=accuracy, secondary=-average)])))
+
+
+def best_index(feasible: np.ndarray, primary: np.ndarray, secondary: np.ndarray) -> int:
     """Index of the feasible candidate with the highest (primary, secondary, index)."""
     candidates = np.flatnonzero(feasible)
     order = np.lexsort((candidates, secondary[candidates], primary[candidates]))

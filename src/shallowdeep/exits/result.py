@@ -1,7 +1,7 @@
 """What the ``early-exit`` command records: the chosen policy's figures on calibration and test data.
 
 The dict is JSON-ready and is what ``RUN/early-exit.json`` holds; the HTML report reads its
-``policy``, ``threshold``, ``test`` and ``curve`` entries.
+``policy``, ``threshold``, ``test`` and ``curve`` entries and each split's ``best_at_budget`` table.
 """
 
 from __future__ import annotations
@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..exit_outputs import ExitOutputs
+from .calibrate import best_index
 from .policies import ExitPolicy
-from .simulate import curve, final_head, grid_keys, oracle, simulate, summarise
+from .simulate import candidate_keys, curve, final_head, grid_keys, oracle, simulate, summarise, sweep
 
 FORMAT = "shallowdeep-early-exit-1"
+BUDGETS = (0.25, 0.5, 0.75, 1.0)
 
 
 def split_result(outputs: ExitOutputs, policy: ExitPolicy) -> dict[str, Any]:
@@ -22,7 +24,29 @@ def split_result(outputs: ExitOutputs, policy: ExitPolicy) -> dict[str, Any]:
         "early_exit": summarise(outputs, simulate(outputs, policy)).as_dict(),
         "final_head": final_head(outputs).as_dict(),
         "oracle": oracle(outputs).as_dict(),
+        "best_at_budget": best_at_budgets(outputs, type(policy)),
     }
+
+
+def best_at_budgets(outputs: ExitOutputs, kind: type[ExitPolicy],
+                    budgets: Sequence[float] = BUDGETS) -> list[dict[str, Any]]:
+    """For each budget (a fraction of the backbone's FLOPs), the most accurate threshold of ``kind`` on
+    ``outputs`` whose average cost is within it, over every candidate threshold (as Zero Time Waste
+    reports); accuracy, cost fraction and threshold are None, with a reason, when none fits."""
+    keys = candidate_keys(outputs, kind)
+    accuracy, average = sweep(outputs, kind, keys)
+    fraction = average / outputs.backbone_flops
+    rows = []
+    for budget in budgets:
+        feasible = fraction <= budget
+        if not feasible.any():
+            rows.append({"budget": budget, "accuracy": None, "flops_fraction": None, "threshold": None,
+                         "reason": f"the cheapest threshold costs {fraction.min():.3f} of the backbone"})
+            continue
+        best = best_index(feasible, primary=accuracy, secondary=-average)
+        rows.append({"budget": budget, "accuracy": float(accuracy[best]), "flops_fraction": float(fraction[best]),
+                     "threshold": kind.threshold_of_key(float(keys[best]))})
+    return rows
 
 
 def curve_points(outputs: ExitOutputs, policy: ExitPolicy, points: int = 400) -> dict[str, list[float]]:

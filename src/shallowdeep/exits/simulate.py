@@ -137,10 +137,19 @@ def candidate_keys(outputs: ExitOutputs, kind: type[ExitPolicy]) -> np.ndarray:
     leaves at the first IC, above all none leaves early. Keys are float32 values, as the engine
     compares them.
     """
-    values = np.unique(np.maximum.accumulate(exit_scores(outputs, kind), axis=0))
+    keys = midpoint_keys(np.maximum.accumulate(exit_scores(outputs, kind), axis=0))
+    if keys.size == 0:
+        raise UserError("early exit needs at least one internal classifier and one sample")
+    return keys
+
+
+def midpoint_keys(scores: np.ndarray) -> np.ndarray:
+    """Float32 keys separating the distinct values of ``scores`` (see :func:`candidate_keys`), with one key
+    below and one above them all; empty when there are no (non-NaN) scores."""
+    values = np.unique(scores)
     values = values[~np.isnan(values)]
     if values.size == 0:
-        raise UserError("early exit needs at least one internal classifier and one sample")
+        return np.zeros(0)
     lower, upper = values[:-1], values[1:]
     middle = ((lower.astype(np.float64) + upper) / 2).astype(np.float32)
     middle = np.where(middle > lower, middle, upper)

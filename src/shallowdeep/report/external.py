@@ -89,4 +89,27 @@ def _early_exit_tables(stored: dict[str, Any]) -> list[str]:
     chosen = (f"{stored.get('policy', '?')} threshold {fmt(stored.get('threshold'))} chosen on the "
               f"{source.get('split', '?')} split of {source.get('dataset', '?')} ({source.get('samples', '?')} "
               f"images, {source.get('source', '?')} data); criterion: {fmt(stored.get('criterion'))}.")
-    return [html.paragraph(chosen), html.table(["data", "", "accuracy", "cost (fraction of the backbone)"], rows)]
+    parts = [html.paragraph(chosen)]
+    if source.get("note"):
+        parts.append(html.paragraph(f"{str(source['note']).capitalize()} (seed {fmt(source.get('seed'))}).", note=True))
+    parts.append(html.table(["data", "", "accuracy", "cost (fraction of the backbone)"], rows))
+    return parts + _budget_table(stored)
+
+
+def _budget_table(stored: dict[str, Any]) -> list[str]:
+    """The best accuracy within 25/50/75/100 % of the backbone's cost, when early-exit.json records it."""
+    rows = []
+    for split in ("calibration", "test"):
+        entries = stored.get(split) if isinstance(stored.get(split), dict) else {}
+        table = entries.get("best_at_budget")
+        for entry in table if isinstance(table, list) else []:
+            if isinstance(entry, dict):
+                reached = entry.get("accuracy") is not None
+                rows.append((split, pct(entry.get("budget")), pct(entry.get("accuracy")) if reached else "–",
+                             fmt(entry.get("flops_fraction")), fmt(entry.get("threshold")) if reached
+                             else str(entry.get("reason", "–"))))
+    if not rows:
+        return []
+    caption = "Best accuracy within a share of the backbone's cost, over every threshold of the policy:"
+    return [html.paragraph(caption),
+            html.table(["data", "budget", "accuracy", "cost (fraction of the backbone)", "threshold"], rows)]
