@@ -1,0 +1,110 @@
+"""Threshold calibration on the test-half protocol: one global threshold against certified and per-exit ones.
+
+    python benchmarks/bench_calibration.py RUN [--splits 200] [--max-drop 0.01] [--confidence 0.9]
+
+Reads the run's stored test outputs (RUN/outputs/test.npz, written by ``shallowdeep evaluate RUN``). For
+each of --splits seeded random halvings (seeds 0, 1, ...) the threshold is chosen on one half and
+measured on the other, by (a) one global maxprob threshold, (b) the same certified by Learn then Test
+at --confidence, (c) one threshold per IC (coordinate descent); (d) per-exit with a confidence level is
+not supported. Reports, per method, the mean and median cost (fraction of the backbone's FLOPs) and the
+mean accuracy drop below the final head on the evaluation half, and the share of splits whose evaluation
+drop exceeds --max-drop. Writes benchmarks/results/calibration.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from shallowdeep.exits import ExitOutputs, ExitPolicy, calibrate, simulate, split_halves, summarise
+from shallowdeep.io import atomic_write_json
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "calibration.json"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", type=Path)
+    p.add_argument("--splits", type=int, default=200, help="random calibration/evaluation halvings")
+    p.add_argument("--max-drop", type=float, default=0.01)
+    p.add_argument("--confidence", type=float, default=0.9)
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    return p.parse_args(argv)
+
+
+def read_test_outputs(run: Path) -> ExitOutputs:
+    """RUN/outputs/test.npz as plain arrays."""
+    with np.load(run / "outputs" / "test.npz", allow_pickle=False) as f:
+        return ExitOutputs(f["logits"], f["labels"], f["exit_flops"], int(f["backbone_flops"]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    test = read_test_outputs(args.run)
+    methods: dict[str, Callable[[ExitOutputs], ExitPolicy]] = {
+        "global": lambda o: calibrate(o, max_drop=args.max_drop),
+        f"global, confidence {args.confidence}": lambda o: calibrate(o, max_drop=args.max_drop,
+                                                                      confidence=args.confidence),
+        "per-exit": lambda o: calibrate(o, max_drop=args.max_drop, per_exit=True),
+    }
+    cost = {name: [] for name in methods}
+    drop = {name: [] for name in methods}
+    seconds = {name: 0.0 for name in methods}
+    for seed in range(args.splits):
+        calibration, evaluation = (test.subset(i) for i in split_halves(test.labels.size, seed))
+        final = evaluation.correct[-1].mean()
+        for name, choose in methods.items():
+            start = time.perf_counter()
+            policy = choose(calibration)
+            seconds[name] += time.perf_counter() - start
+            measured = summarise(evaluation, simulate(evaluation, policy))
+            cost[name].append(measured.flops_fraction)
+            drop[name].append(final - measured.accuracy)
+    figures = {name: {
+        "mean_cost_fraction": float(np.mean(cost[name])), "median_cost_fraction": float(np.median(cost[name])),
+        "mean_drop": float(np.mean(drop[name])), "share_drop_above_max": float(np.mean(np.array(drop[name]) >
+                                                                                       args.max_drop + 1e-12)),
+        "seconds_per_calibration": seconds[name] / args.splits,
+    } for name in methods}
+    gain = np.array(cost["global"]) - np.array(cost["per-exit"])
+    result = {
+        "benchmark": "calibration",
+        "settings": {"run": str(args.run), "splits": args.splits, "split_seeds": f"0..{args.splits - 1}",
+                     "max_drop": args.max_drop, "confidence": args.confidence, "samples": int(test.labels.size),
+                     "calibration_samples": int(test.labels.size // 2), "policy": "maxprob",
+                     "command": " ".join(["python", "benchmarks/bench_calibration.py",
+                                          *(sys.argv[1:] if argv is None else argv)])},
+        "methods": figures,
+        "per_exit_vs_global": {"mean_cost_saving": float(gain.mean()), "share_of_splits_cheaper": float(
+            np.mean(gain > 0)), "share_of_splits_dearer": float(np.mean(gain < 0))},
+        "unsupported": {f"per-exit, confidence {args.confidence}":
+                        "per-exit thresholds are supported for the maxprob policy without a confidence level"},
+    }
+    report(result)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.output, result)
+    print(f"wrote {args.output}")
+    return result
+
+
+def report(result: dict) -> None:
+    s = result["settings"]
+    print(f"{s['splits']} random halves of {s['samples']} test samples, max drop {s['max_drop']}:")
+    print(f"{'method':>26}  {'mean cost':>9}  {'median cost':>11}  {'mean drop':>9}  {'drop > max':>10}")
+    for name, f in result["methods"].items():
+        print(f"{name:>26}  {f['mean_cost_fraction']:9.4f}  {f['median_cost_fraction']:11.4f}  "
+              f"{100 * f['mean_drop']:8.2f}%  {100 * f['share_drop_above_max']:9.1f}%")
+    for name, why in result["unsupported"].items():
+        print(f"{name:>26}  unsupported: {why}")
+    v = result["per_exit_vs_global"]
+    print(f"per-exit vs global: mean cost saving {v['mean_cost_saving']:.4f} of the backbone, cheaper on "
+          f"{100 * v['share_of_splits_cheaper']:.0f}% of splits, dearer on {100 * v['share_of_splits_dearer']:.0f}%")
+
+
+if __name__ == "__main__":
+    main()
