@@ -70,13 +70,16 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.confidence is not None and args.budget is not None:
         raise UserError("--confidence certifies a maximum accuracy drop; it does not go with --budget")
+    if args.calibrate_on == "test-half" and (args.calibration_data is not None or args.calibration_split is not None):
+        raise UserError("--calibrate-on test-half takes its calibration data from the test split; drop "
+                        "--calibration-data and --calibration-split")
     overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
     run_splits = load_run_data(run_, **overrides) if overrides or args.calibration_data else None
     if args.calibrate_on == "test-half":
         calibration, test, calibrated_on = _test_halves(run_, args, run_splits, device)
     else:
         calibration, calibrated_on = _calibration_outputs(run_, args, run_splits, device)
-        test = None
+        test = None  # loaded once the threshold is chosen
     drop = DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop
     criterion: dict[str, Any] = {"budget": args.budget} if args.budget is not None else {"max_drop": drop}
     if args.confidence is not None and not args.per_exit:
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
                            confidence=args.confidence, per_exit=args.per_exit)
     if args.per_exit:
         criterion["per_exit"] = True
-    test = test or load_outputs(run_, "test", device, splits=run_splits)
+    if test is None:
+        test = load_outputs(run_, "test", device, splits=run_splits)
     exit_names = run_.config["model"].get("exits") or [f"IC {i + 1}" for i in range(len(test.exit_flops) - 1)]
     result = {"run": str(args.run),
               **early_exit_result(policy, criterion, calibrated_on, calibration, test, exit_names)}
@@ -102,9 +106,6 @@ def run(args: argparse.Namespace) -> int:
 def _test_halves(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
                  device: torch.device) -> tuple[ExitOutputs, ExitOutputs, dict[str, Any]]:
     """The calibration half and the evaluation half of the run's test outputs, and their record."""
-    if args.calibration_data is not None or args.calibration_split is not None:
-        raise UserError("--calibrate-on test-half takes its calibration data from the test split; drop "
-                        "--calibration-data and --calibration-split")
     test = load_outputs(run_, "test", device, splits=run_splits)
     calibration, evaluation = split_halves(test.labels.size, args.split_seed)
     data = run_.config["data"]
