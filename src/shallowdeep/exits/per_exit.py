@@ -49,13 +49,13 @@ def _best_key(scores: np.ndarray, correct: np.ndarray, flops: np.ndarray, keys: 
     order = np.argsort(s, kind="stable")
     s = s[order]
     gain = (correct[i, reach].astype(np.int64) - correct[then[reach], samples[reach]])[order]
-    saving = (flops[i] - flops[then[reach]])[order]
+    extra = (flops[i] - flops[then[reach]])[order]  # cost of stopping at i instead (<= 0)
     candidates = midpoint_keys(s).astype(np.float32)
     if candidates.size == 0:
         return keys[i]
     going_on = np.searchsorted(s, candidates, side="left")  # samples below the key go on; the rest stop at i
     right = base_correct + _suffix_sums(gain)[going_on]
-    costs = base_cost + _suffix_sums(saving)
+    costs = base_cost + _suffix_sums(extra)
     cost, current_cost = costs[going_on], costs[np.searchsorted(s, keys[i], side="left")]
     feasible = np.flatnonzero(right >= floor)
     if feasible.size == 0:
