@@ -253,3 +253,4 @@ def test_calibration_benchmark_runs_on_stored_test_outputs(tiny_run, tmp_path):
         costs.append(summarise(rest, simulate(rest, calibrate(part, max_drop=0.05))).flops_fraction)
     assert result["methods"]["global"]["mean_cost_fraction"] == pytest.approx(np.mean(costs))
     assert set(result["methods"]) == {"global", "global, confidence 0.9", "per-exit"}
+    assert 0 <= result["per_exit_vs_global_at_equal_accuracy"]["share_of_splits_cheaper"] <= 1
