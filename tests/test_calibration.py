@@ -119,6 +119,31 @@ def test_certified_calibration_errors_and_the_cautious_fallback():
     assert simulate(outputs, policy).exits.min() == outputs.logits.shape[0] - 1
 
 
+def test_thresholds_are_measured_against_a_given_reference():
+    outputs = population(20_000, seed=3)
+    final = outputs.correct[-1]
+    for options in ({}, {"confidence": 0.9}, {"per_exit": True}):
+        assert calibrate(outputs, max_drop=0.01, reference=final, **options) == calibrate(outputs, max_drop=0.01,
+                                                                                         **options)
+    weaker = final & (np.arange(final.size) % 10 != 0)  # a reference about 8 points worse than the final head
+    cheaper = calibrate(outputs, max_drop=0.01, reference=weaker)
+    outcome = simulate(outputs, cheaper)
+    assert (outcome.predictions == outputs.labels).mean() >= weaker.mean() - 0.01 - 1e-9
+    assert outcome.flops.mean() < simulate(outputs, calibrate(outputs, max_drop=0.01)).flops.mean()
+    with pytest.raises(UserError, match="boolean array"):
+        calibrate(outputs, reference=np.ones(5, bool))
+
+
+def test_certified_candidates_do_not_depend_on_the_data():
+    from shallowdeep.exits.ltt import fixed_keys
+
+    keys = fixed_keys(MaxProb, 6)
+    assert np.all(np.diff(keys) > 0) and keys[0] == 0 and keys[-1] > 1 and 250 <= keys.size <= 310
+    a, b = random_outputs(1), random_outputs(2)
+    assert calibrate(a, max_drop=0.2, confidence=0.9).threshold in set(keys.astype(np.float32).tolist())
+    assert calibrate(b, max_drop=0.2, confidence=0.9).threshold in set(keys.astype(np.float32).tolist())
+
+
 def brute_per_exit(outputs: ExitOutputs, thresholds: tuple[float, ...]) -> tuple[list[int], list[int]]:
     exits, predictions = [], []
     for s in range(outputs.labels.size):

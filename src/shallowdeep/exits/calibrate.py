@@ -16,7 +16,7 @@ DEFAULT_MAX_DROP = 0.01
 
 def calibrate(
     outputs: ExitOutputs, policy: str = "maxprob", max_drop: float | None = None, budget: float | None = None,
-    confidence: float | None = None, per_exit: bool = False, seed: int = 0,
+    confidence: float | None = None, per_exit: bool = False, seed: int = 0, reference: np.ndarray | None = None,
 ) -> ExitPolicy:
     """The threshold of ``policy`` chosen on ``outputs`` (calibration data), by one of two criteria.
 
@@ -29,6 +29,9 @@ def calibrate(
     certified to be at most ``max_drop`` with that probability (Learn then Test, see
     :mod:`~shallowdeep.exits.ltt`; ``seed`` orders its samples). ``per_exit`` (maxprob with ``max_drop``):
     one threshold per IC, see :mod:`~shallowdeep.exits.per_exit`.
+
+    ``reference``: per sample, whether the network the drop is measured against is right (default: the
+    final head), e.g. the original network when ``outputs`` come from a fine-tuned SDN.
     """
     if policy not in POLICIES:
         raise UserError(f"unknown exit policy '{policy}': choose one of {', '.join(POLICIES)}")
@@ -44,13 +47,25 @@ def calibrate(
     drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
     if not 0 <= drop <= 1:
         raise UserError(f"maximum accuracy drop {drop} must lie in [0, 1] (0.01 = one point)")
+    reference = reference_hits(outputs, reference)
     if confidence is not None:
-        return certify(outputs, kind, drop, confidence, seed).policy
+        return certify(outputs, kind, drop, confidence, seed, reference).policy
     keys = candidate_keys(outputs, kind)
     accuracy, average = sweep(outputs, kind, keys)
-    feasible = outputs.correct[-1].mean() - accuracy <= drop + 1e-12
+    feasible = reference.mean() - accuracy <= drop + 1e-12
     best = kind(kind.threshold_of_key(float(keys[best_index(feasible, primary=-average, secondary=accuracy)])))
-    return per_exit_thresholds(outputs, best, drop) if per_exit else best
+    return per_exit_thresholds(outputs, best, drop, reference) if per_exit else best
+
+
+def reference_hits(outputs: ExitOutputs, reference: np.ndarray | None) -> np.ndarray:
+    """Per sample, whether the reference network is right: the final head's hits when ``reference`` is None."""
+    if reference is None:
+        return outputs.correct[-1]
+    reference = np.asarray(reference)
+    if reference.shape != outputs.labels.shape or reference.dtype != bool:
+        raise UserError(f"the reference must say for each of the {outputs.labels.size} samples whether it is right "
+                        f"(a boolean array), got {reference.dtype} {reference.shape}")
+    return reference
 
 
 def _within_budget(outputs: ExitOutputs, kind: type[ExitPolicy], budget: float) -> ExitPolicy:

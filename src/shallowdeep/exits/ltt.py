@@ -1,7 +1,7 @@
 """A threshold with a guarantee: Learn then Test (Angelopoulos, Bates, Candès, Jordan & Lei, 2021).
 
-The candidate thresholds are tested in a fixed sequence, from the most cautious (nobody leaves early)
-to the most aggressive. For each, the null hypothesis is "the expected accuracy drop below the final
+The candidate thresholds, a grid fixed before any data is seen (:func:`fixed_keys`), are tested in a
+fixed sequence, from the most cautious (nobody leaves early) to the most aggressive. For each, the null hypothesis is "the expected accuracy drop below the final
 head exceeds ``max_drop``"; it is rejected when a finite-sample valid p-value is at most
 ``delta = 1 - confidence``, and the sequence stops at the first candidate it cannot reject. Every
 rejected candidate is then certified at once (fixed-sequence testing controls the family-wise error),
@@ -24,10 +24,28 @@ import numpy as np
 from ..errors import UserError
 from ..exit_outputs import ExitOutputs
 from .policies import ExitPolicy
-from .simulate import exit_scores, grid_keys
+from .policies import Entropy, MaxProb, Patience
+from .simulate import exit_scores
 
 METHOD = "learn-then-test: fixed-sequence testing, betting p-value (Waudby-Smith & Ramdas)"
-MAX_CANDIDATES = 300
+GRID_LINEAR, GRID_NEAR_CERTAIN = 101, 200  # candidate probabilities: evenly spread, and 1 - 1e-7 ... 1 - 0.1
+
+
+def fixed_keys(kind: type[ExitPolicy], num_ics: int) -> np.ndarray:
+    """Candidate keys of ``kind``, increasing, fixed before any data is seen (as Learn then Test requires):
+    maxprob thresholds (and entropy bounds) spread evenly over [0, 1] and densely near certainty, then
+    one key at which nobody leaves early; patience 1 .. ICs + 1."""
+    if issubclass(kind, Patience):
+        return np.arange(1, num_ics + 2, dtype=np.float64)
+    near = np.geomspace(1e-7, 0.1, GRID_NEAR_CERTAIN)
+    spread = np.linspace(0.0, 1.0, GRID_LINEAR)
+    if issubclass(kind, MaxProb):
+        values = np.concatenate([spread, 1 - near, [np.nextafter(np.float32(1), np.float32(2))]])
+    elif issubclass(kind, Entropy):
+        values = np.concatenate([-spread, -near, [np.nextafter(np.float32(0), np.float32(1))]])
+    else:
+        raise UserError(f"no fixed candidate thresholds for the {kind.name} policy")
+    return np.unique(values.astype(np.float32)).astype(np.float64)
 CHUNK = 25  # candidates tested together
 STAKE_CAP = 0.5  # largest share of the wealth at risk on one sample
 
@@ -79,15 +97,16 @@ def drop_p_value(losses: np.ndarray, max_drop: float, seed: int = 0) -> np.ndarr
 
 
 def certify(outputs: ExitOutputs, kind: type[ExitPolicy], max_drop: float, confidence: float,
-            seed: int = 0) -> Certificate:
-    """The cheapest threshold of ``kind`` certified by Learn then Test on ``outputs`` (see the module)."""
+            seed: int = 0, reference: np.ndarray | None = None) -> Certificate:
+    """The cheapest threshold of ``kind`` certified by Learn then Test on ``outputs`` (see the module); the
+    drop is measured against ``reference`` (per-sample hits; the final head's when None)."""
     if not 0 < confidence < 1:
         raise UserError(f"confidence {confidence} must lie strictly between 0 and 1 (e.g. 0.9)")
     if not 0 < max_drop < 1:
         raise UserError(f"a certified maximum accuracy drop must lie strictly between 0 and 1, got {max_drop}")
-    keys = grid_keys(outputs, kind, MAX_CANDIDATES)[::-1]  # cautious (largest key) first
+    keys = fixed_keys(kind, len(outputs.exit_flops) - 1)[::-1]  # cautious (largest key) first
     running_max = np.maximum.accumulate(exit_scores(outputs, kind), axis=0)
-    final_right = outputs.correct[-1].astype(np.int64)
+    final_right = (outputs.correct[-1] if reference is None else reference).astype(np.int64)
     samples = np.arange(outputs.labels.size)
     p, exits = [], []
     for start in range(0, keys.size, CHUNK):  # the sequence stops at the first p-value above delta

@@ -16,13 +16,15 @@ from .simulate import exit_scores, midpoint_keys
 ROUNDS = 4
 
 
-def per_exit_thresholds(outputs: ExitOutputs, start: MaxProb, max_drop: float, rounds: int = ROUNDS) -> PerExitMaxProb:
-    """Per-IC thresholds, starting from the global policy ``start``, cheaper on ``outputs`` within ``max_drop``."""
+def per_exit_thresholds(outputs: ExitOutputs, start: MaxProb, max_drop: float, reference: np.ndarray,
+                        rounds: int = ROUNDS) -> PerExitMaxProb:
+    """Per-IC thresholds, starting from the global policy ``start``, cheaper on ``outputs`` while at most
+    ``max_drop`` below the accuracy of ``reference`` (per-sample hits, e.g. the final head's)."""
     scores = exit_scores(outputs, MaxProb)  # (ICs, samples)
     correct = outputs.correct
     flops = outputs.exit_flops.astype(np.float64)
     keys = np.full(scores.shape[0], np.float32(start.key), np.float32)
-    floor = correct[-1].sum() - max_drop * outputs.labels.size - 1e-9  # fewest correct answers allowed
+    floor = reference.sum() - max_drop * outputs.labels.size - 1e-9  # fewest correct answers allowed
     for _ in range(rounds):
         moved = False
         for i in range(scores.shape[0]):
