@@ -1,23 +1,29 @@
-"""Early exit in wall-clock time: the batched engine against the plain backbone, in one run.
+"""Early exit in wall-clock time: the batched engine against the plain backbone, per IC design, in one run.
 
-    python benchmarks/bench_early_exit.py RUN [--data-dir DIR] [--device cuda] [--limit 2000]
+    python benchmarks/bench_early_exit.py [--designs paper,conv,ztw] [--threads 2] [--limit 2000]
 
-Uses the policy and threshold of RUN/early-exit.json (run ``shallowdeep early-exit RUN`` first) on the
-run's test split. The backbone is the SDN's segments without any IC (the original network's
-computation). Measures throughput at each batch size (each batch timed --repeats times by both methods
-back to back, its fastest time counting), the realised speedup (backbone time / engine time) against
-the speedup the FLOPs predict (backbone FLOPs / the engine's average FLOPs), and batch-1 latency
-(median, p95) on the first images and on images that run to the final head, against the backbone on
-those same images. Targets: realised >= 0.8 x predicted at batch 128, >= 0.6 x at 16; at batch 1,
-images that reach the final head no more than 10% slower than the backbone (median over those images
-of the engine's latency over the backbone's on the same image). Writes benchmarks/results/early_exit.json.
+The network is the third-party ResNet-56 (examples/akamaster_resnet.py, akamaster's CIFAR-10 weights) with
+ICs of each design attached, on the CIFAR-10 JPEG test images. The heads are untrained: each exit's
+threshold (max-probability, one per IC) is chosen on the images' own scores so that a set share of the
+images leaves at each exit (--shares; by default those of a trained paper-IC ResNet-56 at its calibrated
+threshold), which is what the timing depends on. The backbone is the SDN's segments without any IC.
+
+Measures, in the memory format given (channels-last by default: faster on CPUs for both methods):
+- throughput at each batch size: every batch is timed --repeats times by the backbone and by each design's
+  engine back to back, its fastest time counting; the realised speed-up (backbone time / engine time)
+  against the one the FLOPs predict (backbone FLOPs / the engine's average FLOPs);
+- batch 1, images that run to the final head: each image timed by both methods back to back
+  --latency-repeats times, its fastest time counting; the median over images of engine / backbone.
+Targets (paper ICs): realised >= 0.9 x predicted at batch 128, >= 0.75 x at 16; a final-head image at most
+1.05 x the backbone at batch 1. Writes benchmarks/results/early_exit.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -26,89 +32,89 @@ from typing import Callable
 
 import torch
 
-from shallowdeep.data import batches
+from shallowdeep.build import build_sdn, extract_state_dict, load_checkpoint_file
+from shallowdeep.data import batches, load_dataset
 from shallowdeep.errors import UserError
-from shallowdeep.exits import early_exit, make_policy, run_backbone
+from shallowdeep.exits import MaxProb, PerExitMaxProb, early_exit, run_backbone
+from shallowdeep.heads import IC_DESIGNS
 from shallowdeep.io import atomic_write_json
-from shallowdeep.outputs import load_run_data
-from shallowdeep.run import open_run
+from shallowdeep.sdn import SDN
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "early_exit.json"
-TARGETS = {"16": 0.6, "128": 0.8}  # realised / predicted speedup
-FINAL_EXIT_SLOWDOWN = 1.10  # batch 1, images reaching the final head: engine / backbone latency
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "early_exit.json"
+BACKBONE = "examples/akamaster_resnet.py:resnet56"
+WEIGHTS = REPO.parent / "shared" / "weights" / "akamaster-resnet-cifar10" / "resnet56-4bfd9763.th"
+DATA = REPO / ".cache" / "data" / "cifar10-jpeg"
+# exit shares of the six ICs of the trained paper-IC ResNet-56 at its calibrated threshold; the rest reach the end
+SHARES = "0.15,0.13,0.2,0.11,0.17,0.12"
+TARGETS = {"128": 0.9, "16": 0.75}  # realised / predicted speed-up, paper ICs
+FINAL_EXIT_SLOWDOWN = 1.05  # batch 1, paper ICs, images reaching the final head: engine / backbone latency
+
+Method = Callable[[torch.Tensor], object]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run", type=Path)
-    p.add_argument("--data-dir", type=Path, help="where the run's data set is, if not where its config says")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-sizes", default="1,16,128,512")
+    p.add_argument("--designs", default=",".join(IC_DESIGNS))
+    p.add_argument("--weights", type=Path, default=WEIGHTS)
+    p.add_argument("--data-dir", type=Path, default=DATA)
+    p.add_argument("--shares", default=SHARES, help="share of the images leaving at each IC, comma-separated")
+    p.add_argument("--batch-sizes", default="128,16")
     p.add_argument("--limit", type=int, help="use the first N test images")
-    p.add_argument("--latency-images", type=int, default=300,
-                   help="images timed one at a time: this many first images, and this many reaching the final head")
     p.add_argument("--repeats", type=int, default=3, help="times each batch is timed; the fastest counts")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
+    p.add_argument("--latency-images", type=int, default=100, help="final-head images timed one at a time")
+    p.add_argument("--latency-repeats", type=int, default=5, help="times each image is timed; the fastest counts")
+    p.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--seed", type=int, default=0, help="initialises the untrained heads")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    run = open_run(args.run)
-    chosen_path = run.path / "early-exit.json"
-    if not chosen_path.is_file():
-        raise UserError(f"{chosen_path} is missing; run `shallowdeep early-exit {args.run}` first")
-    chosen = json.loads(chosen_path.read_text())
-    policy = make_policy(chosen["policy"], chosen["threshold"])
-    splits = load_run_data(run, **({"data_dir": str(args.data_dir)} if args.data_dir else {}))
-    test = splits.test if args.limit is None else splits.test.subset(slice(0, args.limit))
-    x = torch.cat([b for b, _ in batches(test, splits.spec, 512, train=False, shuffle=False, device=device)])
-    net = run.load_net(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    memory_format = getattr(torch, args.memory_format if args.memory_format == "channels_last" else "contiguous_format")
+    x = test_images(args.data_dir, args.limit).contiguous(memory_format=memory_format)
+    shares = [float(s) for s in args.shares.split(",")]
+    nets = {d: build_net(d, args.weights, args.seed).to(memory_format=memory_format) for d in args.designs.split(",")}
+    policies = {d: policy_for_shares(net, x, shares) for d, net in nets.items()}
+    backbone = next(iter(nets.values()))  # every design shares the same backbone segments
+    methods: dict[str, Method] = {"backbone": lambda b: run_backbone(backbone, b)}
+    methods.update({d: engine(net, policies[d]) for d, net in nets.items()})
 
-    _, exits, flops = early_exit(net, x, policy=policy)
-    predicted = net.backbone_flops / flops.double().mean().item()
-    engine = lambda batch: early_exit(net, batch, policy=policy)  # noqa: E731
-    backbone = lambda batch: run_backbone(net, batch)  # noqa: E731
-
+    outcomes = {d: [torch.cat(t) for t in zip(*map(methods[d], x.split(500)))] for d in nets}
     throughput = {}
     for size in [int(s) for s in args.batch_sizes.split(",")]:
-        chunks = list(x.split(size))
-        times = best_pass_times({"backbone": backbone, "engine": engine}, chunks, args.repeats, sync)
-        realised = times["backbone"] / times["engine"]
-        throughput[str(size)] = {
-            "backbone_images_per_s": len(x) / times["backbone"], "engine_images_per_s": len(x) / times["engine"],
-            "realised_speedup": realised, "predicted_speedup": predicted,
-            "realised_over_predicted": realised / predicted,
+        times = best_pass_times(methods, list(x.split(size)), args.repeats)
+        throughput[size] = times
+    designs = {}
+    for d, net in nets.items():
+        _, exits, flops = outcomes[d]
+        predicted = net.backbone_flops / flops.double().mean().item()
+        designs[d] = {
+            "thresholds": list(policies[d].threshold),
+            "flops": {"backbone": net.backbone_flops, "engine_average": flops.double().mean().item(),
+                      "exit_shares": torch.bincount(exits, minlength=net.num_exits).div(len(x)).tolist()},
+            "throughput": {str(size): speedups(times["backbone"], times[d], predicted, len(x))
+                           for size, times in throughput.items()},
+            "batch1_final_exit": final_exit_latency(net, methods[d], methods["backbone"], x, exits,
+                                                    args.latency_images, args.latency_repeats),
         }
-
-    latency = batch1_latency(net, engine, backbone, x, exits, args.latency_images, args.repeats, sync)
     result = {
         "benchmark": "early_exit",
-        "settings": {
-            "run": str(args.run), "model": run.config["model"], "data": run.config["data"],
-            "mode": run.config.get("train", {}).get("mode"), "pretrained": run.config.get("pretrained"),
-            "policy": policy.name, "threshold": policy.threshold,
-            "calibrated_on": chosen.get("calibrated_on"), "images": len(x), "limit": args.limit,
-            "batch_sizes": args.batch_sizes, "repeats": args.repeats, "latency_images": args.latency_images,
-            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-            platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "backbone": "SDN segments without ICs",
-        },
-        "flops": {"backbone": net.backbone_flops, "engine_average": flops.double().mean().item(),
-                  "exit_shares": torch.bincount(exits.cpu(), minlength=net.num_exits).div(len(x)).tolist()},
-        "throughput": throughput,
-        "batch1_latency_ms": latency,
-        "targets": {
-            **{f"batch{size}_realised_over_predicted>={goal}": throughput[size]["realised_over_predicted"] >= goal
-               for size, goal in TARGETS.items() if size in throughput},
-            f"batch1_final_exit_slowdown<={FINAL_EXIT_SLOWDOWN}": None if latency["final_exit"]["slowdown"] is None
-            else latency["final_exit"]["slowdown"] <= FINAL_EXIT_SLOWDOWN,
-        },
+        "command": "python " + shlex.join([os.path.relpath(__file__, REPO), *(sys.argv[1:] if argv is None else argv)]),
+        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                     "backbone": f"{BACKBONE} ({args.weights.name}); the SDN's segments without ICs",
+                     "data": "cifar10 test split, imagenet normalization", "images": len(x),
+                     "heads": "untrained; max-probability thresholds per IC chosen for --shares",
+                     "device": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                     "threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+        "designs": designs,
+        "targets": targets(designs.get("paper")),
     }
     report(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -117,8 +123,43 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def best_pass_times(methods: dict[str, Callable], chunks: list[torch.Tensor], repeats: int,
-                    sync: Callable[[], None]) -> dict[str, float]:
+def test_images(data_dir: Path, limit: int | None) -> torch.Tensor:
+    """The CIFAR-10 test images, normalised as the akamaster weights expect."""
+    splits = load_dataset("cifar10", data_dir, normalization="imagenet")
+    test = splits.test if limit is None else splits.test.subset(slice(0, limit))
+    return torch.cat([b for b, _ in batches(test, splits.spec, 1000, train=False, shuffle=False, device="cpu")])
+
+
+def build_net(design: str, weights: Path, seed: int) -> SDN:
+    """The third-party ResNet-56 with its pretrained weights and untrained ICs of ``design``, in eval mode."""
+    torch.manual_seed(seed)
+    spec = {"factory": BACKBONE, "exits": None, "num_classes": 10, "input_shape": [3, 32, 32], "ic": design}
+    return build_sdn(spec, REPO, extract_state_dict(load_checkpoint_file(weights)), str(weights)).eval()
+
+
+@torch.inference_mode()
+def policy_for_shares(net: SDN, x: torch.Tensor, shares: list[float]) -> PerExitMaxProb:
+    """Max-probability thresholds, one per IC, with which ``shares[i]`` of ``x`` leaves at IC ``i``."""
+    if len(shares) != len(net.ics) or sum(shares) > 1:
+        raise UserError(f"--shares needs {len(net.ics)} shares summing to at most 1, got {shares}")
+    answers = [torch.cat(a) for a in zip(*(net.exit_logits(b) for b in x.split(500)))]
+    scores = MaxProb.scores(torch.stack(answers[:-1]))
+    running = torch.ones(len(x), dtype=torch.bool)
+    thresholds = []
+    for share, score in zip(shares, scores):
+        leaving = round(share * len(x))
+        candidates = score[running].sort(descending=True).values
+        q = candidates[leaving - 1].item() if 0 < leaving <= len(candidates) else 2.0  # above 1: nobody leaves
+        thresholds.append(q)
+        running &= score < q
+    return PerExitMaxProb(tuple(thresholds))
+
+
+def engine(net: SDN, policy: PerExitMaxProb) -> Method:
+    return lambda b: early_exit(net, b, policy=policy)
+
+
+def best_pass_times(methods: dict[str, Method], chunks: list[torch.Tensor], repeats: int) -> dict[str, float]:
     """Seconds per pass over ``chunks`` for each method: every chunk is timed ``repeats`` times by each
     method back to back, and its fastest time counts (robust to other work on the machine)."""
     best = {name: [float("inf")] * len(chunks) for name in methods}
@@ -127,71 +168,71 @@ def best_pass_times(methods: dict[str, Callable], chunks: list[torch.Tensor], re
     for _ in range(repeats):
         for i, chunk in enumerate(chunks):
             for name, fn in methods.items():
-                best[name][i] = min(best[name][i], timed(fn, chunk, sync))
+                best[name][i] = min(best[name][i], timed(fn, chunk))
     return {name: sum(times) for name, times in best.items()}
 
 
-def batch1_latency(net, engine: Callable, backbone: Callable, x: torch.Tensor, exits: torch.Tensor, count: int,
-                   repeats: int, sync: Callable[[], None]) -> dict:
-    """Batch-1 latency in milliseconds of both methods on the first ``count`` images and on up to ``count``
-    images that run to the final head; each image is timed by both back to back ``repeats`` times, its
-    fastest time counting."""
-    final = torch.nonzero(exits == net.num_exits - 1).squeeze(1)[:count].tolist()
-    groups = {"all": pair_times(engine, backbone, x[:count], repeats, sync),
-              "final_exit": pair_times(engine, backbone, x[final], repeats, sync)}
-    result = {name: {"images": len(t["engine"]), **{m: summary(v) for m, v in t.items()}} for name, t in groups.items()}
-    # Paired per image, so that the machine's speed drifting during the run cancels out.
-    ratios = [e / b for e, b in zip(groups["final_exit"]["engine"], groups["final_exit"]["backbone"])]
-    result["final_exit"]["slowdown"] = statistics.median(ratios) if ratios else None
-    return result
+def speedups(backbone: float, engine_time: float, predicted: float, images: int) -> dict[str, float]:
+    realised = backbone / engine_time
+    return {"backbone_images_per_s": images / backbone, "engine_images_per_s": images / engine_time,
+            "realised_speedup": realised, "predicted_speedup": predicted, "realised_over_predicted": realised / predicted}
 
 
-def pair_times(engine: Callable, backbone: Callable, x: torch.Tensor, repeats: int,
-               sync: Callable[[], None]) -> dict[str, list[float]]:
-    times = {"engine": [float("inf")] * len(x), "backbone": [float("inf")] * len(x)}
-    for i in range(min(10, len(x))):
-        engine(x[i:i + 1]), backbone(x[i:i + 1])
+def final_exit_latency(net: SDN, engine_fn: Method, backbone: Method, x: torch.Tensor, exits: torch.Tensor,
+                       count: int, repeats: int) -> dict:
+    """Batch-1 latency (ms) of engine and backbone on up to ``count`` images that reach the final head, each
+    timed by both back to back ``repeats`` times (fastest counts); slowdown: median of the per-image ratios."""
+    images = x[torch.nonzero(exits == len(net.ics)).squeeze(1)[:count]].split(1)
+    if not images:
+        return {"images": 0, "engine_ms": None, "backbone_ms": None, "slowdown": None}
+    for image in images[:10]:
+        engine_fn(image), backbone(image)
+    best = {"engine": [float("inf")] * len(images), "backbone": [float("inf")] * len(images)}
     for _ in range(repeats):
-        for i in range(len(x)):
-            for name, fn in (("backbone", backbone), ("engine", engine)):
-                times[name][i] = min(times[name][i], 1e3 * timed(fn, x[i:i + 1], sync))
-    return times
+        for i, image in enumerate(images):
+            for name, fn in (("backbone", backbone), ("engine", engine_fn)):
+                best[name][i] = min(best[name][i], 1e3 * timed(fn, image))
+    ratios = [e / b for e, b in zip(best["engine"], best["backbone"])]  # paired: drift cancels out
+    return {"images": len(images), "engine_ms": statistics.median(best["engine"]),
+            "backbone_ms": statistics.median(best["backbone"]), "slowdown": statistics.median(ratios)}
 
 
-def timed(fn: Callable, x: torch.Tensor, sync: Callable[[], None]) -> float:
-    sync()
+def timed(fn: Method, x: torch.Tensor) -> float:
     start = time.perf_counter()
     fn(x)
-    sync()
     return time.perf_counter() - start
 
 
-def summary(values: list[float]) -> dict:
-    if not values:
-        return {"median": None, "p95": None}
-    ordered = sorted(values)
-    return {"median": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]}
+def targets(paper: dict | None) -> dict[str, bool | None]:
+    """Whether the paper ICs meet the targets (None where not measured)."""
+    if paper is None:
+        return {}
+    met: dict[str, bool | None] = {f"batch{size}_realised_over_predicted>={goal}":
+                                   paper["throughput"][size]["realised_over_predicted"] >= goal
+                                   for size, goal in TARGETS.items() if size in paper["throughput"]}
+    slowdown = paper["batch1_final_exit"]["slowdown"]
+    met[f"batch1_final_exit_slowdown<={FINAL_EXIT_SLOWDOWN}"] = None if slowdown is None else slowdown <= FINAL_EXIT_SLOWDOWN
+    return met
 
 
 def report(result: dict) -> None:
     s = result["settings"]
-    print(f"{s['policy']} threshold {s['threshold']:.6g} on {s['images']} test images, {s['device']} "
-          f"({s['device_name']}, {s['threads']} threads)")
-    print(f"{'batch':>6} {'backbone img/s':>15} {'engine img/s':>13} {'realised':>9} {'predicted':>10} {'ratio':>6}")
-    for size, t in result["throughput"].items():
-        print(f"{size:>6} {t['backbone_images_per_s']:15.1f} {t['engine_images_per_s']:13.1f} "
-              f"{t['realised_speedup']:9.3f} {t['predicted_speedup']:10.3f} {t['realised_over_predicted']:6.3f}")
-    lat = result["batch1_latency_ms"]
-    for group, label in (("all", "first images"), ("final_exit", "images reaching the final head")):
-        e, b = lat[group]["engine"], lat[group]["backbone"]
-        if e["median"] is not None:
-            print(f"batch-1 latency, {lat[group]['images']} {label}: engine median {e['median']:.3f} ms "
-                  f"(p95 {e['p95']:.3f}), backbone median {b['median']:.3f} ms (p95 {b['p95']:.3f})")
-    slowdown = lat["final_exit"]["slowdown"]
-    print(f"images reaching the final head, median of engine/backbone latency per image: "
-          f"{'-' if slowdown is None else f'{slowdown:.3f}'}")
-    verdict = {True: "met", False: "MISSED", None: "not measured (no image reaches the final head)"}
-    print("targets: " + ", ".join(f"{k} {verdict[v]}" for k, v in result["targets"].items()))
+    print(f"{s['images']} test images, {s['memory_format']}, {s['device']} ({s['threads']} threads), "
+          f"load average {s['load_average_before'][0]:.2f} before, {s['load_average_after'][0]:.2f} after")
+    print(f"{'design':>7} {'batch':>6} {'backbone img/s':>15} {'engine img/s':>13} {'realised':>9} "
+          f"{'predicted':>10} {'ratio':>6}")
+    for design, d in result["designs"].items():
+        for size, t in d["throughput"].items():
+            print(f"{design:>7} {size:>6} {t['backbone_images_per_s']:15.1f} {t['engine_images_per_s']:13.1f} "
+                  f"{t['realised_speedup']:9.3f} {t['predicted_speedup']:10.3f} {t['realised_over_predicted']:6.3f}")
+    for design, d in result["designs"].items():
+        lat = d["batch1_final_exit"]
+        if lat["images"]:
+            print(f"{design:>7} batch 1, {lat['images']} images reaching the final head: engine {lat['engine_ms']:.3f} ms, "
+                  f"backbone {lat['backbone_ms']:.3f} ms (medians); engine/backbone per image, median: "
+                  f"{lat['slowdown']:.3f}")
+    verdict = {True: "met", False: "MISSED", None: "not measured"}
+    print("targets (paper ICs): " + ", ".join(f"{k} {verdict[v]}" for k, v in result["targets"].items()))
 
 
 if __name__ == "__main__":
