@@ -175,7 +175,8 @@ def best_pass_times(methods: dict[str, Method], chunks: list[torch.Tensor], repe
 def speedups(backbone: float, engine_time: float, predicted: float, images: int) -> dict[str, float]:
     realised = backbone / engine_time
     return {"backbone_images_per_s": images / backbone, "engine_images_per_s": images / engine_time,
-            "realised_speedup": realised, "predicted_speedup": predicted, "realised_over_predicted": realised / predicted}
+            "realised_speedup": realised, "predicted_speedup": predicted,
+            "realised_over_predicted": realised / predicted}
 
 
 def final_exit_latency(net: SDN, engine_fn: Method, backbone: Method, x: torch.Tensor, exits: torch.Tensor,
@@ -211,7 +212,8 @@ def targets(paper: dict | None) -> dict[str, bool | None]:
                                    paper["throughput"][size]["realised_over_predicted"] >= goal
                                    for size, goal in TARGETS.items() if size in paper["throughput"]}
     slowdown = paper["batch1_final_exit"]["slowdown"]
-    met[f"batch1_final_exit_slowdown<={FINAL_EXIT_SLOWDOWN}"] = None if slowdown is None else slowdown <= FINAL_EXIT_SLOWDOWN
+    met[f"batch1_final_exit_slowdown<={FINAL_EXIT_SLOWDOWN}"] = (None if slowdown is None
+                                                                 else slowdown <= FINAL_EXIT_SLOWDOWN)
     return met
 
 
@@ -228,9 +230,9 @@ def report(result: dict) -> None:
     for design, d in result["designs"].items():
         lat = d["batch1_final_exit"]
         if lat["images"]:
-            print(f"{design:>7} batch 1, {lat['images']} images reaching the final head: engine {lat['engine_ms']:.3f} ms, "
-                  f"backbone {lat['backbone_ms']:.3f} ms (medians); engine/backbone per image, median: "
-                  f"{lat['slowdown']:.3f}")
+            print(f"{design:>7} batch 1, {lat['images']} images reaching the final head: "
+                  f"engine {lat['engine_ms']:.3f} ms, backbone {lat['backbone_ms']:.3f} ms (medians); "
+                  f"engine/backbone per image, median: {lat['slowdown']:.3f}")
     verdict = {True: "met", False: "MISSED", None: "not measured"}
     print("targets (paper ICs): " + ", ".join(f"{k} {verdict[v]}" for k, v in result["targets"].items()))
 

@@ -105,7 +105,7 @@ def mixed_pool_parts(x: torch.Tensor, size: int) -> Reduced:
     out = (min(h, size), min(w, size))
     if h % out[0] == 0 and w % out[1] == 0:  # plain pooling is faster than adaptive
         k = (h // out[0], w // out[1])
-        return F.max_pool2d(x, k), F.avg_pool2d(x, k)
+        return torch.max_pool2d(x, k), F.avg_pool2d(x, k)
     return F.adaptive_max_pool2d(x, out), F.adaptive_avg_pool2d(x, out)
 
 
@@ -114,7 +114,7 @@ def _mix(reduced: Reduced, alpha: nn.Parameter | None) -> torch.Tensor:
     if len(reduced) == 1:
         return reduced[0]
     maxp, avgp = reduced
-    return torch.lerp(avgp, maxp, alpha.to(maxp.dtype))
+    return torch.lerp(avgp, maxp, alpha if alpha.dtype == maxp.dtype else alpha.to(maxp.dtype))
 
 
 class InternalClassifier(ExitHead):
@@ -135,7 +135,8 @@ class InternalClassifier(ExitHead):
         return mixed_pool_parts(x, POOLED_SIZE)
 
     def classify(self, reduced: Reduced, prev: torch.Tensor | None = None) -> torch.Tensor:
-        return self.linear(self._with_previous(_mix(reduced, self.alpha).flatten(1), prev))
+        features = self._with_previous(_mix(reduced, self.alpha).flatten(1), prev)
+        return F.linear(features, self.linear.weight, self.linear.bias)  # not via the module: faster
 
 
 class ConvHead(ExitHead):
@@ -162,8 +163,19 @@ class ConvHead(ExitHead):
         return mixed_pool_parts(x, CONV_INPUT_SIZE)
 
     def classify(self, reduced: Reduced, prev: torch.Tensor | None = None) -> torch.Tensor:
-        features = self.body(_mix(reduced, self.alpha)).flatten(1)
-        return self.linear(self._with_previous(features, prev))
+        features = self._body(_mix(reduced, self.alpha)).flatten(1)
+        return F.linear(self._with_previous(features, prev), self.linear.weight, self.linear.bias)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.body(x)``; in eval mode by the functions its modules call, without the modules' call overhead."""
+        if self.training:
+            return self.body(x)
+        conv1, bn1, _, conv2, bn2, _ = self.body
+        for conv, bn in ((conv1, bn1), (conv2, bn2)):
+            x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding)
+            x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+            x = F.relu(x, inplace=True)
+        return x
 
 
 def make_heads(design: ICDesign, shapes: Sequence[Sequence[int]], num_classes: int) -> list[ExitHead]:
