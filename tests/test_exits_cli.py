@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -19,7 +18,6 @@ from shallowdeep.outputs import load_outputs
 from shallowdeep.run import open_run
 from test_analysis import make_tiny_run
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_early_exit.py"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,25 +107,3 @@ def test_separate_calibration_data_is_used_and_recorded(tiny_run, tmp_path):
     own = early_exit_json(tiny_run)
     assert separate["threshold"] == own["threshold"]
     assert separate["calibration"] == own["calibration"]
-
-
-def test_benchmark_runs_on_a_tiny_run_and_writes_its_figures(tiny_run, tmp_path, capsys):
-    chosen = early_exit_json(tiny_run)
-    chosen["threshold"] = 0.9  # high enough that some images reach the final head
-    (tiny_run / "early-exit.json").write_text(json.dumps(chosen))
-    spec = importlib.util.spec_from_file_location("bench_early_exit", BENCHMARK)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    output = tmp_path / "early_exit.json"
-    result = bench.main([str(tiny_run), "--device", "cpu", "--limit", "40", "--batch-sizes", "1,16",
-                         "--latency-images", "5", "--repeats", "1", "--output", str(output)])
-    assert json.loads(output.read_text()) == json.loads(json.dumps(result))
-    assert set(result["throughput"]) == {"1", "16"}
-    average = result["flops"]["engine_average"]
-    assert result["throughput"]["16"]["predicted_speedup"] == pytest.approx(result["flops"]["backbone"] / average)
-    assert result["settings"]["images"] == 40 and result["batch1_latency_ms"]["all"]["images"] == 5
-    reaching_final = round(result["flops"]["exit_shares"][-1] * 40)
-    assert reaching_final > 0 and result["batch1_latency_ms"]["final_exit"]["images"] == min(5, reaching_final)
-    assert result["batch1_latency_ms"]["final_exit"]["slowdown"] > 0
-    assert sum(result["flops"]["exit_shares"]) == pytest.approx(1.0)
-    assert "realised" in capsys.readouterr().out

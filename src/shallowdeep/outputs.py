@@ -8,7 +8,6 @@ Every analysis reads these instead of running the network again.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import torch
