@@ -1,6 +1,6 @@
 """IC designs (paper, conv, ztw): FLOPs by hand, the final output untouched, cascading and the geometric
-ensemble by their definitions, cached and streamed IC-only training alike, the engine equal to one-by-one,
-and every command on a ztw run."""
+ensemble by their definitions, the engine equal to one-by-one, and every command on a ztw run (cached and
+streamed training of every design: tests/test_train.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from shallowdeep.attach import attach
-from shallowdeep.build import build_sdn
 from shallowdeep.cli import main
-from shallowdeep.data import load_dataset
 from shallowdeep.errors import UserError
 from shallowdeep.exits import early_exit
 from shallowdeep.heads import ConvHead, GeometricEnsemble, ICDesign
 from shallowdeep.run import open_run
 from shallowdeep.train import Recipe, TrainConfig, new_run
 from shallowdeep.train.ensemble import fit_ensemble
-from shallowdeep.train.ic_cache import train_ics_cached
-from shallowdeep.train.trainer import train
 
 from conftest import load_example
 
@@ -134,27 +130,6 @@ def test_engine_equals_one_by_one_for_every_design(resnet20, design, one_thread)
         stop = next((k for k in range(6) if torch.softmax(single[k], 1).max() >= q), 6)
         assert exits[i] == stop and predictions[i] == single[stop].argmax()
         assert flops[i] == net.exit_flops[stop]
-
-
-@pytest.mark.parametrize("design", ("conv", "ztw"))
-def test_cached_and_streamed_ic_training_agree_for_conv_heads(design, tmp_path, one_thread):
-    splits = load_dataset(**DATA)
-    nets = []
-    for name in ("stream", "cache"):
-        torch.manual_seed(0)
-        net = build_sdn({"arch": "resnet56", "exits": None, "num_classes": 10, "input_shape": [3, 16, 16],
-                         "ic": {"design": design, "width": 16}})
-        cfg = TrainConfig("ic-only", Recipe("adam", 1e-3, 2, [], batch_size=64), seed=3, cache_views=2)
-        (tmp_path / name).mkdir()
-        if name == "stream":
-            train(tmp_path / name, net, splits, cfg, CPU)
-        else:
-            train_ics_cached(tmp_path / name, net, splits, cfg, CPU, dtype=torch.float32)
-        nets.append(net)
-    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
-        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), name
-    if design == "ztw":
-        assert not torch.equal(nets[0].ensemble.bias, torch.zeros_like(nets[0].ensemble.bias))  # fitted
 
 
 def test_design_is_saved_in_the_run_and_rebuilt(tmp_path, one_thread):
