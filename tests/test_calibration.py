@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +211,11 @@ def test_best_at_budget_equals_a_brute_force_over_thresholds(name):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    return shared_tiny_run(tmp_path_factory)
+    """A private copy of the session's tiny run: these tests write early-exit.json, which other modules
+    expect to be absent."""
+    copy = tmp_path_factory.mktemp("calibration") / "run"
+    shutil.copytree(shared_tiny_run(tmp_path_factory), copy)
+    return copy
 
 
 def early_exit_json(run: Path, *options: str) -> dict:
