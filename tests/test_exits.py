@@ -247,7 +247,7 @@ def test_engine_equals_one_sample_at_a_time_and_the_simulation(backbone_name):
     x = torch.randn(24, 3, size, size)
     outputs = outputs_of(net, x, torch.zeros(24, dtype=torch.long))
     for policy in (make_policy(name, spread_threshold(outputs, name)) for name in POLICIES):
-        predictions, exits, flops = net.early_exit(x, policy=policy)
+        predictions, exits, flops = early_exit(net, x, policy=policy)
         alone = [early_exit(net, x[i:i + 1], policy=policy) for i in range(len(x))]
         assert predictions.tolist() == [int(p) for p, _, _ in alone]
         assert exits.tolist() == [int(e) for _, e, _ in alone]
@@ -267,7 +267,7 @@ def test_engine_really_stops_computing_samples_that_left():
     hooks = [seg.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0])) for seg in net.segments]
     threshold = spread_threshold(outputs_of(net, x, torch.zeros(40, dtype=torch.long)), "maxprob")
     seen.clear()
-    _, exits, _ = net.early_exit(x, threshold=threshold)
+    _, exits, _ = early_exit(net, x, threshold=threshold)
     for h in hooks:
         h.remove()
     expected = [int((exits >= i).sum()) for i in range(net.num_exits)]
@@ -280,17 +280,17 @@ def test_engine_extremes_and_a_network_without_ics():
     net = randomised(attach(tiny_sequential(), (3, 8, 8), 5))
     x = torch.randn(10, 3, 8, 8)
     final = run_backbone(net, x).argmax(1)
-    predictions, exits, flops = net.early_exit(x, threshold=1.01)  # above every probability: nobody leaves early
+    predictions, exits, flops = early_exit(net, x, threshold=1.01)  # above every probability: nobody leaves early
     assert predictions.tolist() == final.tolist() and (exits == len(net.ics)).all()
     assert (flops == net.exit_flops[-1]).all()
-    predictions, exits, _ = net.early_exit(x, threshold=0.0)  # everybody leaves at the first IC
+    predictions, exits, _ = early_exit(net, x, threshold=0.0)  # everybody leaves at the first IC
     with torch.no_grad():
         assert predictions.tolist() == net(x)[0].argmax(1).tolist() and (exits == 0).all()
     plain = attach(tiny_sequential(), (3, 8, 8), 5, exits=[]).eval()
-    predictions, exits, flops = plain.early_exit(x, threshold=0.5)
+    predictions, exits, flops = early_exit(plain, x, threshold=0.5)
     assert predictions.tolist() == run_backbone(plain, x).argmax(1).tolist()
     assert (exits == 0).all() and (flops == plain.exit_flops[0]).all()
-    empty = net.early_exit(x[:0], threshold=0.5)
+    empty = early_exit(net, x[:0], threshold=0.5)
     assert [t.shape[0] for t in empty] == [0, 0, 0]
 
 
@@ -298,14 +298,14 @@ def test_engine_rejects_bad_requests():
     net = attach(tiny_sequential(), (3, 8, 8), 5)
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(UserError, match="eval mode"):
-        net.train().early_exit(x, threshold=0.5)
+        early_exit(net.train(), x, threshold=0.5)
     net.eval()
     with pytest.raises(UserError, match="threshold"):
-        net.early_exit(x)
+        early_exit(net, x)
     with pytest.raises(UserError, match="unknown exit policy"):
-        net.early_exit(x, threshold=0.5, policy="bogus")
+        early_exit(net, x, threshold=0.5, policy="bogus")
     with pytest.raises(UserError, match="not both"):
-        net.early_exit(x, threshold=0.5, policy=make_policy("entropy", 0.3))
+        early_exit(net, x, threshold=0.5, policy=make_policy("entropy", 0.3))
     with pytest.raises(UserError, match="whole number"):
         make_policy("patience", 1.5)
     with pytest.raises(UserError, match="number"):

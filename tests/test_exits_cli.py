@@ -13,7 +13,7 @@ from PIL import Image
 
 from shallowdeep.cli import main
 from shallowdeep.data import batches, load_dataset
-from shallowdeep.exits import calibrate, make_policy, simulate
+from shallowdeep.exits import calibrate, early_exit, make_policy, simulate
 from shallowdeep.outputs import load_outputs
 from shallowdeep.run import open_run
 from test_analysis import make_tiny_run
@@ -47,7 +47,7 @@ def test_command_calibrates_on_holdout_and_reports_what_the_engine_does_on_test(
     splits = load_dataset("digits", None)
     x = torch.cat([b for b, _ in batches(splits.test, splits.spec, 512, train=False, shuffle=False, device="cpu")])
     net = run.load_net("cpu")
-    predictions, exits, flops = net.early_exit(x, threshold=result["threshold"])
+    predictions, exits, flops = early_exit(net, x, threshold=result["threshold"])
     recorded = result["test"]["early_exit"]
     assert recorded["accuracy"] == pytest.approx((predictions == splits.test.labels).double().mean().item())
     assert recorded["average_flops"] == pytest.approx(flops.double().mean().item())

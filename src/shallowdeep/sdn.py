@@ -103,9 +103,3 @@ class SDN(nn.Module):
         if self.backbone_frozen:
             self.segments.eval()
         return self
-
-    def early_exit(self, x: torch.Tensor, threshold: float | None = None, policy: Any = None):
-        """Batched early exit; see :func:`shallowdeep.exits.early_exit`."""
-        from .exits import early_exit
-
-        return early_exit(self, x, threshold=threshold, policy=policy)
