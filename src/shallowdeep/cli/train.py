@@ -12,7 +12,7 @@ from .. import models
 from ..data import DATASETS
 from ..data.dataset import NORMALIZATIONS
 from ..errors import UserError
-from ..train import MODES, Interrupted, TrainConfig, default_recipe, new_run, resume_run, scale_milestones
+from ..train import IC_LOSSES, MODES, Interrupted, TrainConfig, default_recipe, new_run, resume_run, scale_milestones
 from ..train.distributed import init_from_env
 from ._common import add_device_argument, add_model_arguments, model_spec, progress_bar, resolve_device
 
@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--milestones", help="comma-separated epochs where the learning rate drops x0.1")
     g.add_argument("--optimizer", choices=("sgd", "adam"))
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--ic-loss", choices=IC_LOSSES, default="growing",
+                   help="sdn: the paper's IC loss weights growing over the epochs, or every exit weighted 1 "
+                        "from the start (better when fine-tuning a trained network)")
     g = p.add_argument_group("speed")
     add_device_argument(g)
     g.add_argument("--no-amp", action="store_true", help="no bf16 mixed precision on CUDA")
@@ -101,7 +104,8 @@ def _start(args: argparse.Namespace, device, dist, log):
     weight_decay = models.default_weight_decay(args.arch) if args.arch else 1e-4
     cfg = TrainConfig(mode=args.mode, recipe=_recipe(args, weight_decay), seed=args.seed,
                       cache_features=not args.no_cache_features, cache_views=args.cache_views,
-                      cache_budget_gb=args.cache_budget_gb, amp=not args.no_amp, compile=args.compile)
+                      cache_budget_gb=args.cache_budget_gb, amp=not args.no_amp, compile=args.compile,
+                      ic_loss=args.ic_loss)
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
             "download": args.download, "normalization": args.normalization}

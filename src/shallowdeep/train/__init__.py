@@ -16,11 +16,11 @@ from ..run import CHECKPOINT, CONFIG, open_run
 from ..sdn import SDN
 from .distributed import DistInfo
 from .ic_cache import fits_in_budget, train_ics_cached
-from .recipe import MODES, Recipe, TrainConfig, default_recipe, scale_milestones
+from .recipe import IC_LOSSES, MODES, Recipe, TrainConfig, default_recipe, scale_milestones
 from .trainer import Interrupted, Progress, train
 
-__all__ = ["MODES", "Interrupted", "Recipe", "TrainConfig", "config_from_dict", "config_to_dict", "default_recipe",
-           "new_run", "resume_run", "load_pretrained", "scale_milestones"]
+__all__ = ["IC_LOSSES", "MODES", "Interrupted", "Recipe", "TrainConfig", "config_from_dict", "config_to_dict",
+           "default_recipe", "new_run", "resume_run", "load_pretrained", "scale_milestones"]
 
 
 def load_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MODES = ("cnn", "ic-only", "sdn")
+IC_LOSSES = ("growing", "uniform")  # SDN training: the paper's growing IC weights, or every exit weighted 1
 SDN_TAU_START = 0.01
 
 
@@ -59,6 +60,7 @@ class TrainConfig:
     recipe: Recipe
     seed: int = 0
     ic_weights: list[float] = field(default_factory=list)  # C_i for SDN training
+    ic_loss: str = "growing"  # one of IC_LOSSES
     cache_features: bool = True  # IC-only: train on cached pooled features
     cache_views: int = 5
     cache_budget_gb: float = 4.0

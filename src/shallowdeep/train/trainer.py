@@ -85,6 +85,8 @@ def exit_weights(cfg: TrainConfig, num_ics: int, epoch: int) -> list[float]:
         return [0.0] * num_ics + [1.0]
     if cfg.mode == "ic-only":
         return [1.0] * num_ics + [0.0]
+    if cfg.ic_loss == "uniform":
+        return [1.0] * (num_ics + 1)
     return sdn_ic_weights(epoch, cfg.recipe.epochs, cfg.ic_weights) + [1.0]
 
 
