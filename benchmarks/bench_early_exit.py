@@ -36,8 +36,9 @@ from shallowdeep.build import build_sdn, extract_state_dict, load_checkpoint_fil
 from shallowdeep.data import batches, load_dataset
 from shallowdeep.errors import UserError
 from shallowdeep.exits import MaxProb, PerExitMaxProb, early_exit, run_backbone
-from shallowdeep.heads import IC_DESIGNS
+from shallowdeep.heads import IC_DESIGNS, ICDesign
 from shallowdeep.io import atomic_write_json
+from shallowdeep.model_spec import ModelSpec
 from shallowdeep.sdn import SDN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,8 +134,9 @@ def test_images(data_dir: Path, limit: int | None) -> torch.Tensor:
 def build_net(design: str, weights: Path, seed: int) -> SDN:
     """The third-party ResNet-56 with its pretrained weights and untrained ICs of ``design``, in eval mode."""
     torch.manual_seed(seed)
-    spec = {"factory": BACKBONE, "exits": None, "num_classes": 10, "input_shape": [3, 32, 32], "ic": design}
-    return build_sdn(spec, REPO, extract_state_dict(load_checkpoint_file(weights)), str(weights)).eval()
+    spec = ModelSpec(factory=BACKBONE, num_classes=10, input_shape=(3, 32, 32), ic=ICDesign.parse(design),
+                     base_dir=REPO)
+    return build_sdn(spec, extract_state_dict(load_checkpoint_file(weights)), str(weights)).eval()
 
 
 @torch.inference_mode()

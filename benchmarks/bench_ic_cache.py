@@ -24,9 +24,10 @@ from shallowdeep.build import build_sdn, extract_state_dict, load_checkpoint_fil
 from shallowdeep.data import load_dataset
 from shallowdeep.evaluate import exit_table
 from shallowdeep.io import atomic_write_json
+from shallowdeep.model_spec import ModelSpec
 from shallowdeep.outputs import compute_outputs
 from shallowdeep.train import Recipe, TrainConfig
-from shallowdeep.train.ic_cache import train_ics_cached
+from shallowdeep.train.sources import CachedMaps, StreamedImages
 from shallowdeep.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +51,8 @@ def main() -> None:
     splits.holdout = splits.holdout.subset(slice(0, 0))  # time the training alone, no per-epoch evaluation
     test = splits.test.subset(slice(0, args.test_images))
     state = extract_state_dict(load_checkpoint_file(args.weights))
-    spec = {"factory": f"{REPO / 'examples' / 'akamaster_resnet.py'}:resnet56", "exits": None,
-            "num_classes": 10, "input_shape": [3, 32, 32]}
+    spec = ModelSpec(factory="examples/akamaster_resnet.py:resnet56", num_classes=10, input_shape=(3, 32, 32),
+                     base_dir=REPO)
     recipe = Recipe("adam", 1e-3, args.epochs, [round(15 * args.epochs / 25)], weight_decay=1e-4)
     results = {}
     for path in ("streamed", "cached"):
@@ -61,9 +62,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as run_dir:
             start = time.perf_counter()
             if path == "streamed":
-                train(Path(run_dir), net, splits, cfg, device)
+                train(Path(run_dir), net, StreamedImages(splits), cfg, device)
             else:
-                train_ics_cached(Path(run_dir), net, splits, cfg, device)
+                train(Path(run_dir), net, CachedMaps(splits), cfg, device)
             seconds = time.perf_counter() - start
         rows = exit_table(compute_outputs(net, test, splits, device), net.exit_names)
         results[path] = {"seconds": round(seconds, 2), "test_top1": [round(r["top1"], 4) for r in rows]}

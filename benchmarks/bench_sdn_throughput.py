@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from shallowdeep.build import build_sdn
 from shallowdeep.io import atomic_write_json
+from shallowdeep.model_spec import ModelSpec
 from shallowdeep.train.recipe import sdn_ic_weights
 from shallowdeep.train.trainer import weighted_loss
 
@@ -54,9 +56,9 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
-    spec = {"arch": args.arch, "num_classes": 10, "input_shape": [3, 32, 32]}
-    cnn = build_sdn({**spec, "exits": []}).to(device)
-    sdn = build_sdn({**spec, "exits": None}).to(device)
+    spec = ModelSpec(arch=args.arch, num_classes=10, input_shape=(3, 32, 32))
+    cnn = build_sdn(replace(spec, exits=())).to(device)
+    sdn = build_sdn(spec).to(device)
     sdn_weights = sdn_ic_weights(50, 100, [f / sdn.backbone_flops for f in sdn.exit_flops[:-1]]) + [1.0]
     best = {"cnn": 0.0, "sdn": 0.0}
     for _ in range(args.rounds):

@@ -17,6 +17,7 @@ from shallowdeep.analysis import confusion_report, confusion_scores, error_auroc
 from shallowdeep.analysis.gradcam import disagreements, gradcam
 from shallowdeep.attach import attach
 from shallowdeep.build import build_sdn
+from shallowdeep.model_spec import ModelSpec
 from shallowdeep.cli import main
 from shallowdeep.data import batches, load_dataset
 from shallowdeep.errors import UserError
@@ -45,9 +46,10 @@ def make_tiny_run(path: Path, epochs: int = 3) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "backbone.py").write_text(BACKBONE)
     data = {"name": "digits", "data_dir": None}
-    model = {"factory": "backbone.py:make", "num_classes": 10, "input_shape": [3, 16, 16], "exits": ["1", "4", "6"]}
+    model = ModelSpec(factory="backbone.py:make", num_classes=10, input_shape=(3, 16, 16), exits=("1", "4", "6"),
+                      base_dir=path)
     torch.manual_seed(0)
-    net = build_sdn(model, path)
+    net = build_sdn(model)
     splits = load_dataset(**data)
     optimiser = torch.optim.Adam(net.parameters(), 3e-3)
     generator = torch.Generator().manual_seed(0)
@@ -58,7 +60,7 @@ def make_tiny_run(path: Path, epochs: int = 3) -> Path:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-    atomic_write_json(path / "config.json", {"data": data, "model": net.spec})
+    atomic_write_json(path / "config.json", {"data": data, "model": net.spec.to_dict()})
     atomic_torch_save({"format": "shallowdeep-checkpoint-1", "model": net.state_dict()}, path / "checkpoint.pt")
     return path
 

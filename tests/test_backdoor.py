@@ -189,6 +189,7 @@ def test_figures_on_hand_made_outputs():
     assert d["normalisation"]["std"] == pytest.approx(base.std())
     assert d["auroc"] == pytest.approx(roc_auc_score([0, 0, 0, 1, 1], scores))
     assert d["mean_confusion"]["triggered"] == pytest.approx((confusion(triggered).mean() - base.mean()) / base.std())
+    assert d["mean_confusion"]["clean"] == pytest.approx((confusion(clean).mean() - base.mean()) / base.std())
     assert sum(d["histogram"]["clean"]) == 3 and sum(d["histogram"]["triggered"]) == 2
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -19,8 +18,6 @@ from shallowdeep.exits import (ExitOutputs, MaxProb, PerExitMaxProb, best_at_bud
 from shallowdeep.outputs import load_outputs
 from shallowdeep.run import open_run
 from test_analysis import shared_tiny_run
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_calibration.py"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -265,22 +262,3 @@ def test_report_shows_the_budget_table(tiny_run):
     assert main(["report", str(tiny_run), "--device", "cpu", "--gradcam", "0", "--examples", "0"]) == 0
     page = (tiny_run / "report" / "index.html").read_text()
     assert "Best accuracy within a share of the backbone" in page and "figure is on the other half (seed 0)" in page
-
-
-def test_calibration_benchmark_runs_on_stored_test_outputs(tiny_run, tmp_path):
-    load_outputs(open_run(tiny_run), "test")  # writes RUN/outputs/test.npz
-    spec = importlib.util.spec_from_file_location("bench_calibration", BENCHMARK)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    output = tmp_path / "calibration.json"
-    result = bench.main([str(tiny_run), "--splits", "3", "--max-drop", "0.05", "--output", str(output)])
-    assert json.loads(output.read_text()) == json.loads(json.dumps(result))
-    assert result["settings"]["splits"] == 3 and "--splits 3" in result["settings"]["command"]
-    test = load_outputs(open_run(tiny_run), "test")
-    costs = []
-    for seed in range(3):
-        part, rest = (test.subset(i) for i in split_halves(test.labels.size, seed))
-        costs.append(summarise(rest, simulate(rest, calibrate(part, max_drop=0.05))).flops_fraction)
-    assert result["methods"]["global"]["mean_cost_fraction"] == pytest.approx(np.mean(costs))
-    assert set(result["methods"]) == {"global", "global, confidence 0.9", "per-exit"}
-    assert 0 <= result["per_exit_vs_global_at_equal_accuracy"]["share_of_splits_cheaper"] <= 1

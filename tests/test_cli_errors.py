@@ -22,6 +22,8 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit code 2 and one line of stderr that holds every one of ``words`` (at least one)."""
+    assert words, "say which words the message must hold"
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -32,7 +34,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> N
 def test_missing_data_folder(tmp_path):
     r = cli("train", "--arch", "resnet56", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nope"),
             "--out", str(tmp_path / "run"))
-    assert_one_line_error(r, "nope")
+    assert_one_line_error(r, "data directory", "nope", "does not exist")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
@@ -40,28 +42,28 @@ def test_empty_image_folder(tmp_path):
     (tmp_path / "data").mkdir()
     r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
             "--out", str(tmp_path / "run"))
-    assert_one_line_error(r)
+    assert_one_line_error(r, "missing folder", "train", "ROOT/train/<class>/<image>")
 
 
 def test_conflicting_and_missing_options(tmp_path):
     r = cli("train", "--arch", "resnet56", "--backbone", "x.py:f", "--dataset", "digits", "--out", str(tmp_path / "r"))
-    assert_one_line_error(r, "--arch", "--backbone")
+    assert_one_line_error(r, "--arch", "--backbone", "not both")
     r = cli("train", "--mode", "ic-only", "--arch", "resnet56", "--dataset", "digits", "--out", str(tmp_path / "r"))
-    assert_one_line_error(r, "--from")
+    assert_one_line_error(r, "needs a trained backbone", "--from")
 
 
 def test_evaluate_missing_or_damaged_run(tmp_path):
-    assert_one_line_error(cli("evaluate", str(tmp_path / "none")), "does not exist")
+    assert_one_line_error(cli("evaluate", str(tmp_path / "none")), "run folder", "does not exist")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{not json")
-    assert_one_line_error(cli("evaluate", str(tmp_path / "bad")), "config.json")
+    assert_one_line_error(cli("evaluate", str(tmp_path / "bad")), "config.json is damaged (not valid JSON)")
 
 
 def test_weights_of_another_architecture_name_the_keys(tmp_path):
     torch.save({"state_dict": {"module.features.0.weight": torch.zeros(3)}}, tmp_path / "w.th")
     r = cli("train", "--mode", "ic-only", "--arch", "resnet56", "--from", str(tmp_path / "w.th"),
             "--dataset", "digits", "--out", str(tmp_path / "run"))
-    assert_one_line_error(r, "missing", "unexpected", "features.0.weight")
+    assert_one_line_error(r, "do not fit", "missing", "unexpected", "features.0.weight")
 
 
 def test_truncated_checkpoint(tmp_path):
@@ -70,7 +72,7 @@ def test_truncated_checkpoint(tmp_path):
     (tmp_path / "w.th").write_bytes(data[: len(data) // 2])
     r = cli("train", "--mode", "ic-only", "--arch", "resnet56", "--from", str(tmp_path / "w.th"),
             "--dataset", "digits", "--out", str(tmp_path / "run"))
-    assert_one_line_error(r, "damaged")
+    assert_one_line_error(r, "w.th is damaged or not a PyTorch file")
     assert (tmp_path / "w.th").read_bytes() == data[: len(data) // 2]
 
 
@@ -85,7 +87,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
         pickle.dump({"state_dict": _Payload()}, f)
     r = cli("train", "--mode", "ic-only", "--arch", "resnet56", "--from", str(tmp_path / "evil.pt"),
             "--dataset", "digits", "--out", str(tmp_path / "run"))
-    assert_one_line_error(r, "evil.pt")
+    assert_one_line_error(r, "evil.pt", "refusing to unpickle")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -112,7 +114,7 @@ def test_corrupt_image_is_named(tmp_path):
     (root / "train" / "class1" / "2.png").write_bytes(b"\x89PNG not really")
     r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(root), "--out",
             str(tmp_path / "run"))
-    assert_one_line_error(r, "2.png")
+    assert_one_line_error(r, "cannot decode image", "2.png")
 
 
 def test_data_set_with_other_classes_than_the_checkpoint(tmp_path):

@@ -392,6 +392,14 @@ def test_digits_are_scaled_upsampled_and_split():
     assert raw.test.labels[i - 1438] == digits.target[i]
 
 
+def test_normalisations_imagenet_paper_and_the_data_sets_own():
+    imagenet = load_dataset("digits", None, normalization="imagenet").spec
+    assert (imagenet.mean, imagenet.std) == dataset.IMAGENET_STATS == dataset.PAPER_STATS["cifar10"]
+    own = load_dataset("digits", None, normalization="dataset").spec
+    paper = load_dataset("digits", None, normalization="paper").spec  # digits: the paper has no statistics
+    assert (paper.mean, paper.std) == (own.mean, own.std) != dataset.IMAGENET_STATS
+
+
 # --- cache ---------------------------------------------------------------------------------------
 
 def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, monkeypatch):

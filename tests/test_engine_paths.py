@@ -1,11 +1,7 @@
 """The engine's fast paths: channels-last feature maps stay channels-last through the drops and decide as
-the simulation does, for every IC design; the heads' forward equals their definition bit for bit; the
-benchmark times every design on the third-party ResNet-56."""
+the simulation does, for every IC design; the heads' forward equals their definition bit for bit."""
 
 from __future__ import annotations
-
-import importlib.util
-import json
 
 import numpy as np
 import pytest
@@ -17,7 +13,7 @@ from shallowdeep.exit_outputs import ExitOutputs
 from shallowdeep.exits import MaxProb, PerExitMaxProb, early_exit, simulate
 from shallowdeep.heads import ConvHead, InternalClassifier
 
-from conftest import REPO, load_example
+from conftest import load_example
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CHANNELS_LAST = torch.channels_last
@@ -97,25 +93,3 @@ def test_heads_equal_their_definition_bit_for_bit():
         pooled = torch.lerp(F.avg_pool2d(x, 4), F.max_pool2d(x, 4), conv.alpha)
         features = torch.cat([conv.body(pooled).flatten(1), torch.softmax(prev, 1)], 1)
         assert torch.equal(conv(x, prev), conv.linear(features))
-
-
-@pytest.mark.slow
-@pytest.mark.realdata
-def test_benchmark_times_every_design_on_the_third_party_resnet56(shared, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_early_exit", REPO / "benchmarks" / "bench_early_exit.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    if not bench.DATA.is_dir():
-        pytest.skip(f"{bench.DATA} is absent")
-    output = tmp_path / "early_exit.json"
-    result = bench.main(["--limit", "64", "--batch-sizes", "32,16", "--repeats", "1", "--latency-images", "2",
-                         "--latency-repeats", "1", "--threads", "1", "--output", str(output)])
-    assert json.loads(output.read_text()) == json.loads(json.dumps(result))
-    assert set(result["designs"]) == {"paper", "conv", "ztw"} and result["settings"]["images"] == 64
-    for design in result["designs"].values():
-        shares = design["flops"]["exit_shares"]
-        assert shares[:6] == pytest.approx([0.15, 0.13, 0.2, 0.11, 0.17, 0.12], abs=0.04)  # as asked by --shares
-        assert set(design["throughput"]) == {"32", "16"} and design["batch1_final_exit"]["images"] == 2
-    assert set(result["targets"]) == {"batch16_realised_over_predicted>=0.75", "batch1_final_exit_slowdown<=1.05"}
-    assert result["command"].startswith("python benchmarks/bench_early_exit.py --limit 64")
-    assert "realised" in capsys.readouterr().out

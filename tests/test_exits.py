@@ -15,8 +15,8 @@ from torch import nn
 from shallowdeep import models
 from shallowdeep.attach import attach
 from shallowdeep.errors import UserError
-from shallowdeep.exits import (POLICIES, calibrate, candidate_keys, early_exit, make_policy, oracle, run_backbone,
-                               simulate, summarise, sweep)
+from shallowdeep.exits import (POLICIES, MaxProb, calibrate, candidate_keys, curve, earliest_correct_exit, early_exit,
+                               make_policy, oracle, run_backbone, simulate, summarise, sweep)
 from shallowdeep.exit_outputs import ExitOutputs
 
 from conftest import load_example
@@ -155,6 +155,25 @@ def test_sweep_equals_simulating_every_threshold(name):
     assert flops[1] == pytest.approx(outputs.exit_flops[-1])  # above every score: nobody leaves early
 
 
+def test_curve_on_an_even_grid_of_q_follows_the_engines_float32_rule():
+    outputs = random_outputs(6)
+    outputs.logits[:-1, :5] *= 200  # a few ICs so sure that their float32 confidence is exactly 1
+    q = np.linspace(0, 1, 11)
+    swept = curve(outputs, MaxProb, q)
+    confidence = MaxProb.scores(torch.from_numpy(outputs.logits[:-1])).numpy()
+    assert (confidence == 1).any()
+    n, num_ics = outputs.labels.size, len(outputs.exit_flops) - 1
+    for i, threshold in enumerate(q):
+        exits = [next((e for e in range(num_ics) if confidence[e, s] >= np.float32(threshold)), num_ics)
+                 for s in range(n)]
+        right = sum(outputs.correct[e, s] for s, e in enumerate(exits))
+        assert swept.accuracy[i] == pytest.approx(right / n, abs=1e-12)
+        assert swept.flops_fraction[i] == pytest.approx(outputs.exit_flops[exits].mean() / outputs.backbone_flops)
+    assert swept.thresholds.tolist() == q.tolist()
+    assert swept.flops_fraction[0] == pytest.approx(outputs.exit_flops[0] / outputs.backbone_flops)  # q = 0
+    assert swept.flops_fraction[-1] < outputs.exit_flops[-1] / outputs.backbone_flops  # q = 1: the sure ones leave
+
+
 def test_summary_counts_exit_shares_and_cost():
     outputs = random_outputs(4)
     outcome = simulate(outputs, make_policy("maxprob", 0.6))
@@ -168,14 +187,18 @@ def test_summary_counts_exit_shares_and_cost():
 def test_oracle_leaves_at_the_earliest_correct_exit_and_pays_full_cost_otherwise():
     outputs = random_outputs(5)
     correct, flops = outputs.correct, outputs.exit_flops
-    right, cost = 0, 0
+    right, cost, firsts = 0, 0, []
     for n in range(outputs.labels.size):
         first = next((e for e in range(correct.shape[0]) if correct[e, n]), None)
+        firsts.append(-1 if first is None else first)
         right += first is not None
         cost += flops[first] if first is not None else flops[-1]
+    assert earliest_correct_exit(correct).tolist() == firsts
+    assert -1 in firsts and len(set(firsts)) > 2
     summary = oracle(outputs)
     assert summary.accuracy == pytest.approx(right / outputs.labels.size)
     assert summary.average_flops == pytest.approx(cost / outputs.labels.size)
+    assert summary.flops_fraction == pytest.approx(cost / outputs.labels.size / outputs.backbone_flops)
 
 
 @pytest.mark.parametrize("name", list(POLICIES))

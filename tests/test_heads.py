@@ -16,6 +16,7 @@ from shallowdeep.cli import main
 from shallowdeep.errors import UserError
 from shallowdeep.exits import early_exit
 from shallowdeep.heads import ConvHead, GeometricEnsemble, ICDesign
+from shallowdeep.model_spec import ModelSpec
 from shallowdeep.run import open_run
 from shallowdeep.train import Recipe, TrainConfig, new_run
 from shallowdeep.train.ensemble import fit_ensemble
@@ -134,8 +135,7 @@ def test_engine_equals_one_by_one_for_every_design(resnet20, design, one_thread)
 
 def test_design_is_saved_in_the_run_and_rebuilt(tmp_path, one_thread):
     cfg = TrainConfig("sdn", Recipe("sgd", 0.02, 1, [], batch_size=64), seed=1)
-    new_run(tmp_path / "z", DATA, {"arch": "resnet56", "exits": None, "ic": {"design": "ztw", "width": 8}}, cfg,
-            device=CPU)
+    new_run(tmp_path / "z", DATA, ModelSpec(arch="resnet56", ic=ICDesign("ztw", 8)), cfg, device=CPU)
     run = open_run(tmp_path / "z")
     assert run.config["model"]["ic"] == {"design": "ztw", "width": 8}
     assert run.load_checkpoint()["ensemble_trained"]

@@ -15,11 +15,10 @@ import pytest
 from PIL import Image
 
 from shallowdeep.analysis import confusion_report, overthinking
-from shallowdeep.analysis.probs import softmax
 from shallowdeep.cli import main
+from shallowdeep.exits import MaxProb, curve, oracle
 from shallowdeep.outputs import load_outputs
 from shallowdeep.report import write_report
-from shallowdeep.report.tradeoff import maxprob_curve
 from shallowdeep.run import open_run
 from test_analysis import shared_tiny_run
 
@@ -64,30 +63,19 @@ def test_report_json_holds_the_analyses_figures(reported_run):
     test = load_outputs(r, "test")
     expected = overthinking(test, ["IC 1", "IC 2", "IC 3", "final"])
     assert summary["overthinking"] == json.loads(json.dumps(expected))
+    assert summary["exits"]["labels"] == ["IC 1", "IC 2", "IC 3", "final"]
+    swept = curve(test, MaxProb, np.linspace(0, 1, 201))  # no early-exit.json: the paper's q swept on test
+    assert summary["early_exit"]["source"] == "max-probability sweep on test"
+    assert summary["early_exit"]["curve"] == {"flops_fraction": swept.flops_fraction.tolist(),
+                                              "accuracy": swept.accuracy.tolist()}
+    best = oracle(test)
+    assert summary["early_exit"]["oracle"] == [best.flops_fraction, best.accuracy]
     assert summary["confusion"]["auroc"] == pytest.approx(confusion_report(load_outputs(r, "train"), test)["auroc"])
     assert summary["exits"]["accuracy"]["test"] == pytest.approx(test.correct.mean(1).tolist())
     assert summary["exits"]["layers"] == ["1", "4", "6", "final head"]
     shown = summary["gradcam"]["shown"]
     assert len(shown) == min(3, summary["gradcam"]["disagreements"]) > 0
     assert all(test.correct[0, i] and not test.correct[-1, i] for i in shown)
-
-
-def test_maxprob_curve_matches_a_per_sample_simulation():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(3, 40, 4)) * 2
-    labels = rng.integers(0, 4, 40)
-    flops = np.array([10, 25, 60])
-    curve = maxprob_curve(logits, labels, flops, 50, points=11)
-    probs = softmax(logits)
-    for q, accuracy, cost in zip(curve["thresholds"], curve["accuracy"], curve["flops_fraction"]):
-        right, spent = 0, 0
-        for n in range(40):
-            exit_ = next((i for i in range(2) if probs[i, n].max() >= q), 2)
-            right += probs[exit_, n].argmax() == labels[n]
-            spent += flops[exit_]
-        assert accuracy == pytest.approx(right / 40)
-        assert cost == pytest.approx(spent / 40 / 50)
-    assert curve["flops_fraction"][0] == pytest.approx(10 / 50)  # q = 0: everyone leaves at the first IC
 
 
 def test_report_shows_early_exit_and_backdoor_results_when_present(reported_run, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,16 @@ import torch
 from shallowdeep.build import build_sdn, extract_state_dict
 from shallowdeep.data import load_dataset
 from shallowdeep.errors import UserError
+from shallowdeep.heads import ICDesign
+from shallowdeep.model_spec import ModelSpec
 from shallowdeep.run import open_run
 from shallowdeep.train import Interrupted, Recipe, TrainConfig, new_run, resume_run
-from shallowdeep.train.ic_cache import train_ics_cached
+from shallowdeep.train.sources import CachedMaps, StreamedImages
 from shallowdeep.train.recipe import default_recipe, sdn_ic_weights
 from shallowdeep.train.trainer import train
 
 DATA = {"name": "digits", "data_dir": None, "holdout_fraction": 0.1, "seed": 0, "limit": 192}
-MODEL = {"arch": "resnet56", "exits": None}
+MODEL = ModelSpec(arch="resnet56")
 CPU = torch.device("cpu")
 
 
@@ -33,7 +36,7 @@ def quick(mode: str, epochs: int = 1, lr: float | None = None) -> TrainConfig:
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "cnn"
-    new_run(out, DATA, dict(MODEL), quick("cnn"), device=CPU)
+    new_run(out, DATA, MODEL, quick("cnn"), device=CPU)
     return out
 
 
@@ -49,7 +52,7 @@ def test_recipes_and_growing_ic_weights():
 
 def test_ic_only_keeps_the_backbone_exactly(cnn_run, tmp_path):
     out = tmp_path / "ic"
-    new_run(out, DATA, {"exits": None}, quick("ic-only", epochs=2), pretrained=str(cnn_run), device=CPU)
+    new_run(out, DATA, ModelSpec(), quick("ic-only", epochs=2), pretrained=str(cnn_run), device=CPU)
     before, after = open_run(cnn_run).load_net(), open_run(out).load_net()
     b_state = extract_state_dict(before.state_dict())
     a_state = extract_state_dict(after.state_dict())
@@ -69,16 +72,16 @@ def test_cached_features_train_the_same_ics_as_streaming(cnn_run, tmp_path, desi
     nets = []
     for name in ("stream", "cache"):
         torch.manual_seed(0)
-        net = build_sdn(dict(MODEL, num_classes=10, input_shape=[3, 16, 16], ic={"design": design, "width": 16}))
+        net = build_sdn(replace(MODEL.with_data(10, (3, 16, 16)), ic=ICDesign(design, 16)))
         state = {k: v for k, v in ckpt["model"].items() if k.startswith("segments.")}
         net.load_state_dict(state, strict=False)
         cfg = quick("ic-only", epochs=2)
         cfg.cache_views = 2
         (tmp_path / name).mkdir()
         if name == "stream":
-            train(tmp_path / name, net, splits, cfg, CPU)
+            train(tmp_path / name, net, StreamedImages(splits), cfg, CPU)
         else:
-            train_ics_cached(tmp_path / name, net, splits, cfg, CPU, dtype=torch.float32)
+            train(tmp_path / name, net, CachedMaps(splits, torch.float32), cfg, CPU)
         nets.append(net)
     for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):  # the ztw ensemble included
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), name
@@ -88,7 +91,7 @@ def test_cached_features_train_the_same_ics_as_streaming(cnn_run, tmp_path, desi
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     cfg = quick("sdn", epochs=2)
-    new_run(tmp_path / "whole", DATA, dict(MODEL), cfg, device=CPU)
+    new_run(tmp_path / "whole", DATA, MODEL, cfg, device=CPU)
 
     def kill_after_two(stream, total, desc):
         for i, item in enumerate(stream):
@@ -97,7 +100,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
             yield item
 
     with pytest.raises(Interrupted):
-        new_run(tmp_path / "cut", DATA, dict(MODEL), quick("sdn", epochs=2), device=CPU, progress=kill_after_two)
+        new_run(tmp_path / "cut", DATA, MODEL, quick("sdn", epochs=2), device=CPU, progress=kill_after_two)
     assert open_run(tmp_path / "cut").load_checkpoint()["step"] == 2
     resume_run(tmp_path / "cut", device=CPU)
     whole = open_run(tmp_path / "whole").load_checkpoint()["model"]
@@ -108,7 +111,19 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_nothing_half_written(tmp_path):
     with pytest.raises(UserError, match="learning rate"):
-        new_run(tmp_path / "nan", DATA, dict(MODEL), quick("cnn", lr=1e30), device=CPU)
+        new_run(tmp_path / "nan", DATA, MODEL, quick("cnn", lr=1e30), device=CPU)
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
     with pytest.raises(UserError, match="already holds a run"):
-        new_run(tmp_path / "nan", DATA, dict(MODEL), quick("cnn"), device=CPU)
+        new_run(tmp_path / "nan", DATA, MODEL, quick("cnn"), device=CPU)
+
+
+@pytest.mark.parametrize("source", (StreamedImages, CachedMaps))
+def test_a_nan_loss_stops_both_batch_sources_before_saving(cnn_run, tmp_path, source):
+    splits = load_dataset(**DATA)
+    net = build_sdn(MODEL.with_data(10, (3, 16, 16)))
+    net.load_state_dict(open_run(cnn_run).load_checkpoint()["model"], strict=False)
+    with torch.no_grad():
+        next(net.ics[2].parameters()).fill_(float("nan"))
+    with pytest.raises(UserError, match="loss became nan at epoch 1, batch 1"):
+        train(tmp_path, net, source(splits), quick("ic-only"), CPU)
+    assert not (tmp_path / "checkpoint.pt").exists()

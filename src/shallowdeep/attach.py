@@ -20,12 +20,12 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import UserError
+from .errors import UserError, first_line
+from .eval_mode import eval_mode
 from .flops import count_flops
 from .heads import GeometricEnsemble, ICDesign, make_heads
+from .model_spec import PAPER_FRACTIONS
 from .sdn import SDN
-
-PAPER_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
 MAX_AUTO_FRACTION = 0.97
 
 
@@ -84,13 +84,9 @@ def attach(
 
 def _head_flops(head: nn.Module, shape: Sequence[int], num_classes: int, device: torch.device) -> int:
     """FLOPs per image of one head (eval mode), the cascaded logits it reads included."""
-    was_training = head.training
-    head.eval()
-    try:
+    with eval_mode(head):
         prev = torch.zeros(1, num_classes, device=device) if head.cascade_classes else None
         return count_flops(lambda x: head(x, prev), torch.zeros(1, *shape, device=device))
-    finally:
-        head.train(was_training)
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
@@ -98,7 +94,7 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
     try:
         return torch.fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many kinds of errors for untraceable code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(
             f"cannot split {type(model).__name__}: torch.fx could not trace its forward ({first}); "
             "data-dependent control flow must be removed or wrapped as a leaf module"
@@ -107,16 +103,10 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
 
 def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.GraphModule, list[CutPoint], int]:
     """Trace ``model``, find its cut points with their shapes and cumulative FLOPs, and its total FLOPs."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model), torch.no_grad():
         gm = trace(model)
         device = next(model.parameters(), torch.zeros(())).device
-        example = torch.zeros(1, *input_shape, device=device)
-        with torch.no_grad():
-            cumulative = _shapes_and_cumulative_flops(gm, example)
-    finally:
-        model.train(was_training)
+        cumulative = _shapes_and_cumulative_flops(gm, torch.zeros(1, *input_shape, device=device))
     nodes = list(gm.graph.nodes)
     names = _module_output_names(nodes)
     points = []

@@ -1,60 +1,50 @@
-"""Building backbones and SDNs from a plain description, and loading third-party weights.
-
-A *model spec* is a JSON-able dict saved with every run, enough to rebuild the network:
-``{"arch": "resnet56"}`` or ``{"factory": "backbone.py:make"}`` (a Python file and a function
-returning an ``nn.Module``, resolved against the run folder), plus ``num_classes``,
-``input_shape``, ``exits`` (a list of exit names; ``[]`` for the plain CNN; None to place
-them at ``fractions`` of the FLOPs, after which the chosen names are recorded) and ``ic`` (the
-heads' design, see :class:`shallowdeep.heads.ICDesign`; the paper's IC when absent).
-"""
+"""Building backbones and SDNs from a :class:`~shallowdeep.model_spec.ModelSpec`, and loading
+third-party weights."""
 
 from __future__ import annotations
 
 import importlib.util
 import pickle
-import re
 import warnings
 import zipfile
 from pathlib import Path
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from . import models
-from .attach import PAPER_FRACTIONS, attach
-from .errors import UserError
-from .sdn import SDN
+from .attach import attach
+from .errors import UserError, first_line
+from .model_spec import ModelSpec
+from .sdn import SDN, backbone_state
 
-_SEGMENT_PREFIX = re.compile(r"^segments\.\d+\.")
-
-
-def build_backbone(spec: Mapping[str, Any], base_dir: str | Path = ".") -> nn.Module:
+def build_backbone(spec: ModelSpec) -> nn.Module:
     """The backbone a model spec describes, freshly initialised."""
-    if "arch" in spec:
-        return models.create(spec["arch"], num_classes=spec["num_classes"], input_size=spec["input_shape"][-1])
-    return load_factory(spec["factory"], base_dir)()
+    if spec.arch:
+        return models.create(spec.arch, num_classes=spec.num_classes, input_size=spec.input_shape[-1])
+    return load_factory(spec)()
 
 
-def build_sdn(spec: Mapping[str, Any], base_dir: str | Path = ".",
-              backbone_state: Mapping[str, torch.Tensor] | None = None, source: str = "weights") -> SDN:
+def build_sdn(spec: ModelSpec, backbone_state: Mapping[str, torch.Tensor] | None = None,
+              source: str = "weights") -> SDN:
     """The SDN a model spec describes: the backbone (with ``backbone_state`` loaded, if given) with
-    ICs at ``spec['exits']`` (placed by FLOPs when it is None)."""
-    backbone = build_backbone(spec, base_dir)
+    ICs at ``spec.exits`` (placed by FLOPs when it is None). ``net.spec`` records the exits chosen."""
+    if not spec.has_backbone:
+        raise UserError("say which backbone to build: --arch NAME, --backbone FILE.py:FUNCTION, or --from RUN")
+    backbone = build_backbone(spec)
     if backbone_state is not None:
         load_backbone_weights(backbone, backbone_state, source)
-    net = attach(backbone, tuple(spec["input_shape"]), spec["num_classes"], exits=spec["exits"],
-                 fractions=spec.get("fractions", PAPER_FRACTIONS), ic=spec.get("ic"))
-    net.spec = {**spec, "exits": list(net.exit_names), "ic": net.ic_design.to_dict()}
+    net = attach(backbone, spec.input_shape, spec.num_classes, exits=spec.exits, fractions=spec.fractions,
+                 ic=spec.ic)
+    net.spec = replace(spec, exits=tuple(net.exit_names))
     return net
 
 
-def load_factory(reference: str, base_dir: str | Path = ".") -> Any:
-    """The function named by ``'path/to/file.py:function'`` (a relative path is read from ``base_dir``)."""
-    path_text, sep, name = reference.rpartition(":")
-    if not sep or not path_text or not name:
-        raise UserError(f"backbone '{reference}' must look like path/to/file.py:function")
-    path = Path(base_dir, path_text)
+def load_factory(spec: ModelSpec) -> Any:
+    """The function ``spec.factory`` names (``'path/to/file.py:function'``, read from ``spec.base_dir``)."""
+    path, name = spec.factory_path, spec.factory.rpartition(":")[2]
     if not path.is_file():
         raise UserError(f"backbone file {path} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"shallowdeep_user_{path.stem}", path)
@@ -83,15 +73,15 @@ def load_checkpoint_file(path: str | Path) -> Any:
             f"checkpoint {path} holds objects other than tensors and plain values; refusing to unpickle it as code"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} is damaged or not a PyTorch file ({str(exc).splitlines()[0]})") from exc
+        raise UserError(f"checkpoint {path} is damaged or not a PyTorch file ({first_line(exc)})") from exc
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The state dict inside a loaded checkpoint, in the common layouts.
 
     Accepts a bare state dict, or one nested under ``state_dict``, ``model``, ``model_state_dict``
-    or ``net``; strips the ``module.`` prefix of DataParallel/DDP and the ``segments.N.`` prefix of
-    an SDN (dropping its ICs), so an SDN or CNN run also yields its backbone's weights.
+    or ``net``; strips the ``module.`` prefix of DataParallel/DDP and keeps only an SDN's backbone
+    (:func:`shallowdeep.sdn.backbone_state`), so an SDN or CNN checkpoint also yields its backbone's weights.
     """
     for key in ("state_dict", "model", "model_state_dict", "net"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -99,13 +89,7 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{source} holds no state dict of tensors")
-    state = {}
-    for key, value in obj.items():
-        key = key.removeprefix("module.")
-        if key.startswith("ics."):
-            continue
-        state[_SEGMENT_PREFIX.sub("", key)] = value
-    return state
+    return backbone_state({key.removeprefix("module."): value for key, value in obj.items()})
 
 
 def load_backbone_weights(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:

@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """A problem with the user's input or files; the CLI prints it as one line and exits with code 2."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

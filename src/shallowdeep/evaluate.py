@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .exit_outputs import ExitOutputs
+from .exit_outputs import ExitOutputs, exit_names
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -18,9 +18,10 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((top == labels[:, None]).any(axis=1).mean())
 
 
-def exit_table(outputs: ExitOutputs, exit_names: list[str]) -> list[dict[str, Any]]:
-    """One row per exit: name, top-1 and top-5 accuracy, cumulative FLOPs and their share of the backbone."""
-    names = list(exit_names) + ["final"]
+def exit_table(outputs: ExitOutputs, layers: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per exit: name (the IC's layer, see :func:`exit_names`), top-1 and top-5 accuracy,
+    cumulative FLOPs and their share of the backbone."""
+    names = exit_names(len(outputs.logits), layers)
     return [
         {"exit": i, "name": names[i], "top1": topk_accuracy(logits, outputs.labels, 1),
          "top5": topk_accuracy(logits, outputs.labels, 5), "flops": int(outputs.exit_flops[i]),

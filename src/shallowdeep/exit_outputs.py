@@ -4,6 +4,7 @@ beyond the error type), so that analyses and benchmarks can read them without bu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -39,3 +40,10 @@ class ExitOutputs:
         """The outputs of the samples at ``index`` (an integer array), in its order."""
         index = np.asarray(index, dtype=np.int64)
         return ExitOutputs(self.logits[:, index], self.labels[index], self.exit_flops, self.backbone_flops)
+
+
+def exit_names(num_exits: int, layers: Sequence[str] | None = None) -> list[str]:
+    """One name per exit, ``"final"`` last: the ICs' ``layers`` when they name every IC, else ``IC 1 .. IC K``."""
+    if layers is not None and len(layers) == num_exits - 1:
+        return [*map(str, layers), "final"]
+    return [f"IC {i + 1}" for i in range(num_exits - 1)] + ["final"]

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .eval_mode import eval_mode
+
 
 def count_flops(fn: Callable[..., Any], *inputs: torch.Tensor) -> int:
     """FLOPs of one call ``fn(*inputs)`` divided by the batch size of the first input."""
@@ -23,11 +25,7 @@ def count_flops(fn: Callable[..., Any], *inputs: torch.Tensor) -> int:
 
 def model_flops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
     """FLOPs per image of ``model`` in eval mode on one zero input of ``input_shape`` (C, H, W)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         return count_flops(model, torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)

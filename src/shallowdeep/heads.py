@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .choices import IC_DESIGNS, IC_WIDTH
 from .errors import UserError
 
 POOLED_SIZE = 4  # the paper IC's pooled map, and the conv head's output map
 CONV_INPUT_SIZE = 8  # the conv head pools larger maps to this size before its first convolution
-IC_DESIGNS = ("paper", "conv", "ztw")
 
 Reduced = tuple[torch.Tensor, ...]
 
@@ -36,7 +36,7 @@ class ICDesign:
     """Which exit heads an SDN has, as saved in a run's model spec (``{"design": "conv", "width": 64}``)."""
 
     design: str = "paper"
-    width: int = 64  # channels of the conv and ztw heads' convolutions
+    width: int = IC_WIDTH
 
     def __post_init__(self) -> None:
         if self.design not in IC_DESIGNS:

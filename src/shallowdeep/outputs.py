@@ -12,6 +12,7 @@ import hashlib
 import numpy as np
 import torch
 
+from .choices import SPLITS
 from .data import ImageData, Splits, load_dataset
 from .data.loader import batches
 from .errors import UserError
@@ -19,8 +20,6 @@ from .exit_outputs import ExitOutputs
 from .io import atomic_save_npz
 from .run import Run
 from .sdn import SDN
-
-SPLITS = ("train", "holdout", "test")
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
-"""A run folder: everything a training run leaves, enough for every later command.
+"""The run folder format, written and read here only: everything a training run leaves, enough for
+every later command.
 
 Layout::
 
-    RUN/config.json      how the run was made: data set, model spec, mode, recipe
+    RUN/config.json      how the run was made: format tag, data set, model spec, mode, recipe
     RUN/checkpoint.pt    the latest state (model, optimiser, progress), written atomically
     RUN/metrics.jsonl    one JSON line per finished epoch
     RUN/backbone.py      a copy of the user's backbone file, when one was given
@@ -13,19 +14,24 @@ Layout::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .build import build_sdn, load_checkpoint_file
-from .errors import UserError
+from .errors import UserError, first_line
+from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json
+from .model_spec import ModelSpec
 from .sdn import SDN
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+BACKBONE_COPY = "backbone.py"
+RUN_FORMAT = "shallowdeep-run-1"
 CHECKPOINT_FORMAT = "shallowdeep-checkpoint-1"
 
 
@@ -40,17 +46,23 @@ class Run:
     def checkpoint_path(self) -> Path:
         return self.path / CHECKPOINT
 
+    @property
+    def model(self) -> ModelSpec:
+        """The network this run trains (its factory file read from the run folder)."""
+        return ModelSpec.from_dict(self.config["model"], self.path)
+
     def load_checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict, checked for its format."""
         ckpt = load_checkpoint_file(self.checkpoint_path)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(ckpt, dict) or "format" not in ckpt:
             raise UserError(f"{self.checkpoint_path} is not a shallowdeep checkpoint")
+        _check_format(self.checkpoint_path, ckpt["format"], CHECKPOINT_FORMAT)
         return ckpt
 
     def load_net(self, device: str | torch.device = "cpu") -> SDN:
         """The trained SDN of this run, in eval mode on ``device``."""
         ckpt = self.load_checkpoint()
-        net = build_sdn(self.config["model"], self.path)
+        net = build_sdn(self.model)
         try:
             net.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
@@ -81,16 +93,33 @@ def open_run(path: str | Path) -> Run:
         raise UserError(f"run folder {path} does not exist")
     if not config_path.is_file():
         raise UserError(f"{path} is not a run folder: {CONFIG} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{config_path} is damaged (not valid JSON)") from exc
+    config = read_json(config_path)
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
         raise UserError(f"{config_path} lacks the 'model' or 'data' section")
+    _check_format(config_path, config.get("format", RUN_FORMAT), RUN_FORMAT)  # 0.1 runs had no tag
     return Run(path, config)
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def create_run(run_dir: Path, model: ModelSpec, sections: dict[str, Any]) -> ModelSpec:
+    """Write the config of a new run: its format tag, ``model`` and the other ``sections`` (data,
+    train, ...). A user's backbone file is copied into the run; returns the spec as the run reads it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = replace(model, base_dir=run_dir)
+    if model.factory:
+        if model.factory_path.resolve() != (run_dir / BACKBONE_COPY).resolve():
+            shutil.copyfile(model.factory_path, run_dir / BACKBONE_COPY)
+        saved = replace(saved, factory=f"{BACKBONE_COPY}:{model.factory.rpartition(':')[2]}")
+    atomic_write_json(run_dir / CONFIG, {"format": RUN_FORMAT, **sections, "model": saved.to_dict()})
+    return saved
+
+
+def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+    """Write the checkpoint with its format tag, then the metrics log (each atomically)."""
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, **checkpoint, "metrics": metrics}, run_dir / CHECKPOINT)
+    atomic_write_bytes(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics).encode())
+
+
+def _check_format(path: Path, found: Any, expected: str) -> None:
+    if found != expected:
+        raise UserError(f"{path} is in format '{found}', which this version of shallowdeep does not read "
+                        f"(it reads '{expected}')")

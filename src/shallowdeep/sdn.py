@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import re
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .heads import ExitHead, GeometricEnsemble, ICDesign
+from .model_spec import ModelSpec
+
+
+_SEGMENT_PREFIX = re.compile(r"^segments\.\d+\.")
+
+
+def backbone_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone's own weights inside an SDN's state dict: the ``segments.N.`` prefixes stripped,
+    the ICs and the ensemble left out (a backbone's plain state dict passes through unchanged)."""
+    return {_SEGMENT_PREFIX.sub("", k): v for k, v in state.items() if not k.startswith(("ics.", "ensemble."))}
 
 
 class SDN(nn.Module):
@@ -24,7 +35,8 @@ class SDN(nn.Module):
         exit_flops: cumulative FLOPs per image to reach each exit, the ICs on the way included.
         backbone_flops: FLOPs per image of the unmodified backbone.
         ic_design: the heads' design (see :mod:`shallowdeep.heads`).
-        spec: how the SDN was built (set by :mod:`shallowdeep.build`), saved with checkpoints.
+        spec: how the SDN was built (set by :func:`shallowdeep.build.build_sdn`; None for a hand-made
+            SDN), saved in a run's config.
     """
 
     def __init__(
@@ -48,7 +60,7 @@ class SDN(nn.Module):
         self.exit_flops = [int(f) for f in exit_flops]
         self.backbone_flops = int(backbone_flops)
         self.backbone_frozen = False
-        self.spec: dict[str, Any] = {}
+        self.spec: ModelSpec | None = None
 
     @property
     def num_exits(self) -> int:

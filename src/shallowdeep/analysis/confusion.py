@@ -2,23 +2,20 @@
 
 ``confusion(x) = sum over internal exits i of || softmax(IC_i(x)) - softmax(final(x)) ||_1``,
 z-normalised with the mean and standard deviation of the scores on the un-augmented training
-split. A high score flags a likely mistake of the final head; its AUROC for separating the final
-head's mistakes from its correct answers is set against the AUROC of the plain confidence
-``1 - max softmax`` of the final head.
+split. A high score flags a likely mistake of the final head (or a backdoor's trigger); its AUROC as
+a detector is set against the AUROC of the plain confidence ``1 - max softmax`` of the final head.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from ..errors import UserError
+from ..exit_outputs import ExitOutputs
 from .probs import logit_stack, softmax
-
-if TYPE_CHECKING:
-    from ..exit_outputs import ExitOutputs
 
 
 def confusion_scores(outputs: Any) -> np.ndarray:
@@ -50,39 +47,42 @@ def normalised_confusion(outputs: Any, mean: float, std: float) -> np.ndarray:
 
 
 def error_auroc(is_error: np.ndarray, score: np.ndarray) -> float | None:
-    """AUROC of ``score`` for telling errors (positives) from correct answers; None unless both occur."""
+    """AUROC of ``score`` for telling errors (or any positives) from the rest; None unless both occur."""
     is_error = np.asarray(is_error, dtype=bool)
     if is_error.all() or not is_error.any():
         return None
     return float(roc_auc_score(is_error, score))
 
 
-def confusion_report(train_outputs: "ExitOutputs", test_outputs: "ExitOutputs", bins: int = 30) -> dict[str, Any]:
-    """The confusion score as an error indicator on ``test_outputs`` (JSON-ready dict).
+def confusion_detector(train_outputs: ExitOutputs, outputs: ExitOutputs, positive: np.ndarray,
+                       groups: tuple[str, str], bins: int = 30) -> dict[str, Any]:
+    """The normalised confusion score of ``outputs`` as a detector of the ``positive`` samples (a boolean
+    mask), next to the final head's plain ``1 - max softmax`` (JSON-ready dict).
 
-    Normalised with the training split's statistics; both AUROCs treat the final head's mistakes
-    as positives. The histograms share their bin edges.
+    Normalised with the statistics of ``train_outputs``; ``groups`` names the negatives and the positives
+    in the mean scores and the histograms, which share their bin edges.
     """
-    if test_outputs.labels.size == 0:
-        raise UserError("the confusion report needs at least one test sample; the split is empty")
     mean, std = confusion_statistics(train_outputs)
-    scores = normalised_confusion(test_outputs, mean, std)
-    is_error = ~test_outputs.correct[-1]
-    uncertainty = 1.0 - softmax(test_outputs.logits[-1]).max(-1)
+    scores = normalised_confusion(outputs, mean, std)
+    uncertainty = 1.0 - softmax(outputs.logits[-1]).max(-1)
+    positive = np.asarray(positive, dtype=bool)
+    members = dict(zip(groups, (~positive, positive)))
     edges = np.histogram_bin_edges(scores, bins=bins)
     return {
         "normalisation": {"mean": mean, "std": std, "train_samples": int(train_outputs.labels.size)},
-        "samples": int(scores.size),
-        "final_accuracy": float(1.0 - is_error.mean()),
-        "final_mistakes": int(is_error.sum()),
-        "auroc": {"confusion": error_auroc(is_error, scores), "confidence": error_auroc(is_error, uncertainty)},
-        "mean_confusion": {
-            "correct": float(scores[~is_error].mean()) if (~is_error).any() else None,
-            "wrong": float(scores[is_error].mean()) if is_error.any() else None,
-        },
-        "histogram": {
-            "edges": [float(e) for e in edges],
-            "correct": [int(c) for c in np.histogram(scores[~is_error], bins=edges)[0]],
-            "wrong": [int(c) for c in np.histogram(scores[is_error], bins=edges)[0]],
-        },
+        "auroc": {"confusion": error_auroc(positive, scores), "confidence": error_auroc(positive, uncertainty)},
+        "mean_confusion": {g: float(scores[m].mean()) if m.any() else None for g, m in members.items()},
+        "histogram": {"edges": [float(e) for e in edges],
+                      **{g: [int(c) for c in np.histogram(scores[m], bins=edges)[0]] for g, m in members.items()}},
     }
+
+
+def confusion_report(train_outputs: ExitOutputs, test_outputs: ExitOutputs, bins: int = 30) -> dict[str, Any]:
+    """The confusion score as an indicator of the final head's mistakes on ``test_outputs`` (JSON-ready dict),
+    see :func:`confusion_detector`."""
+    if test_outputs.labels.size == 0:
+        raise UserError("the confusion report needs at least one test sample; the split is empty")
+    is_error = ~test_outputs.correct[-1]
+    found = confusion_detector(train_outputs, test_outputs, is_error, ("correct", "wrong"), bins)
+    return {"normalisation": found.pop("normalisation"), "samples": int(is_error.size),
+            "final_accuracy": float(1.0 - is_error.mean()), "final_mistakes": int(is_error.sum()), **found}

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.fx
-from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UserError
+from ..eval_mode import eval_mode
 
 if TYPE_CHECKING:
     from ..sdn import SDN
@@ -113,16 +113,14 @@ def gradcam(net: "SDN", x: torch.Tensor, targets: torch.Tensor, exit_index: int)
     ``x`` is a normalised batch on the network's device. Returns the maps and a description of
     the layer they explain. The network is used in eval mode and left as it was.
     """
-    was_training = net.training
-    net.eval()
-    try:
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    with eval_mode(net):
         model = _ExitModel(net, exit_index, x[:1])
         with torch.enable_grad():
             cam = LayerGradCam(model, model.layer).attribute(
                 x.detach().clone().requires_grad_(True), target=targets.tolist(), relu_attributions=True
             )
-    finally:
-        net.train(was_training)
     cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
     cam = cam[:, 0].clamp_min(0).cpu().numpy().astype(np.float64)
     peak = cam.reshape(len(cam), -1).max(1)

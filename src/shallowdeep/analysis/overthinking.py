@@ -8,38 +8,21 @@ earliest correct exit; samples that no exit gets right pay the cost of the whole
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import UserError
+from ..exit_outputs import ExitOutputs, exit_names
+from ..exits import earliest_correct_exit, oracle
 from .probs import softmax
 
-if TYPE_CHECKING:
-    from ..exit_outputs import ExitOutputs
 
-
-def earliest_correct_exit(correct: np.ndarray) -> np.ndarray:
-    """Index of the first exit that is right on each sample, -1 where none is; ``correct`` is (exits, samples)."""
-    correct = np.asarray(correct, dtype=bool)
-    return np.where(correct.any(0), correct.argmax(0), -1)
-
-
-def default_exit_names(num_exits: int) -> list[str]:
-    """``IC 1 .. IC K`` and ``final``."""
-    return [f"IC {i + 1}" for i in range(num_exits - 1)] + ["final"]
-
-
-def oracle_flops(earliest: np.ndarray, exit_flops: Sequence[int]) -> np.ndarray:
-    """Cost of every sample under the oracle: its earliest correct exit's FLOPs, else the last exit's."""
-    flops = np.asarray(exit_flops, dtype=np.int64)
-    return np.where(earliest >= 0, flops[np.maximum(earliest, 0)], flops[-1])
-
-
-def overthinking(outputs: "ExitOutputs", exit_names: Sequence[str] | None = None) -> dict[str, Any]:
+def overthinking(outputs: ExitOutputs, names: Sequence[str] | None = None) -> dict[str, Any]:
     """Wasteful and destructive effects and the oracle's cost on one split (JSON-ready dict).
 
-    ``exit_names`` (one per exit, the final head last) only labels the per-IC rows.
+    ``names`` (one per exit, the final head last; ``IC 1 .. IC K``, ``final`` by default) only labels the
+    per-IC rows.
     """
     correct = outputs.correct
     num_exits, num_samples = correct.shape
@@ -47,14 +30,14 @@ def overthinking(outputs: "ExitOutputs", exit_names: Sequence[str] | None = None
         raise UserError("overthinking needs at least one sample; the split is empty")
     if num_exits < 2:
         raise UserError("overthinking needs internal classifiers; this network has only its final head")
-    names = list(exit_names) if exit_names is not None else default_exit_names(num_exits)
+    names = list(names) if names is not None else exit_names(num_exits)
     if len(names) != num_exits:
         raise UserError(f"got {len(names)} exit names for {num_exits} exits")
     earliest = earliest_correct_exit(correct)
     counts = np.bincount(earliest[earliest >= 0], minlength=num_exits)
     never = int((earliest < 0).sum())
     wasteful = int(((earliest >= 0) & (earliest < num_exits - 1)).sum())
-    cost = oracle_flops(earliest, outputs.exit_flops)
+    best = oracle(outputs)
 
     final_wrong = ~correct[-1]
     rescued = final_wrong & correct[:-1].any(0)
@@ -85,11 +68,8 @@ def overthinking(outputs: "ExitOutputs", exit_names: Sequence[str] | None = None
                 "none_share": never / num_samples,
             },
         },
-        "oracle": {
-            "average_flops": float(cost.mean()),
-            "relative_cost": float(cost.mean()) / int(outputs.backbone_flops),
-            "accuracy": float(correct.any(0).mean()),
-        },
+        "oracle": {"average_flops": best.average_flops, "relative_cost": best.flops_fraction,
+                   "accuracy": best.accuracy},
         "destructive": {
             "final_mistakes": mistakes,
             "count": int(rescued.sum()),

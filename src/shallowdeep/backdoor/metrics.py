@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis import confusion_statistics, error_auroc, normalised_confusion
-from ..analysis.probs import softmax
+from ..analysis import confusion_detector
 from ..errors import UserError
 from ..exits import calibrate, simulate, summarise
 from ..exit_outputs import ExitOutputs
@@ -45,23 +44,15 @@ def per_exit(outputs: ExitOutputs, target: int) -> dict[str, list[float]]:
 
 
 def detection(train: ExitOutputs, clean: ExitOutputs, triggered: ExitOutputs, bins: int = 30) -> dict[str, Any]:
-    """The normalised confusion score as a detector of triggered inputs, next to ``1 - max softmax``."""
-    mean, std = confusion_statistics(train)
-    clean_scores = normalised_confusion(clean, mean, std)
-    triggered_scores = normalised_confusion(triggered, mean, std)
-    is_triggered = np.r_[np.zeros(clean_scores.size, bool), np.ones(triggered_scores.size, bool)]
-    scores = np.r_[clean_scores, triggered_scores]
-    uncertainty = np.r_[1 - softmax(clean.logits[-1]).max(-1), 1 - softmax(triggered.logits[-1]).max(-1)]
-    edges = np.histogram_bin_edges(scores, bins=bins)
-    return {
-        "normalisation": {"mean": mean, "std": std, "train_samples": int(train.labels.size)},
-        "auroc": error_auroc(is_triggered, scores),
-        "auroc_confidence": error_auroc(is_triggered, uncertainty),
-        "mean_confusion": {"clean": float(clean_scores.mean()), "triggered": float(triggered_scores.mean())},
-        "histogram": {"edges": edges.tolist(),
-                      "clean": np.histogram(clean_scores, bins=edges)[0].tolist(),
-                      "triggered": np.histogram(triggered_scores, bins=edges)[0].tolist()},
-    }
+    """The normalised confusion score as a detector of triggered inputs, next to ``1 - max softmax``
+    (:func:`shallowdeep.analysis.confusion_detector` on the clean inputs followed by the triggered ones)."""
+    both = ExitOutputs(np.concatenate([clean.logits, triggered.logits], axis=1),
+                       np.r_[clean.labels, triggered.labels], clean.exit_flops, clean.backbone_flops)
+    is_triggered = np.r_[np.zeros(clean.labels.size, bool), np.ones(triggered.labels.size, bool)]
+    found = confusion_detector(train, both, is_triggered, ("clean", "triggered"), bins)
+    return {"normalisation": found["normalisation"], "auroc": found["auroc"]["confusion"],
+            "auroc_confidence": found["auroc"]["confidence"], "mean_confusion": found["mean_confusion"],
+            "histogram": found["histogram"]}
 
 
 def backdoor_figures(train: ExitOutputs, holdout: ExitOutputs, clean: ExitOutputs, triggered: ExitOutputs,

@@ -5,31 +5,23 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from ..report.plots import ACCENT, MUTED, SECOND, png_bytes
+from ..report.plots import ACCENT, MUTED, SECOND, confusion_histogram, png_bytes
 
 
-def confusion_histogram(detection: dict[str, Any]) -> bytes:
+def detection_histogram(detection: dict[str, Any]) -> bytes:
     """Histograms of the normalised confusion of clean and triggered test inputs, each as a share of its group."""
-    fig = Figure(figsize=(6.4, 3.4))
-    ax = fig.add_subplot()
-    hist = detection["histogram"]
-    edges = np.asarray(hist["edges"])
-    for group, color in (("clean", ACCENT), ("triggered", SECOND)):
-        counts = np.asarray(hist[group], dtype=float)
-        share = counts / counts.sum() * 100 if counts.sum() else counts
-        ax.stairs(share, edges, fill=True, alpha=0.45, color=color, label=f"{group} ({int(counts.sum())})")
     auroc = detection["auroc"]
     title = "Confusion of clean and triggered inputs" + ("" if auroc is None else f" (AUROC {auroc:.3f})")
-    ax.set(xlabel="confusion (z-normalised on the clean training split)", ylabel="share of the group (%)", title=title)
-    ax.legend()
-    return png_bytes(fig)
+    return confusion_histogram(detection["histogram"], {"clean": "clean", "triggered": "triggered"}, title,
+                               "confusion (z-normalised on the clean training split)")
 
 
 def exit_plot(result: dict[str, Any], exit_names: Sequence[str], exit_flops: Sequence[int]) -> bytes:
     """Per exit: clean accuracy, accuracy on triggered inputs (true labels) and the share of triggered inputs
     sent to the target class; the early-exit SDN's accuracy on triggered inputs as a marker."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.add_subplot()
     cost = np.asarray(exit_flops, dtype=float) / exit_flops[-1]

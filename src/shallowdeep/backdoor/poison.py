@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 
+from ..choices import DEFAULT_RATE
 from ..data import ImageData, Splits
 from ..errors import UserError
 from .trigger import Trigger, TriggerSpec, build_trigger, stamp
-
-DEFAULT_RATE = 0.1
 
 
 @dataclass(frozen=True)

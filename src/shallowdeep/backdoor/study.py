@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from ..build import build_sdn
+from ..choices import BASELINES
 from ..data import ImageData, Splits, load_dataset
 from ..errors import UserError
 from ..exits import make_policy, simulate
-from ..io import atomic_write_bytes, atomic_write_json
-from ..exit_outputs import ExitOutputs
+from ..io import atomic_write_bytes, atomic_write_json, read_json
+from ..model_spec import ModelSpec
+from ..exit_outputs import ExitOutputs, exit_names
 from ..outputs import compute_outputs, load_outputs
 from ..run import CHECKPOINT, CONFIG, Run, open_run
 from ..train import TrainConfig, config_from_dict, config_to_dict, load_pretrained, new_run, resume_run
@@ -40,7 +42,6 @@ from .trigger import build_trigger
 FORMAT = "shallowdeep-backdoor-1"
 STUDY = "study.json"
 BACKDOORED, CLEAN = "backdoored-cnn", "clean-cnn"
-BASELINES = ("train", "source", "none")
 PAPER = {"triggered_accuracy_cnn": 0.12, "triggered_accuracy_early_exit": 0.84,
          "source": "Kaya et al., Shallow-Deep Networks (ICML 2019): accuracy on triggered inputs, backdoored "
                    "CNN vs early exit"}
@@ -51,11 +52,11 @@ Log = Callable[[str], None]
 
 @dataclass
 class StudySettings:
-    """Everything a study needs; ``model`` is a model spec without classes and input shape (see
-    :mod:`shallowdeep.build`), ``data`` the keyword arguments of :func:`shallowdeep.data.load_dataset`."""
+    """Everything a study needs; ``model`` is a model spec without classes and input shape, ``data`` the
+    keyword arguments of :func:`shallowdeep.data.load_dataset`."""
 
     data: dict[str, Any]
-    model: dict[str, Any]
+    model: ModelSpec
     poison: PoisonConfig
     cnn: TrainConfig  # the backdoored CNN's recipe (and its clean twin's)
     ic: TrainConfig  # IC-only training on clean data
@@ -66,7 +67,7 @@ class StudySettings:
     max_drop: float = 0.01
 
     def to_dict(self) -> dict[str, Any]:
-        return {"data": self.data, "model": self.model, "poison": self.poison.to_dict(),
+        return {"data": self.data, "model": self.model.to_dict(), "poison": self.poison.to_dict(),
                 "cnn": config_to_dict(self.cnn), "ic": config_to_dict(self.ic), "pretrained": self.pretrained,
                 "clean_baseline": self.clean_baseline, "test_limit": self.test_limit, "policy": self.policy,
                 "max_drop": self.max_drop}
@@ -74,7 +75,7 @@ class StudySettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySettings:
         try:
-            return cls(d["data"], d["model"], PoisonConfig.from_dict(d["poison"]), config_from_dict(d["cnn"]),
+            return cls(d["data"], ModelSpec.from_dict(d["model"]), PoisonConfig.from_dict(d["poison"]), config_from_dict(d["cnn"]),
                        config_from_dict(d["ic"]), d["pretrained"], d["clean_baseline"], d["test_limit"], d["policy"],
                        d["max_drop"])
         except (KeyError, TypeError) as exc:
@@ -142,10 +143,15 @@ def _recorded_seconds(out: Path) -> dict[str, float]:
     return seconds if isinstance(seconds, dict) else {}
 
 
-def start(out: Path, settings: StudySettings, splits: Splits) -> StudySettings:
-    """Check the settings against the data, copy a trigger image into the study, record the settings."""
+def check_new(out: Path) -> None:
+    """A one-line error when ``out`` already holds a study."""
     if (out / STUDY).exists() or (out / CONFIG).exists():
         raise UserError(f"{out} already holds a study; pass --resume to continue it or choose another --out")
+
+
+def start(out: Path, settings: StudySettings, splits: Splits) -> StudySettings:
+    """Check the settings against the data, copy a trigger image into the study, record the settings."""
+    check_new(out)
     if settings.clean_baseline not in BASELINES:
         raise UserError(f"clean baseline '{settings.clean_baseline}' must be one of {', '.join(BASELINES)}")
     if settings.clean_baseline == "source" and settings.pretrained is None:
@@ -172,10 +178,7 @@ def read_settings(out: Path) -> StudySettings:
     path = out / STUDY
     if not path.is_file():
         raise UserError(f"{out} holds no study to resume ({STUDY} is missing)")
-    try:
-        return StudySettings.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is damaged (not valid JSON)") from exc
+    return StudySettings.from_dict(read_json(path))
 
 
 def poisoned_run_data(run: Run) -> tuple[Splits, torch.Tensor]:
@@ -206,11 +209,11 @@ def train_cnn(run_dir: Path, settings: StudySettings, splits: Splits, poison: Po
     if _done(ckpt, settings.cnn):
         return False
     if ckpt is None:
-        new_run(run_dir, settings.data, {**settings.model, "exits": []}, settings.cnn,
+        new_run(run_dir, settings.data, settings.model, settings.cnn,
                 pretrained=settings.pretrained, device=device, progress=progress, on_epoch=on_epoch, splits=splits,
                 extra_config={"poison": poison.to_dict() if poison else None})
     else:
-        resume_run(run_dir, device=device, progress=progress, on_epoch=on_epoch)
+        resume_run(run_dir, splits, device=device, progress=progress, on_epoch=on_epoch)
     return True
 
 
@@ -223,7 +226,7 @@ def train_sdn(out: Path, settings: StudySettings, device: torch.device, progress
         return False
     if ckpt is None:
         (out / CONFIG).unlink(missing_ok=True)  # a start that stopped before its first checkpoint
-        model = {k: v for k, v in settings.model.items() if k in ("exits", "fractions")}
+        model = ModelSpec(exits=settings.model.exits, fractions=settings.model.fractions, ic=settings.model.ic)
         new_run(out, settings.data, model, settings.ic, pretrained=str(out / BACKDOORED), device=device,
                 progress=progress, on_epoch=on_epoch)
     else:
@@ -264,11 +267,11 @@ def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_
         "paper": PAPER,
         "settings": settings.to_dict(),
     }
-    from .plots import confusion_histogram, exit_plot  # matplotlib is loaded only when figures are drawn
+    from .plots import detection_histogram, exit_plot  # matplotlib is loaded only when figures are drawn
 
-    exit_names = [*sdn.config["model"]["exits"], "final"]
-    atomic_write_bytes(out / "backdoor-confusion.png", confusion_histogram(result["detection"]))
-    atomic_write_bytes(out / "backdoor-exits.png", exit_plot(result, exit_names, outputs["clean"].exit_flops))
+    names = exit_names(len(outputs["clean"].exit_flops), sdn.model.exits)
+    atomic_write_bytes(out / "backdoor-confusion.png", detection_histogram(result["detection"]))
+    atomic_write_bytes(out / "backdoor-exits.png", exit_plot(result, names, outputs["clean"].exit_flops))
     atomic_write_bytes(out / "backdoor-examples.png", _examples(test, triggered, outputs["triggered"], result,
                                                                  splits.spec.classes))
     return result
@@ -317,7 +320,7 @@ def _source_outputs(cnn: Run, settings: StudySettings, data: ImageData, splits: 
                     device: torch.device) -> ExitOutputs:
     """The outputs of the pretrained network the backdoored CNN was fine-tuned from."""
     weights, _ = load_pretrained(settings.pretrained)
-    net = build_sdn(cnn.config["model"], cnn.path, weights, f"weights {settings.pretrained}")
+    net = build_sdn(cnn.model, weights, f"weights {settings.pretrained}")
     return compute_outputs(net.to(device), data, splits, device)
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..choices import PLACES
 from ..errors import UserError
 
 PATTERNS = ("square", "checkerboard")
-PLACES = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 PAPER_SIDE, PAPER_IMAGE = 5, 32
 
 

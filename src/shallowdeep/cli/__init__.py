@@ -1,8 +1,11 @@
 """The ``shallowdeep`` command line. Each module in this package is one sub-command.
 
-A command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``;
-it parses, calls the library, prints and writes JSON. Errors the user can fix are raised as
-:class:`shallowdeep.errors.UserError` and printed here as one line with exit code 2.
+A command module defines ``NAME``, ``HELP``, ``ORDER``, ``add_arguments(parser)`` and
+``run(args) -> int``; it parses, calls the library, prints and writes JSON. Every command's parser
+is built on each call, so a command module imports nothing heavy at its top (option choices come
+from :mod:`shallowdeep.choices`) and imports the library inside ``run``: torch, matplotlib and
+captum load only for the command that runs, and only where it needs them. Errors the user can fix
+are raised as :class:`shallowdeep.errors.UserError` and printed here as one line with exit code 2.
 """
 
 from __future__ import annotations

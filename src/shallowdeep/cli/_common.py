@@ -1,15 +1,21 @@
-"""Helpers shared by the commands: devices, progress bars, tables."""
+"""Helpers shared by the commands: devices, progress bars, tables.
+
+Light at import (no torch): the parser of every command is built from these.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
-import torch
-
+from ..choices import ARCHS, IC_DESIGNS, IC_WIDTH
 from ..errors import UserError
-from ..heads import IC_DESIGNS, ICDesign
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model_spec import ModelSpec
 
 
 def add_device_argument(parser) -> None:
@@ -18,6 +24,8 @@ def add_device_argument(parser) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for ``--device``; a one-line error when CUDA is asked for but absent."""
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -53,10 +61,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 def add_model_arguments(parser, from_help: str) -> None:
     """The options that say which network to build: a built-in or user backbone, weights, exits."""
-    from .. import models
-
     g = parser.add_argument_group("model")
-    g.add_argument("--arch", choices=models.available(), help="built-in backbone")
+    g.add_argument("--arch", choices=ARCHS, help="built-in backbone")
     g.add_argument("--backbone", metavar="FILE.py:FUNCTION", help="your own backbone: a function returning an nn.Module")
     g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS", help=from_help)
     g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
@@ -65,21 +71,19 @@ def add_model_arguments(parser, from_help: str) -> None:
     g.add_argument("--ic", choices=IC_DESIGNS, default="paper",
                    help="internal classifier design: the SDN paper's (pooling + linear), conv (a small convolutional "
                         "head), or ztw (conv heads with Zero Time Waste's cascading and geometric ensemble)")
-    g.add_argument("--ic-width", type=int, default=ICDesign.width, help="channels of the conv and ztw heads")
+    g.add_argument("--ic-width", type=int, default=IC_WIDTH, help="channels of the conv and ztw heads")
 
 
-def model_spec(args) -> dict:
-    """The model spec (see shallowdeep.build) that the options of :func:`add_model_arguments` describe."""
-    if args.arch and args.backbone:
-        raise UserError("give either --arch or --backbone, not both")
-    model: dict = {"exits": [e.strip() for e in args.exits.split(",") if e.strip()] if args.exits else None,
-                   "ic": ICDesign(args.ic, args.ic_width).to_dict()}
-    if args.arch:
-        model["arch"] = args.arch
-    if args.backbone:
-        model["factory"] = args.backbone
+def model_spec(args) -> ModelSpec:
+    """The network the options of :func:`add_model_arguments` describe (classes and input shape come
+    later, from the data)."""
+    from ..heads import ICDesign
+    from ..model_spec import ModelSpec
+
     try:
-        model["fractions"] = [float(f) for f in args.fractions.split(",")]
+        fractions = tuple(float(f) for f in args.fractions.split(","))
     except ValueError as exc:
         raise UserError(f"--fractions must be comma-separated numbers, got '{args.fractions}'") from exc
-    return model
+    exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits else None
+    return ModelSpec(arch=args.arch, factory=args.backbone, exits=exits, fractions=fractions,
+                     ic=ICDesign(args.ic, args.ic_width))

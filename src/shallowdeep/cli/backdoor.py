@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import models
-from ..backdoor import BASELINES, DEFAULT_RATE, PLACES, PoisonConfig, StudySettings, TriggerSpec, run_study
-from ..data import DATASETS
-from ..data.dataset import NORMALIZATIONS
+from ..choices import BASELINES, DATASETS, DEFAULT_MAX_DROP, DEFAULT_RATE, NORMALIZATIONS, PLACES, POLICY_NAMES
 from ..errors import UserError
-from ..exits import DEFAULT_MAX_DROP, POLICIES
-from ..train import Interrupted, Recipe, TrainConfig, default_recipe, scale_milestones
 from ._common import add_device_argument, add_model_arguments, model_spec, progress_bar, resolve_device, table
+
+if TYPE_CHECKING:
+    from ..backdoor import StudySettings
+    from ..train import Recipe
 
 NAME = "backdoor"
 ORDER = 70
@@ -68,13 +68,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clean-baseline", choices=BASELINES, default="train",
                    help="the un-poisoned network: train a clean twin with the same recipe, use the --from "
                         "network as it is (source), or none")
-    g.add_argument("--policy", choices=tuple(POLICIES), default="maxprob", help="early-exit policy")
+    g.add_argument("--policy", choices=POLICY_NAMES, default="maxprob", help="early-exit policy")
     g.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
                    help="early exit: largest clean holdout accuracy drop below the final head (0.01 = one point)")
     add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backdoor import run_study
+    from ..train import Interrupted
+
     device = resolve_device(args.device)
     settings = None if args.resume else _settings(args)
     try:
@@ -89,21 +92,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> StudySettings:
+    from ..backdoor import PoisonConfig, StudySettings, TriggerSpec
+    from ..backdoor.study import check_new
+    from ..train import TrainConfig, paper_weight_decay, resolve_backbone, resolve_recipe
+
+    check_new(args.out)
     if args.data_dir is None and args.dataset != "digits":
         raise UserError(f"--data-dir is required for --dataset {args.dataset}")
     for option, value in (("--epochs", args.epochs), ("--ic-epochs", args.ic_epochs)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be at least 1")
     model = model_spec(args)
-    weight_decay = args.weight_decay if args.weight_decay is not None else (
-        models.default_weight_decay(args.arch) if args.arch else 1e-4)
+    weight_decay = args.weight_decay if args.weight_decay is not None else \
+        paper_weight_decay(resolve_backbone(model, args.pretrained)[0])
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
             "normalization": args.normalization}
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     poison = PoisonConfig(TriggerSpec(args.pattern, args.trigger_size, args.position), target, args.poison_rate,
                           args.seed)
-    ic = scale_milestones(default_recipe("ic-only", weight_decay), args.ic_epochs)
+    ic = resolve_recipe("ic-only", weight_decay, {"epochs": args.ic_epochs})
     return StudySettings(
         data=data, model=model, poison=poison, pretrained=args.pretrained,
         cnn=TrainConfig("cnn", _cnn_recipe(args, weight_decay), seed=args.seed),
@@ -113,18 +121,13 @@ def _settings(args: argparse.Namespace) -> StudySettings:
 
 def _cnn_recipe(args: argparse.Namespace, weight_decay: float) -> Recipe:
     """Fine-tuning: constant-rate SGD (lr 0.01, 3 epochs); from scratch: the paper's CNN recipe."""
-    if args.pretrained:
-        recipe = Recipe("sgd", FINE_TUNE["lr"], args.epochs or FINE_TUNE["epochs"], [], weight_decay=weight_decay)
-    else:
-        recipe = default_recipe("cnn", weight_decay)
-        if args.epochs is not None:
-            recipe = scale_milestones(recipe, args.epochs)
-    for name in ("lr", "batch_size"):
-        if getattr(args, name) is not None:
-            setattr(recipe, name, getattr(args, name))
-    if recipe.lr <= 0 or recipe.batch_size < 1:
-        raise UserError("--lr must be positive and --batch-size at least 1")
-    return recipe
+    from ..train import resolve_recipe
+
+    changes = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    if args.pretrained:  # constant-rate fine-tuning
+        changes = {"lr": FINE_TUNE["lr"], "epochs": FINE_TUNE["epochs"], "milestones": [], **{
+            k: v for k, v in changes.items() if v is not None}}
+    return resolve_recipe("cnn", weight_decay, changes)
 
 
 def _print_epoch(row: dict) -> None:

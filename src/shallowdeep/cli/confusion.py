@@ -12,11 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..analysis import confusion_report
 from ..errors import UserError
-from ..io import atomic_write_json
-from ..outputs import load_outputs
-from ..run import open_run
 from ._common import add_device_argument, resolve_device, table
 
 NAME = "confusion"
@@ -32,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis import confusion_report
+    from ..io import atomic_write_json
+    from ..outputs import load_outputs
+    from ..run import open_run
+
     if args.bins < 1:
         raise UserError(f"--bins must be at least 1, got {args.bins}")
     run_ = open_run(args.run)

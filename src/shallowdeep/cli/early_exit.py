@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..data import DATASETS, ImageData, Splits, load_dataset
+from ..choices import DATASETS, DEFAULT_MAX_DROP, POLICY_NAMES
 from ..errors import UserError
-from ..exits import (DEFAULT_MAX_DROP, HALVES_NOTE, POLICIES, calibrate, certify, early_exit_result, index_hash,
-                     split_halves)
-from ..io import atomic_write_bytes, atomic_write_json
-from ..exit_outputs import ExitOutputs
-from ..outputs import compute_outputs, load_outputs, load_run_data
-from ..run import Run, open_run
 from ._common import add_device_argument, resolve_device, table
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data import ImageData, Splits
+    from ..exit_outputs import ExitOutputs
+    from ..run import Run
 
 NAME = "early-exit"
 ORDER = 30
@@ -42,7 +41,7 @@ RESULT_PNG = "early-exit.png"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder")
-    p.add_argument("--policy", choices=tuple(POLICIES), default="maxprob", help="exit policy")
+    p.add_argument("--policy", choices=POLICY_NAMES, default="maxprob", help="exit policy")
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--max-drop", type=float, help="largest accuracy drop below the final head, 0.01 = one point "
                       f"(the criterion when neither is given, with {DEFAULT_MAX_DROP})")
@@ -66,6 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..exits import POLICIES, calibrate, certify, early_exit_result
+    from ..io import atomic_write_bytes, atomic_write_json
+    from ..outputs import load_outputs, load_run_data
+    from ..run import open_run
+
     run_ = open_run(args.run)
     device = resolve_device(args.device)
     if args.confidence is not None and args.budget is not None:
@@ -106,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
 def _test_halves(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
                  device: torch.device) -> tuple[ExitOutputs, ExitOutputs, dict[str, Any]]:
     """The calibration half and the evaluation half of the run's test outputs, and their record."""
+    from ..exits import HALVES_NOTE, index_hash, split_halves
+    from ..outputs import load_outputs
+
     test = load_outputs(run_, "test", device, splits=run_splits)
     calibration, evaluation = split_halves(test.labels.size, args.split_seed)
     data = run_.config["data"]
@@ -119,6 +126,9 @@ def _test_halves(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
 def _calibration_outputs(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
                          device: torch.device) -> tuple[ExitOutputs, dict[str, Any]]:
     """The per-exit outputs that choose the threshold, and a record of where they came from."""
+    from ..data import Splits, load_dataset
+    from ..outputs import compute_outputs, load_outputs
+
     data = run_.config["data"]
     if args.calibration_data is None or _is_run_data(run_, args):
         split = args.calibration_split or "holdout"
@@ -161,6 +171,10 @@ def _is_run_data(run_: Run, args: argparse.Namespace) -> bool:
 
 
 def _pick(splits: Splits, split: str) -> ImageData:
+    import torch
+
+    from ..data import ImageData
+
     if split != "all":
         return getattr(splits, split)
     parts = (splits.train, splits.holdout, splits.test)
@@ -173,7 +187,7 @@ def _short(value: Any) -> str:
 
 
 def _plot(result: dict[str, Any]) -> bytes:
-    from ..report.plots import tradeoff_plot  # matplotlib is loaded only when a figure is drawn
+    from ..report.plots import tradeoff_plot
 
     test, curve = result["test"], result["curve"]["test"]
     point = lambda s: (s["flops_fraction"], s["accuracy"])  # noqa: E731

@@ -6,10 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..evaluate import exit_table
-from ..io import atomic_write_json
-from ..outputs import load_outputs
-from ..run import open_run
 from ._common import add_device_argument, resolve_device, table
 
 NAME = "evaluate"
@@ -24,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluate import exit_table
+    from ..io import atomic_write_json
+    from ..outputs import load_outputs
+    from ..run import open_run
+
     run_ = open_run(args.run)
     outputs = load_outputs(run_, args.split, resolve_device(args.device))
     rows = exit_table(outputs, run_.config["model"]["exits"])

@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..analysis import overthinking
-from ..io import atomic_write_json
-from ..outputs import SPLITS, load_outputs
-from ..run import open_run
+from ..choices import SPLITS
 from ._common import add_device_argument, resolve_device, table
 
 NAME = "overthinking"
@@ -30,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis import overthinking
+    from ..io import atomic_write_json
+    from ..outputs import load_outputs
+    from ..run import open_run
+
     run_ = open_run(args.run)
     outputs = load_outputs(run_, args.split, resolve_device(args.device))
     exits = run_.config["model"].get("exits")

@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..report import write_report
 from ._common import add_device_argument, resolve_device
 
 NAME = "report"
@@ -26,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
     if args.gradcam < 0 or args.examples < 0:
         raise UserError("--gradcam and --examples must be 0 or more")
     page = write_report(args.run, resolve_device(args.device), gradcam_samples=args.gradcam,

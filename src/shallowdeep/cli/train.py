@@ -8,12 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import models
-from ..data import DATASETS
-from ..data.dataset import NORMALIZATIONS
+from ..choices import DATASETS, IC_LOSSES, MODES, NORMALIZATIONS, PAPER_RECIPES
 from ..errors import UserError
-from ..train import IC_LOSSES, MODES, Interrupted, TrainConfig, default_recipe, new_run, resume_run, scale_milestones
-from ..train.distributed import init_from_env
 from ._common import add_device_argument, add_model_arguments, model_spec, progress_bar, resolve_device
 
 NAME = "train"
@@ -34,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=int, help="train on the first N training images only")
     g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
                    help="input mean/std: the paper's per data set, ImageNet's, or the training split's own")
-    g = p.add_argument_group("recipe (defaults: the paper's for --mode)")
+    g = p.add_argument_group("recipe", "Defaults: the paper's recipe for --mode. " + _paper_recipes() +
+                             " Batch 128, momentum 0.9; weight decay 5e-4 for vgg16_bn and wrn32_4, 1e-4 for the others "
+                             "and your own. "
+                             "A shorter --epochs moves the milestones in proportion.")
     g.add_argument("--epochs", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--batch-size", type=int)
@@ -55,20 +54,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-budget-gb", type=float, default=4.0, help="ic-only: memory for cached features")
 
 
-def _recipe(args: argparse.Namespace, weight_decay: float):
-    recipe = default_recipe(args.mode, weight_decay)
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise UserError("--epochs must be at least 1")
-        recipe = scale_milestones(recipe, args.epochs)
-    for name in ("lr", "batch_size", "weight_decay", "momentum", "optimizer"):
-        if getattr(args, name) is not None:
-            setattr(recipe, name, getattr(args, name))
+def _paper_recipes() -> str:
+    return " ".join(f"{mode}: {r['optimizer']} lr {r['lr']:g}, {r['epochs']} epochs, lr x0.1 at epochs "
+                    f"{','.join(map(str, r['milestones']))}." for mode, r in PAPER_RECIPES.items())
+
+
+def _recipe_changes(args: argparse.Namespace) -> dict:
+    """The recipe settings the user gave (the rest are the paper's)."""
+    changes = {name: getattr(args, name) for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum",
+                                                      "optimizer")}
     if args.milestones is not None:
-        recipe.milestones = _ints(args.milestones, "--milestones")
-    if recipe.lr <= 0 or recipe.batch_size < 1:
-        raise UserError("--lr must be positive and --batch-size at least 1")
-    return recipe
+        changes["milestones"] = _ints(args.milestones, "--milestones")
+    return changes
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -79,12 +76,16 @@ def _ints(text: str, option: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..train import Interrupted, resume_run
+    from ..train.distributed import init_from_env
+
     device = resolve_device(args.device)
     dist = init_from_env()
     log = (lambda row: print(_epoch_line(row), flush=True)) if dist.is_main else None
     try:
         if args.resume:
-            metrics = resume_run(args.out, device=device, dist=dist, progress=progress_bar, on_epoch=log)
+            metrics = resume_run(args.out, _resume_splits(args.out), device=device, dist=dist, progress=progress_bar,
+                                 on_epoch=log)
         else:
             metrics = _start(args, device, dist, log)
     except Interrupted as exc:
@@ -95,22 +96,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_splits(out: Path):
+    """The data a run to resume was trained on: a backdoor study's poisoned copy, else None (its config's)."""
+    from ..run import open_run
+
+    run = open_run(out)
+    if not run.config.get("poison"):
+        return None
+    from ..backdoor import poisoned_run_data
+
+    return poisoned_run_data(run)[0]
+
+
 def _start(args: argparse.Namespace, device, dist, log):
+    from ..train import TrainConfig, describe_recipe, new_run
+
     if args.mode == "ic-only" and not args.pretrained:
         raise UserError("--mode ic-only needs a trained backbone: --from RUN_OR_WEIGHTS")
     if args.data_dir is None and args.dataset != "digits":
         raise UserError(f"--data-dir is required for --dataset {args.dataset}")
     model = model_spec(args)
-    weight_decay = models.default_weight_decay(args.arch) if args.arch else 1e-4
-    cfg = TrainConfig(mode=args.mode, recipe=_recipe(args, weight_decay), seed=args.seed,
+    cfg = TrainConfig(mode=args.mode, seed=args.seed,
                       cache_features=not args.no_cache_features, cache_views=args.cache_views,
                       cache_budget_gb=args.cache_budget_gb, amp=not args.no_amp, compile=args.compile,
                       ic_loss=args.ic_loss)
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
             "download": args.download, "normalization": args.normalization}
-    return new_run(args.out, data, model, cfg, pretrained=args.pretrained, device=device, dist=dist,
-                   progress=progress_bar, on_epoch=log)
+    announce = (lambda c: print(f"recipe: {describe_recipe(c.recipe)}", flush=True)) if dist.is_main else None
+    return new_run(args.out, data, model, cfg, recipe_changes=_recipe_changes(args), pretrained=args.pretrained,
+                   device=device, dist=dist, progress=progress_bar, on_start=announce, on_epoch=log)
 
 
 def _epoch_line(row: dict) -> str:

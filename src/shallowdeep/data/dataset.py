@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from shallowdeep.choices import DATASETS, NORMALIZATIONS
 from shallowdeep.data.cache import cached, default_cache_dir
 from shallowdeep.data.cifar import (CIFAR10_CLASSES, cifar_files, download_cifar, find_cifar, locate_cifar, read_cifar10,
                                    read_cifar100)
@@ -17,11 +18,11 @@ from shallowdeep.data.splits import carve_holdout, channel_stats
 from shallowdeep.data.tinyimagenet import locate_tinyimagenet, read_tinyimagenet, tinyimagenet_files
 from shallowdeep.errors import UserError
 
-DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "digits")
 
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # channel mean and std of ImageNet
 # Normalisation of the paper: ImageNet statistics for CIFAR-10, each data set's own for the others.
-KNOWN_STATS = {
-    "cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+PAPER_STATS = {
+    "cifar10": IMAGENET_STATS,
     "cifar100": ((0.507, 0.4865, 0.441), (0.267, 0.256, 0.276)),
     "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
 }
@@ -72,15 +73,12 @@ def _check_cifar_copy(name: str, raw: RawDataset, folder: Path, coarse_labels: b
                         f"{len(CIFAR10_CLASSES) if name == 'cifar10' else 100} class folders (fine labels only)")
 
 
-NORMALIZATIONS = ("paper", "imagenet", "dataset")
-
-
 def _spec(name: str, raw: RawDataset, train_images: torch.Tensor, normalization: str) -> DatasetSpec:
     size = raw.train.images.shape[-1]
     if normalization == "imagenet":
-        mean, std = KNOWN_STATS["cifar10"]
-    elif normalization == "paper" and name in KNOWN_STATS:
-        mean, std = KNOWN_STATS[name]
+        mean, std = IMAGENET_STATS
+    elif normalization == "paper" and name in PAPER_STATS:
+        mean, std = PAPER_STATS[name]
     else:
         mean, std = channel_stats(train_images)
     return DatasetSpec(name=name, num_classes=len(raw.classes), input_size=size, classes=list(raw.classes),

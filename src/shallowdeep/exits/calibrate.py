@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..choices import DEFAULT_MAX_DROP
 from ..errors import UserError
 from ..exit_outputs import ExitOutputs
 from .ltt import certify
 from .per_exit import per_exit_thresholds
 from .policies import POLICIES, ExitPolicy
 from .simulate import candidate_keys, sweep
-
-DEFAULT_MAX_DROP = 0.01
 
 
 def calibrate(

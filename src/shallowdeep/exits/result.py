@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..exit_outputs import ExitOutputs
+from ..exit_outputs import ExitOutputs, exit_names
 from .calibrate import best_index
 from .policies import ExitPolicy
 from .simulate import candidate_keys, curve, final_head, grid_keys, oracle, simulate, summarise, sweep
@@ -63,17 +63,18 @@ def early_exit_result(
     calibrated_on: dict[str, Any],
     calibration: ExitOutputs,
     test: ExitOutputs,
-    exit_names: Sequence[str],
+    layers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Everything about a calibrated policy: the threshold, which data chose it (``calibrated_on``), how it
-    was chosen (``criterion``), its figures on the calibration and test data, and both trade-off curves."""
+    was chosen (``criterion``), its figures on the calibration and test data, and both trade-off curves.
+    ``layers`` names the ICs (see :func:`~shallowdeep.exit_outputs.exit_names`)."""
     return {
         "format": FORMAT,
         "policy": policy.name,
         "threshold": policy.threshold,
         "criterion": dict(criterion),
         "calibrated_on": dict(calibrated_on),
-        "exit_names": [*exit_names, "final"],
+        "exit_names": exit_names(len(test.exit_flops), layers),
         "exit_flops": [int(f) for f in test.exit_flops],
         "backbone_flops": int(test.backbone_flops),
         "calibration": split_result(calibration, policy),

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..analysis.overthinking import earliest_correct_exit
 from ..errors import UserError
 from ..exit_outputs import ExitOutputs
 from .policies import ExitPolicy
@@ -87,6 +86,12 @@ def final_head(outputs: ExitOutputs) -> Summary:
     """The backbone alone: every sample answered by the final head at the backbone's cost."""
     shares = [0.0] * (len(outputs.exit_flops) - 1) + [1.0]
     return Summary(float(outputs.correct[-1].mean()), float(outputs.backbone_flops), 1.0, shares)
+
+
+def earliest_correct_exit(correct: np.ndarray) -> np.ndarray:
+    """Index of the first exit that is right on each sample, -1 where none is; ``correct`` is (exits, samples)."""
+    correct = np.asarray(correct, dtype=bool)
+    return np.where(correct.any(0), correct.argmax(0), -1)
 
 
 def oracle(outputs: ExitOutputs) -> Summary:

@@ -1,5 +1,5 @@
 """The run report: figures (matplotlib, Agg) and one self-contained HTML page."""
 
-from .build import write_report
+from .page import write_report
 
 __all__ = ["write_report"]

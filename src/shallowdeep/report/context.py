@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..data import Splits
-from ..exit_outputs import ExitOutputs
+from ..exit_outputs import ExitOutputs, exit_names
 from ..run import Run
 from . import html
 
@@ -31,9 +31,9 @@ class ReportContext:
         return self.outputs["test"].logits.shape[0]
 
     @property
-    def labels(self) -> list[str]:
-        """Short exit labels for plots: IC 1 .. IC K, final."""
-        return [f"IC {i + 1}" for i in range(self.num_exits - 1)] + ["final"]
+    def exit_names(self) -> list[str]:
+        """Short exit names for tables and plots: IC 1 .. IC K, final."""
+        return exit_names(self.num_exits)
 
     @property
     def layer_names(self) -> list[str]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from ..errors import UserError
+import numpy as np
+
+from ..exits import MaxProb, curve
+from ..io import read_json
 from . import html, plots
 from .cells import flatten, fmt, pct
 from .context import ReportContext
-from .tradeoff import maxprob_curve, read_early_exit, stored_curve, stored_point
+from .tradeoff import read_early_exit, stored_curve, stored_point
 
 NO_THRESHOLD = "No threshold chosen yet: run `shallowdeep early-exit RUN` to calibrate one on the holdout split"
 NO_CURVE = "early-exit.json holds no test curve this report can read"
@@ -25,29 +27,29 @@ def tradeoff_section(ctx: ReportContext, over: dict[str, Any]) -> str:
     final = (1.0, float(test.correct[-1].mean()))
     oracle = (over["oracle"]["relative_cost"], over["oracle"]["accuracy"])
     stored = read_early_exit(ctx.run.path)
-    curve = stored_curve(stored) if stored else None
+    recorded = stored_curve(stored) if stored else None
     parts = []
-    if curve is not None:
-        cost, accuracy = curve
+    if recorded is not None:
+        cost, accuracy = recorded
         label = f"{stored.get('policy', 'early exit')} policy (from early-exit.json)"
         chosen = stored_point(stored, "early_exit")
         oracle = stored_point(stored, "oracle") or oracle
         final = stored_point(stored, "final_head") or final
     else:
-        local = maxprob_curve(test.logits, test.labels, test.exit_flops, test.backbone_flops)
-        cost, accuracy, chosen = local["flops_fraction"], local["accuracy"], None
+        swept = curve(test, MaxProb, np.linspace(0.0, 1.0, 201))
+        cost, accuracy, chosen = swept.flops_fraction.tolist(), swept.accuracy.tolist(), None
         label = "max-probability policy, q in [0, 1]"
         parts.append(html.paragraph(f"{NO_CURVE if stored else NO_THRESHOLD}. The curve below sweeps the paper's "
                                     "max-probability threshold q on the test split.", note=True))
     ctx.summary["early_exit"] = {
-        "source": "early-exit.json" if curve is not None else "max-probability sweep on test",
+        "source": "early-exit.json" if recorded is not None else "max-probability sweep on test",
         "curve": {"flops_fraction": list(cost), "accuracy": list(accuracy)},
         "chosen": chosen, "oracle": oracle, "final_head": final,
     }
     if stored:
         parts += _early_exit_tables(stored)
         drawn = ctx.run.path / "early-exit.png"
-        if curve is None and drawn.is_file():
+        if recorded is None and drawn.is_file():
             parts.append(html.figure(drawn.read_bytes(), "early-exit.png, as the early-exit command drew it."))
     caption = ("Accuracy against average cost on the test split; the oracle lets every sample leave at its "
                "earliest correct exit.")
@@ -61,10 +63,7 @@ def backdoor_section(ctx: ReportContext) -> str | None:
     path = ctx.run.path / "backdoor.json"
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is damaged (not valid JSON); run shallowdeep backdoor again") from exc
+    data = read_json(path, "run shallowdeep backdoor again")
     figures = sorted(ctx.run.path.glob("backdoor*.png"))
     parts = [html.table(["backdoor.json", "value"], [(k, fmt(v)) for k, v in flatten(data).items()])]
     parts += [html.figure(png.read_bytes(), png.name) for png in figures]

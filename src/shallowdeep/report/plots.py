@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ACCENT, SECOND, MUTED = "#1f77b4", "#d62728", "#7f7f7f"
 
@@ -21,6 +23,8 @@ def png_bytes(fig: Figure) -> bytes:
 def accuracy_cost_plot(names: Sequence[str], relative_cost: Sequence[float],
                        accuracy: dict[str, Sequence[float]]) -> bytes:
     """Accuracy of every exit against its cost relative to the backbone, one line per split."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.add_subplot()
     for (split, values), color in zip(accuracy.items(), (ACCENT, SECOND, MUTED)):
@@ -37,6 +41,8 @@ def tradeoff_plot(cost: Sequence[float], accuracy: Sequence[float], oracle: tupl
                   final: tuple[float, float], chosen: tuple[float, float] | None = None,
                   curve_label: str = "early exit") -> bytes:
     """The early-exit accuracy/cost curve with the final head alone, the oracle and the chosen threshold."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.add_subplot()
     ax.plot(cost, np.asarray(accuracy) * 100, "-", color=ACCENT, label=curve_label)
@@ -53,6 +59,8 @@ def tradeoff_plot(cost: Sequence[float], accuracy: Sequence[float], oracle: tupl
 
 def earliest_exit_plot(names: Sequence[str], shares: Sequence[float], none_share: float) -> bytes:
     """Share of samples whose earliest correct exit is each exit (and none)."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 3.2))
     ax = fig.add_subplot()
     labels = [*names, "none"]
@@ -67,6 +75,8 @@ def earliest_exit_plot(names: Sequence[str], shares: Sequence[float], none_share
 
 def destructive_plot(names: Sequence[str], counts: Sequence[int], confidences: Sequence[float | None]) -> bytes:
     """Per IC, how many of the final head's mistakes it gets right, labelled with its mean confidence."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 3.2))
     ax = fig.add_subplot()
     bars = ax.bar(names, counts, color=SECOND)
@@ -79,17 +89,23 @@ def destructive_plot(names: Sequence[str], counts: Sequence[int], confidences: S
     return png_bytes(fig)
 
 
-def confusion_histogram(edges: Sequence[float], correct: Sequence[int], wrong: Sequence[int],
-                        title: str) -> bytes:
-    """Histograms of the normalised confusion of correct and wrong samples, each as a share of its group."""
+def confusion_histogram(histogram: Mapping[str, Sequence[float]], groups: Mapping[str, str], title: str,
+                        xlabel: str) -> bytes:
+    """Histograms of the normalised confusion of two groups of samples, each as a share of its group.
+
+    ``histogram`` holds the shared bin ``edges`` and each group's counts (as
+    :func:`shallowdeep.analysis.confusion_detector` writes them); ``groups`` maps its keys to legend labels.
+    """
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 3.4))
     ax = fig.add_subplot()
-    edges = np.asarray(edges)
-    for counts, color, label in ((correct, ACCENT, "final head correct"), (wrong, SECOND, "final head wrong")):
-        counts = np.asarray(counts, dtype=float)
+    edges = np.asarray(histogram["edges"])
+    for (group, label), color in zip(groups.items(), (ACCENT, SECOND)):
+        counts = np.asarray(histogram[group], dtype=float)
         share = counts / counts.sum() * 100 if counts.sum() else counts
         ax.stairs(share, edges, fill=True, alpha=0.45, color=color, label=f"{label} ({int(counts.sum())})")
-    ax.set(xlabel="confusion (z-normalised on the training split)", ylabel="share of the group (%)", title=title)
+    ax.set(xlabel=xlabel, ylabel="share of the group (%)", title=title)
     ax.legend()
     return png_bytes(fig)
 
@@ -97,6 +113,8 @@ def confusion_histogram(edges: Sequence[float], correct: Sequence[int], wrong: S
 def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
                captions: Sequence[Sequence[str]]) -> bytes:
     """Rows of uint8 (3, H, W) images, each row labelled on its left and each image captioned."""
+    from matplotlib.figure import Figure
+
     columns = max((len(r) for r in rows), default=1) or 1
     fig = Figure(figsize=(1.35 * columns + 1.2, 1.45 * len(rows)))
     axes = fig.subplots(len(rows), columns, squeeze=False)
@@ -124,6 +142,8 @@ def gradcam_grid(images: Sequence[np.ndarray], ic_maps: np.ndarray, final_maps: 
 
     ``captions`` holds (image, IC, final) titles for each sample.
     """
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.0, 2.0 * len(images)))
     axes = fig.subplots(len(images), 3, squeeze=False)
     for row, image, ic_map, final_map, titles in zip(axes, images, ic_maps, final_maps, captions):

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..analysis import confusion_report, earliest_correct_exit
+from ..analysis import confusion_report
 from ..analysis.gradcam import disagreements, gradcam
 from ..data import batches
+from ..exits import earliest_correct_exit
 from . import html, plots
 from .cells import fmt, pct
 from .context import ReportContext
@@ -25,10 +26,10 @@ def exits_section(ctx: ReportContext) -> str:
         accuracy["holdout"] = holdout.correct.mean(1).tolist()
     holdout_accuracy = accuracy.get("holdout", [None] * len(cost))
     rows = [
-        (label, name, f"{flops / 1e6:.2f}", pct(c), pct(holdout_accuracy[i]), pct(accuracy["test"][i]))
-        for i, (label, name, flops, c) in enumerate(zip(ctx.labels, ctx.layer_names, test.exit_flops, cost))
+        (name, layer, f"{flops / 1e6:.2f}", pct(c), pct(holdout_accuracy[i]), pct(accuracy["test"][i]))
+        for i, (name, layer, flops, c) in enumerate(zip(ctx.exit_names, ctx.layer_names, test.exit_flops, cost))
     ]
-    ctx.summary["exits"] = {"labels": ctx.labels, "layers": ctx.layer_names,
+    ctx.summary["exits"] = {"labels": ctx.exit_names, "layers": ctx.layer_names,
                             "flops": [int(f) for f in test.exit_flops], "flops_fraction": cost,
                             "accuracy": accuracy, "backbone_flops": int(test.backbone_flops)}
     parts = [
@@ -36,7 +37,7 @@ def exits_section(ctx: ReportContext) -> str:
                        "FLOPs per image to reach an exit (the ICs on the way included), as a share of the "
                        "unmodified backbone's FLOPs."),
         html.table(["exit", "layer", "MFLOPs", "cost", "holdout accuracy", "test accuracy"], rows),
-        ctx.add_figure("accuracy", plots.accuracy_cost_plot(ctx.labels, cost, accuracy),
+        ctx.add_figure("accuracy", plots.accuracy_cost_plot(ctx.exit_names, cost, accuracy),
                        "Accuracy of every exit against its cost."),
     ]
     return html.section("Exits: accuracy and cost", parts, "exits")
@@ -45,7 +46,7 @@ def exits_section(ctx: ReportContext) -> str:
 def overthinking_section(ctx: ReportContext, over: dict[str, Any], examples_per_exit: int) -> str:
     """Wasteful and destructive overthinking with example images per earliest correct exit."""
     wasteful, destructive = over["wasteful"], over["destructive"]
-    dist = wasteful["earliest_correct_exit"]
+    earliest = wasteful["earliest_correct_exit"]
     parts = [
         html.table(["measure (test split)", "value"], [
             ("wasteful: some IC before the final head is already right", pct(wasteful["share"])),
@@ -55,7 +56,8 @@ def overthinking_section(ctx: ReportContext, over: dict[str, Any], examples_per_
             ("destructive: of those, some earlier IC was right", pct(destructive["share_of_mistakes"])),
             ("destructive: share of all test samples", pct(destructive["share_of_samples"])),
         ]),
-        ctx.add_figure("earliest_exit", plots.earliest_exit_plot(ctx.labels, dist["shares"], dist["none_share"]),
+        ctx.add_figure("earliest_exit",
+                       plots.earliest_exit_plot(ctx.exit_names, earliest["shares"], earliest["none_share"]),
                        "Where each test sample is first classified correctly."),
     ]
     if examples_per_exit > 0:
@@ -63,7 +65,8 @@ def overthinking_section(ctx: ReportContext, over: dict[str, Any], examples_per_
                                     "Test images grouped by their earliest correct exit (captions: true class; "
                                     "for 'none': true / final prediction)."))
     per_ic = destructive["per_ic"]
-    bars = plots.destructive_plot(ctx.labels[:-1], [r["count"] for r in per_ic], [r["mean_confidence"] for r in per_ic])
+    bars = plots.destructive_plot(ctx.exit_names[:-1], [r["count"] for r in per_ic],
+                                  [r["mean_confidence"] for r in per_ic])
     parts.append(ctx.add_figure("destructive", bars, "Per IC: final-head mistakes this IC classifies correctly, "
                                                      "and its mean confidence on them."))
     ctx.summary["overthinking"] = over
@@ -74,8 +77,10 @@ def confusion_section(ctx: ReportContext) -> str:
     """Confusion histograms of correct and wrong samples, with both AUROCs."""
     report = confusion_report(ctx.outputs["train"], ctx.outputs["test"])
     auroc = report["auroc"]
-    hist = report["histogram"]
     title = f"Confusion: AUROC {fmt(auroc['confusion'])} (1 - max prob: {fmt(auroc['confidence'])})"
+    histogram = plots.confusion_histogram(report["histogram"], {"correct": "final head correct",
+                                                                "wrong": "final head wrong"},
+                                          title, "confusion (z-normalised on the training split)")
     parts = [
         html.paragraph("Confusion = sum over ICs of the L1 distance between the IC's softmax and the final head's, "
                        "z-normalised with the mean and standard deviation on the un-augmented training split. "
@@ -86,7 +91,7 @@ def confusion_section(ctx: ReportContext) -> str:
                                                                 fmt(auroc["confidence"]))]),
         html.table(["mean confusion", "value"], [("final head correct", fmt(report["mean_confusion"]["correct"])),
                                                 ("final head wrong", fmt(report["mean_confusion"]["wrong"]))]),
-        ctx.add_figure("confusion", plots.confusion_histogram(hist["edges"], hist["correct"], hist["wrong"], title),
+        ctx.add_figure("confusion", histogram,
                        "Normalised confusion of the test samples the final head gets right and wrong."),
     ]
     ctx.summary["confusion"] = report
@@ -135,6 +140,6 @@ def _examples_grid(ctx: ReportContext, per_exit: int) -> bytes:
             captions.append([classes[test.labels[i]] for i in picked])
         else:
             captions.append([f"{classes[test.labels[i]]} / {classes[test.predictions[-1, i]]}" for i in picked])
-    return plots.image_grid(rows, [*ctx.labels, "none"], captions)
+    return plots.image_grid(rows, [*ctx.exit_names, "none"], captions)
 
 

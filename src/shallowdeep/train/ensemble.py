@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ..data import ImageData, Splits
 from ..data.loader import batches
 from ..errors import UserError
+from ..eval_mode import eval_mode
 from ..sdn import SDN
 
 ENSEMBLE_STEPS = 300
@@ -40,13 +41,11 @@ def fit_ensemble(net: SDN, ic_logits: list[torch.Tensor], labels: torch.Tensor, 
 def streamed_ic_logits(net: SDN, data: ImageData, splits: Splits, device: torch.device,
                        batch_size: int = 512) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every IC's logits (eval mode, no augmentation) on ``data``, and its labels."""
-    was_training = net.training
-    net.eval()
     chunks: list[list[torch.Tensor]] = [[] for _ in net.ics]
     labels = []
-    for x, y in batches(data, splits.spec, batch_size, train=False, shuffle=False, device=device):
-        for store, out in zip(chunks, net(x)[:-1]):
-            store.append(out.float())
-        labels.append(y)
-    net.train(was_training)
+    with eval_mode(net):
+        for x, y in batches(data, splits.spec, batch_size, train=False, shuffle=False, device=device):
+            for store, out in zip(chunks, net(x)[:-1]):
+                store.append(out.float())
+            labels.append(y)
     return [torch.cat(c) for c in chunks], torch.cat(labels)

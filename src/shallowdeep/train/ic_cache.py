@@ -1,33 +1,18 @@
-"""IC-only training on cached features.
-
-The backbone is frozen, so the reduced maps each IC reads (its parameter-free
-:meth:`~shallowdeep.heads.ExitHead.reduce`: max and average pooled, before the learnable mix)
-depend only on the input. They are computed once per augmented view of the
-training set and the ICs are trained on them, so a 25-epoch IC-only run costs a few backbone
-passes instead of 25. Epoch ``e`` uses view ``e % views``; while ``e < views`` the view holds
-the samples in the order the streamed epoch ``e`` would see them, with the same augmentation, so
-with ``views == epochs`` and a float32 cache both paths train the same ICs.
+"""The cache of IC-only training: with the backbone frozen, the reduced maps each IC reads (its
+parameter-free :meth:`~shallowdeep.heads.ExitHead.reduce`) depend only on the input, so one pass
+over an augmented view of a split serves several epochs (see :class:`shallowdeep.train.sources.CachedMaps`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..data import ImageData, Splits
-from ..data.loader import batches, num_batches
+from ..data.loader import batches
 from ..sdn import SDN
-from .ensemble import fit_ensemble
 from .recipe import TrainConfig
-from .trainer import (
-    Interrupted, Progress, State, check_finite, epoch_generator, make_optimizer, needs_ensemble, record_ensemble,
-    restore, save_checkpoint, stop_on_signals,
-)
 
 PooledMaps = list[tuple[torch.Tensor, ...]]  # per IC: its reduced maps
 
@@ -103,72 +88,3 @@ def cached_accuracies(net: SDN, cache: FeatureCache) -> list[float]:
     answers = net.combine([*cached_ic_logits(net, cache), torch.empty(0)])[:-1]
     hits = [(out.argmax(1) == cache.labels).double().mean().item() for out in answers]
     return hits + [cache.final_correct.double().mean().item()]
-
-
-def train_ics_cached(
-    run_dir: Path,
-    net: SDN,
-    splits: Splits,
-    cfg: TrainConfig,
-    device: torch.device,
-    *,
-    dtype: torch.dtype = torch.float16,
-    resume_from: dict[str, Any] | None = None,
-    progress: Progress | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """IC-only training of ``net`` on cached pooled features; same checkpoints and metrics as streaming."""
-    net.to(device).freeze_backbone()
-    optimizer = make_optimizer(list(net.ics.parameters()), cfg)
-    state = restore(resume_from, net, optimizer) if resume_from else State(metrics=[])
-    batch = cfg.recipe.batch_size
-    views: dict[int, FeatureCache] = {}
-    holdout = build_cache(net, splits.holdout, splits, 512, device, dtype, None, train=False) \
-        if len(splits.holdout) else None
-    with stop_on_signals() as flag:
-        for epoch in range(state.epoch, cfg.recipe.epochs):
-            started = time.perf_counter()  # building a view's cache counts as part of its first epoch
-            view = epoch % cfg.cache_views
-            if view not in views:
-                views[view] = build_cache(net, splits.train, splits, batch, device, dtype,
-                                          epoch_generator(cfg.seed, view), train=True)
-            cache = views[view]
-            n = len(cache.labels)
-            order = torch.arange(n, device=device) if epoch < cfg.cache_views else \
-                torch.randperm(n, generator=epoch_generator(cfg.seed, epoch)).to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.recipe.lr_at(epoch)
-            net.train()
-            loss_sum = torch.zeros((), device=device)
-            total = num_batches(n, batch, drop_last=False, world_size=1)
-            steps = range(total)
-            if progress is not None:
-                steps = progress(iter(steps), len(steps), f"epoch {epoch + 1}/{cfg.recipe.epochs} (cached)")
-            for step in steps:
-                index = order[step * batch:(step + 1) * batch]
-                y = cache.labels[index]
-                loss = sum(F.cross_entropy(out, y) for out in ic_logits(net, cache.maps, index))
-                check_finite(loss, epoch, step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-            row = {"epoch": epoch + 1, "lr": cfg.recipe.lr_at(epoch), "train_loss": loss_sum.item() / total,
-                   "cached_view": view, "seconds": round(time.perf_counter() - started, 2)}
-            if holdout is not None:
-                row["holdout_acc"] = cached_accuracies(net, holdout)
-            state.metrics.append(row)
-            state.epoch = epoch + 1
-            save_checkpoint(run_dir, net, optimizer, state)
-            if on_epoch is not None:
-                on_epoch(row)
-            if flag["stop"] and epoch + 1 < cfg.recipe.epochs:
-                raise Interrupted(f"stopped after epoch {epoch + 1}; checkpoint saved")
-    if needs_ensemble(net, state, cfg.recipe.epochs):
-        views.clear()  # room for the un-augmented pass the ensemble is fitted on, as in the streamed loop
-        started = time.perf_counter()
-        plain = build_cache(net, splits.train, splits, 512, device, dtype, None, train=False)
-        loss = fit_ensemble(net, cached_ic_logits(net, plain), plain.labels)
-        record_ensemble(run_dir, net, optimizer, state, loss, time.perf_counter() - started)
-    return state.metrics
-

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
 
-MODES = ("cnn", "ic-only", "sdn")
-IC_LOSSES = ("growing", "uniform")  # SDN training: the paper's growing IC weights, or every exit weighted 1
+from ..choices import PAPER_RECIPES
+from ..errors import UserError
+
 SDN_TAU_START = 0.01
+USER_BACKBONE_WEIGHT_DECAY = 1e-4  # for a backbone the registry does not know
 
 
 @dataclass
@@ -33,17 +36,49 @@ class Recipe:
 
 def default_recipe(mode: str, weight_decay: float) -> Recipe:
     """The paper's recipe for ``mode``; ``weight_decay`` is the backbone's (5e-4 VGG/WRN, 1e-4 ResNet/MobileNet)."""
-    if mode == "ic-only":
-        return Recipe("adam", 1e-3, 25, [15], weight_decay=weight_decay)
-    if mode in ("cnn", "sdn"):
-        return Recipe("sgd", 0.1, 100, [35, 60, 85], weight_decay=weight_decay)
-    raise ValueError(f"unknown mode {mode}")
+    if mode not in PAPER_RECIPES:
+        raise ValueError(f"unknown mode {mode}")
+    paper = PAPER_RECIPES[mode]
+    return Recipe(**{**paper, "milestones": list(paper["milestones"])}, weight_decay=weight_decay)
 
 
 def scale_milestones(recipe: Recipe, epochs: int) -> Recipe:
     """The recipe shortened or stretched to ``epochs``, its milestones moved in proportion."""
     scaled = [max(1, round(m * epochs / recipe.epochs)) for m in recipe.milestones]
     return Recipe(**{**recipe.to_dict(), "epochs": epochs, "milestones": [m for m in scaled if m < epochs]})
+
+
+def resolve_recipe(mode: str, weight_decay: float, changes: Mapping[str, Any]) -> Recipe:
+    """The recipe a run trains with: the paper's for ``mode`` and the backbone's ``weight_decay``, with
+    the user's ``changes`` (``epochs`` moves the milestones in proportion; any other field of
+    :class:`Recipe` replaces its value). A one-line error names a value out of range."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    unknown = set(changes) - {f.name for f in fields(Recipe)}
+    if unknown:
+        raise ValueError(f"not recipe settings: {sorted(unknown)}")
+    recipe = default_recipe(mode, weight_decay)
+    if "epochs" in changes:
+        if changes["epochs"] < 1:
+            raise UserError("--epochs must be at least 1")
+        recipe = scale_milestones(recipe, changes["epochs"])
+    recipe = Recipe(**{**recipe.to_dict(), **changes})
+    checks = (("--lr", recipe.lr, math.isfinite(recipe.lr) and recipe.lr > 0, "a positive number"),
+              ("--weight-decay", recipe.weight_decay, math.isfinite(recipe.weight_decay) and recipe.weight_decay >= 0,
+               "zero or a positive number"),
+              ("--momentum", recipe.momentum, 0 <= recipe.momentum < 1, "from 0 up to (not including) 1"),
+              ("--batch-size", recipe.batch_size, recipe.batch_size >= 1, "at least 1"),
+              ("--milestones", recipe.milestones, all(m >= 1 for m in recipe.milestones), "epochs from 1 on"))
+    for option, value, ok, rule in checks:
+        if not ok:
+            raise UserError(f"{option} {value} is out of range: it must be {rule}")
+    return recipe
+
+
+def describe_recipe(recipe: Recipe) -> str:
+    """One line saying how a run will train."""
+    drops = f", lr x{recipe.gamma:g} at epochs {', '.join(map(str, recipe.milestones))}" if recipe.milestones else ""
+    return (f"{recipe.optimizer} lr {recipe.lr:g}, {recipe.epochs} epochs{drops}, batch {recipe.batch_size}, "
+            f"weight decay {recipe.weight_decay:g}")
 
 
 def sdn_ic_weights(epoch: int, epochs: int, final_weights: list[float]) -> list[float]:
@@ -57,10 +92,10 @@ class TrainConfig:
     """Everything a training run needs besides the data and the model spec."""
 
     mode: str
-    recipe: Recipe
+    recipe: Recipe | None = None  # None: resolved by new_run once the backbone is known
     seed: int = 0
-    ic_weights: list[float] = field(default_factory=list)  # C_i for SDN training
-    ic_loss: str = "growing"  # one of IC_LOSSES
+    ic_weights: list[float] = field(default_factory=list)  # C_i for SDN training (set from the exits' costs)
+    ic_loss: str = "growing"  # one of shallowdeep.choices.IC_LOSSES
     cache_features: bool = True  # IC-only: train on cached pooled features
     cache_views: int = 5
     cache_budget_gb: float = 4.0

@@ -32,7 +32,7 @@ def write_report(run_dir: str | Path, device: str | torch.device = "cpu", gradca
     device = torch.device(device)
     outputs = {name: load_outputs(run, name, device, splits=splits) for name in ("train", "holdout", "test")}
     ctx = ReportContext(run, run.path / REPORT_DIR, splits, outputs, device)
-    over = overthinking(outputs["test"], ctx.labels)
+    over = overthinking(outputs["test"], ctx.exit_names)
     sections = [
         exits_section(ctx),
         tradeoff_section(ctx, over),

@@ -1,0 +1,26 @@
+"""The names and defaults the command line offers, as plain constants.
+
+This module imports nothing, so the ``shallowdeep`` parser and every ``--help`` build without
+torch; the library modules take these values from here. ``ARCHS`` and ``POLICY_NAMES`` name what
+``shallowdeep.models`` and ``shallowdeep.exits`` register (the tests check that they agree).
+"""
+
+DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "digits")
+NORMALIZATIONS = ("paper", "imagenet", "dataset")
+SPLITS = ("train", "holdout", "test")
+ARCHS = ("mobilenet", "resnet56", "vgg16_bn", "wrn32_4")
+MODES = ("cnn", "ic-only", "sdn")
+# the paper's recipe per mode (weight decay: the backbone's, see shallowdeep.models)
+PAPER_RECIPES = {
+    "cnn": {"optimizer": "sgd", "lr": 0.1, "epochs": 100, "milestones": [35, 60, 85]},
+    "sdn": {"optimizer": "sgd", "lr": 0.1, "epochs": 100, "milestones": [35, 60, 85]},
+    "ic-only": {"optimizer": "adam", "lr": 1e-3, "epochs": 25, "milestones": [15]},
+}
+IC_LOSSES = ("growing", "uniform")  # SDN training: the paper's growing IC weights, or every exit weighted 1
+IC_DESIGNS = ("paper", "conv", "ztw")
+IC_WIDTH = 64  # channels of the conv and ztw heads' convolutions
+POLICY_NAMES = ("maxprob", "entropy", "patience")
+DEFAULT_MAX_DROP = 0.01
+PLACES = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
+BASELINES = ("train", "source", "none")
+DEFAULT_RATE = 0.1

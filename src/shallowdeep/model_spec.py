@@ -1,0 +1,77 @@
+"""The whole description of a network, saved in every run's ``config.json`` under ``"model"``.
+
+A :class:`ModelSpec` names the backbone (a built-in ``arch`` or a user ``factory``:
+``"file.py:function"``, the file read from ``base_dir``), the data it takes (classes, input shape),
+where its exits go (``exits`` by module name; ``()`` for the plain CNN; None to place them at
+``fractions`` of the FLOPs, after which the chosen names are recorded) and the design of their
+heads. ``base_dir`` is where the spec was read from and is not saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UserError
+from .heads import ICDesign
+
+PAPER_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A network: backbone, data shape, exits and their heads (see the module docstring)."""
+
+    arch: str | None = None
+    factory: str | None = None
+    num_classes: int | None = None
+    input_shape: tuple[int, ...] | None = None
+    exits: tuple[str, ...] | None = None
+    fractions: tuple[float, ...] = PAPER_FRACTIONS
+    ic: ICDesign = field(default_factory=ICDesign)
+    base_dir: Path = Path(".")
+
+    def __post_init__(self) -> None:
+        if self.arch and self.factory:
+            raise UserError("give either a built-in backbone (--arch) or your own (--backbone), not both")
+        if self.factory is not None:
+            path, sep, name = self.factory.rpartition(":")
+            if not sep or not path or not name:
+                raise UserError(f"backbone '{self.factory}' must look like path/to/file.py:function")
+
+    @property
+    def has_backbone(self) -> bool:
+        return bool(self.arch or self.factory)
+
+    @property
+    def factory_path(self) -> Path:
+        """The user's backbone file, resolved against ``base_dir``."""
+        return Path(self.base_dir, self.factory.rpartition(":")[0])
+
+    def with_data(self, num_classes: int, input_shape: tuple[int, ...]) -> "ModelSpec":
+        return replace(self, num_classes=num_classes, input_shape=tuple(input_shape))
+
+    def with_backbone_of(self, other: "ModelSpec") -> "ModelSpec":
+        """This spec with ``other``'s backbone (its factory file still read from ``other.base_dir``)."""
+        return replace(self, arch=other.arch, factory=other.factory, base_dir=other.base_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form saved in ``config.json``."""
+        d: dict[str, Any] = {"arch": self.arch} if self.arch else {"factory": self.factory}
+        return {**d, "num_classes": self.num_classes, "input_shape": list(self.input_shape or ()),
+                "exits": None if self.exits is None else list(self.exits), "fractions": list(self.fractions),
+                "ic": self.ic.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base_dir: str | Path = ".") -> "ModelSpec":
+        """The spec a saved ``"model"`` section describes; a one-line error when it is damaged."""
+        try:
+            exits = d.get("exits")
+            return cls(arch=d.get("arch"), factory=d.get("factory"), num_classes=d.get("num_classes"),
+                       input_shape=tuple(d["input_shape"]) if d.get("input_shape") else None,
+                       exits=None if exits is None else tuple(exits),
+                       fractions=tuple(d.get("fractions", PAPER_FRACTIONS)), ic=ICDesign.parse(d.get("ic")),
+                       base_dir=Path(base_dir))
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise UserError(f"the model description is damaged ({exc})") from exc
