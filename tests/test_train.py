@@ -4,6 +4,7 @@ streaming, an interrupted run resumes to the same weights, NaN losses stop clean
 from __future__ import annotations
 
 import os
+import re
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +20,8 @@ from shallowdeep.model_spec import ModelSpec
 from shallowdeep.run import open_run
 from shallowdeep.train import Interrupted, Recipe, TrainConfig, new_run, resume_run
 from shallowdeep.train.sources import CachedMaps, StreamedImages
-from shallowdeep.train.recipe import default_recipe, sdn_ic_weights
-from shallowdeep.train.trainer import train
+from shallowdeep.train.recipe import default_recipe, describe_recipe, resolve_recipe, sdn_ic_weights
+from shallowdeep.train.trainer import exit_weights, train
 
 DATA = {"name": "digits", "data_dir": None, "holdout_fraction": 0.1, "seed": 0, "limit": 192}
 MODEL = ModelSpec(arch="resnet56")
@@ -127,3 +128,42 @@ def test_a_nan_loss_stops_both_batch_sources_before_saving(cnn_run, tmp_path, so
     with pytest.raises(UserError, match="loss became nan at epoch 1, batch 1"):
         train(tmp_path, net, source(splits), quick("ic-only"), CPU)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_the_recipe_is_resolved_after_the_backbone_of_the_source_run(tmp_path):
+    data = dict(DATA, limit=64)
+    vgg = tmp_path / "vgg"
+    new_run(vgg, data, ModelSpec(arch="vgg16_bn"), TrainConfig("cnn", seed=0),
+            recipe_changes={"epochs": 1, "batch_size": 64}, device=CPU)
+    assert open_run(vgg).config["train"]["recipe"]["weight_decay"] == 5e-4
+    seen = []
+    new_run(tmp_path / "ic", data, ModelSpec(), TrainConfig("ic-only", seed=0), recipe_changes={"epochs": 1},
+            pretrained=str(vgg), device=CPU, on_start=seen.append)
+    recipe = open_run(tmp_path / "ic").config["train"]["recipe"]
+    assert recipe["weight_decay"] == 5e-4 and recipe["optimizer"] == "adam" and recipe["milestones"] == []
+    assert seen[0].recipe.epochs == 1
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": float("nan")}, "--lr nan is out of range"), ({"weight_decay": -1.0}, "--weight-decay -1.0"),
+    ({"momentum": -0.5}, "--momentum -0.5"), ({"epochs": 0}, "--epochs must be at least 1"),
+    ({"milestones": [0]}, "--milestones [0]"),
+])
+def test_recipe_values_out_of_range_are_refused_in_one_line(changes, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        resolve_recipe("cnn", 1e-4, changes)
+
+
+def test_resolve_recipe_rescales_milestones_then_applies_the_users_values():
+    r = resolve_recipe("cnn", 1e-4, {"epochs": 10, "lr": 0.01, "momentum": None})
+    assert (r.epochs, r.milestones, r.lr, r.momentum) == (10, [4, 6, 8], 0.01, 0.9)
+    assert "lr x0.1 at epochs 4, 6, 8" in describe_recipe(r)
+
+
+def test_uniform_ic_loss_weighs_every_exit_one_from_the_first_epoch():
+    recipe = Recipe("sgd", 0.1, 5, [])
+    uniform = TrainConfig("sdn", recipe, ic_weights=[0.2, 0.5], ic_loss="uniform")
+    growing = TrainConfig("sdn", recipe, ic_weights=[0.2, 0.5])
+    assert exit_weights(uniform, 2, 0) == [1.0, 1.0, 1.0]
+    assert exit_weights(growing, 2, 0) == pytest.approx([0.01, 0.01, 1.0])
+    assert exit_weights(growing, 2, 4) == pytest.approx([0.2, 0.5, 1.0])

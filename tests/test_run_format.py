@@ -1,0 +1,63 @@
+"""The run folder format: the model spec round-trips, format tags are checked, a user's backbone file is
+copied into the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from shallowdeep.errors import UserError
+from shallowdeep.heads import ICDesign
+from shallowdeep.model_spec import ModelSpec
+from shallowdeep.run import CHECKPOINT_FORMAT, create_run, open_run, write_checkpoint
+
+
+def test_a_model_spec_round_trips_through_json(tmp_path):
+    spec = ModelSpec(factory="nets/b.py:make", num_classes=7, input_shape=(1, 28, 28), exits=("a", "b"),
+                     fractions=(0.3, 0.6), ic=ICDesign("conv", 32), base_dir=tmp_path)
+    again = ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict())), tmp_path)
+    assert again == spec and again.factory_path == tmp_path / "nets" / "b.py"
+    old = ModelSpec.from_dict({"arch": "resnet56", "num_classes": 10, "input_shape": [3, 32, 32], "exits": []})
+    assert old.ic == ICDesign("paper") and old.fractions == (0.15, 0.3, 0.45, 0.6, 0.75, 0.9) and old.exits == ()
+
+
+def test_a_damaged_or_contradictory_spec_is_one_line():
+    with pytest.raises(UserError, match="not both"):
+        ModelSpec(arch="resnet56", factory="b.py:f")
+    with pytest.raises(UserError, match="must look like"):
+        ModelSpec(factory="b.py")
+    with pytest.raises(UserError, match="model description is damaged"):
+        ModelSpec.from_dict({"arch": "resnet56", "input_shape": 3})
+
+
+def test_create_run_copies_the_backbone_and_tags_the_format(tmp_path):
+    (tmp_path / "mine.py").write_text("def make():\n    pass\n")
+    saved = create_run(tmp_path / "run", ModelSpec(factory="mine.py:make", base_dir=tmp_path), {"data": {}})
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["format"] == "shallowdeep-run-1" and config["model"]["factory"] == "backbone.py:make"
+    assert saved.factory_path == tmp_path / "run" / "backbone.py" and saved.factory_path.read_text().startswith("def")
+    # training into the folder that holds the backbone keeps the user's file
+    again = create_run(tmp_path / "run", saved, {"data": {}})
+    assert again.factory_path.read_text().startswith("def")
+
+
+def test_a_run_of_another_format_is_refused_naming_both_formats(tmp_path):
+    create_run(tmp_path, ModelSpec(arch="resnet56"), {"data": {}})
+    write_checkpoint(tmp_path, {"model": {}}, [{"epoch": 1}])
+    assert open_run(tmp_path).load_checkpoint()["format"] == CHECKPOINT_FORMAT
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"epoch": 1}
+    torch.save({"format": "shallowdeep-checkpoint-0", "model": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(UserError, match="format 'shallowdeep-checkpoint-0'.*reads 'shallowdeep-checkpoint-1'"):
+        open_run(tmp_path).load_checkpoint()
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "format": "shallowdeep-run-9"}))
+    with pytest.raises(UserError, match="format 'shallowdeep-run-9'"):
+        open_run(tmp_path)
+
+
+def test_a_run_without_a_format_tag_is_read_as_version_one(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"data": {}, "model": {"arch": "resnet56"}}))
+    assert open_run(Path(tmp_path)).model.arch == "resnet56"
