@@ -1,5 +1,5 @@
 """The run folder format: the model spec round-trips, format tags are checked, a user's backbone file is
-copied into the run."""
+copied into the run, one process at a time holds a run folder and nothing of the user's is overwritten."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from shallowdeep.build import build_sdn
 from shallowdeep.errors import UserError
 from shallowdeep.heads import ICDesign
 from shallowdeep.model_spec import ModelSpec
-from shallowdeep.run import CHECKPOINT_FORMAT, create_run, open_run, write_checkpoint
+from shallowdeep.run import CHECKPOINT_FORMAT, create_run, open_run, run_lock, write_checkpoint
+from shallowdeep.train import Recipe, TrainConfig, new_run
+
+CPU = torch.device("cpu")
 
 
 def test_a_model_spec_round_trips_through_json(tmp_path):
@@ -61,3 +65,38 @@ def test_a_run_of_another_format_is_refused_naming_both_formats(tmp_path):
 def test_a_run_without_a_format_tag_is_read_as_version_one(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"data": {}, "model": {"arch": "resnet56"}}))
     assert open_run(Path(tmp_path)).model.arch == "resnet56"
+
+
+DATA = {"name": "digits", "data_dir": None, "holdout_fraction": 0.1, "seed": 0, "limit": 64}
+
+
+def quick_cnn() -> TrainConfig:
+    return TrainConfig("cnn", Recipe("sgd", 0.02, 1, [], batch_size=64))
+
+
+def test_a_second_process_on_a_run_folder_is_refused_at_once(tmp_path):
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(UserError, match="in use by another shallowdeep process"):
+            new_run(tmp_path / "run", DATA, ModelSpec(arch="resnet56"), quick_cnn(), device=CPU)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_new_run_never_overwrites_the_users_files(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("mine\n")
+    with pytest.raises(UserError, match=r"is not empty \(metrics.jsonl\)"):
+        new_run(tmp_path, DATA, ModelSpec(arch="resnet56"), quick_cnn(), device=CPU)
+    assert (tmp_path / "metrics.jsonl").read_text() == "mine\n"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        new_run(tmp_path / "file", DATA, ModelSpec(arch="resnet56"), quick_cnn(), device=CPU)
+
+
+def test_weights_holding_nan_are_refused_in_one_line(tmp_path):
+    net = build_sdn(ModelSpec(arch="resnet56", num_classes=10, input_shape=(3, 16, 16), exits=()))
+    state = net.state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = torch.full_like(state[first], float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match="hold NaN or infinite values"):
+        new_run(tmp_path / "ic", DATA, ModelSpec(arch="resnet56"), TrainConfig("ic-only"),
+                pretrained=str(tmp_path / "nan.pt"), device=CPU)

@@ -92,6 +92,14 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
     return backbone_state({key.removeprefix("module."): value for key, value in obj.items()})
 
 
+def check_finite_weights(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """A one-line error when a floating-point tensor of ``state`` holds NaN or infinite values."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise UserError(f"{source} hold NaN or infinite values ({bad[0]}{more}); they cannot be trained or evaluated")
+
+
 def load_backbone_weights(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:
     """Load ``state`` into ``backbone`` strictly; a mismatch names the missing and unexpected keys."""
     own = backbone.state_dict()
@@ -100,6 +108,7 @@ def load_backbone_weights(backbone: nn.Module, state: Mapping[str, torch.Tensor]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    check_finite_weights(state, source)
     if missing or unexpected or wrong:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):

@@ -13,15 +13,18 @@ Layout::
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from .build import build_sdn, load_checkpoint_file
+from .build import build_sdn, check_finite_weights, load_checkpoint_file
 from .errors import UserError, first_line
 from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json
 from .model_spec import ModelSpec
@@ -31,6 +34,7 @@ CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 BACKBONE_COPY = "backbone.py"
+LOCK = ".lock"
 RUN_FORMAT = "shallowdeep-run-1"
 CHECKPOINT_FORMAT = "shallowdeep-checkpoint-1"
 
@@ -62,6 +66,7 @@ class Run:
     def load_net(self, device: str | torch.device = "cpu") -> SDN:
         """The trained SDN of this run, in eval mode on ``device``."""
         ckpt = self.load_checkpoint()
+        check_finite_weights(ckpt.get("model", {}), f"the weights in {self.checkpoint_path}")
         net = build_sdn(self.model)
         try:
             net.load_state_dict(ckpt["model"])
@@ -98,6 +103,37 @@ def open_run(path: str | Path) -> Run:
         raise UserError(f"{config_path} lacks the 'model' or 'data' section")
     _check_format(config_path, config.get("format", RUN_FORMAT), RUN_FORMAT)  # 0.1 runs had no tag
     return Run(path, config)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process while the block runs (created when missing). A second process
+    gets a one-line error at once; the lock goes with the process, so a crash never leaves it held."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a run folder; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"{run_dir} is in use by another shallowdeep process; wait for it or choose another --out")
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def check_new_run_folder(run_dir: Path, require_empty: bool = True) -> None:
+    """A one-line error unless ``run_dir`` can take a new run: no run in it yet and, with
+    ``require_empty``, nothing else either (so no file of the user's is ever overwritten)."""
+    if (run_dir / CONFIG).exists() or (run_dir / CHECKPOINT).exists():
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK) if run_dir.is_dir() else []
+    if require_empty and others:
+        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
+        raise UserError(f"{run_dir} is not empty ({shown}); a new run needs a new or empty folder")
 
 
 def create_run(run_dir: Path, model: ModelSpec, sections: dict[str, Any]) -> ModelSpec:

@@ -211,7 +211,7 @@ def train_cnn(run_dir: Path, settings: StudySettings, splits: Splits, poison: Po
     if ckpt is None:
         new_run(run_dir, settings.data, settings.model, settings.cnn,
                 pretrained=settings.pretrained, device=device, progress=progress, on_epoch=on_epoch, splits=splits,
-                extra_config={"poison": poison.to_dict() if poison else None})
+                extra_config={"poison": poison.to_dict() if poison else None}, require_empty=False)
     else:
         resume_run(run_dir, splits, device=device, progress=progress, on_epoch=on_epoch)
     return True
@@ -228,7 +228,7 @@ def train_sdn(out: Path, settings: StudySettings, device: torch.device, progress
         (out / CONFIG).unlink(missing_ok=True)  # a start that stopped before its first checkpoint
         model = ModelSpec(exits=settings.model.exits, fractions=settings.model.fractions, ic=settings.model.ic)
         new_run(out, settings.data, model, settings.ic, pretrained=str(out / BACKDOORED), device=device,
-                progress=progress, on_epoch=on_epoch)
+                progress=progress, on_epoch=on_epoch, require_empty=False)
     else:
         resume_run(out, device=device, progress=progress, on_epoch=on_epoch)
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -14,7 +15,7 @@ from ..choices import IC_LOSSES, MODES
 from ..data import Splits, load_dataset
 from ..errors import UserError
 from ..model_spec import ModelSpec
-from ..run import CHECKPOINT, CONFIG, create_run, open_run
+from ..run import CONFIG, check_new_run_folder, create_run, open_run, run_lock
 from ..sdn import SDN
 from .distributed import DistInfo
 from .ic_cache import fits_in_budget
@@ -59,7 +60,8 @@ def new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCon
             recipe_changes: Mapping[str, Any] | None = None, pretrained: str | None = None,
             device: torch.device, dist: DistInfo | None = None, progress: Progress | None = None,
             on_start: Callable[[TrainConfig], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
-            splits: Splits | None = None, extra_config: dict[str, Any] | None = None) -> list[dict]:
+            splits: Splits | None = None, extra_config: dict[str, Any] | None = None,
+            require_empty: bool = True) -> list[dict]:
     """Start a run in ``run_dir`` (which must not hold one yet) and train it.
 
     ``model`` needs no class count or input shape: they come from the data set. Without a backbone,
@@ -67,11 +69,21 @@ def new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCon
     paper's for the mode and backbone with ``recipe_changes`` (see :func:`resolve_recipe`);
     ``on_start`` sees the resolved configuration before the first epoch. ``splits`` replaces the
     data ``data`` describes (e.g. a poisoned copy); ``extra_config`` is recorded in the run's config
-    beside the rest (e.g. how the data was poisoned).
+    beside the rest (e.g. how the data was poisoned). The folder is held by this process until
+    training ends; it must be new or empty unless ``require_empty`` is False (a study's own folder).
     """
     dist = dist or DistInfo()
-    if (run_dir / CONFIG).exists() or (run_dir / CHECKPOINT).exists():
-        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    with run_lock(run_dir) if dist.is_main else nullcontext():
+        check_new_run_folder(run_dir, require_empty)
+        return _new_run(run_dir, data, model, cfg, recipe_changes, pretrained, device, dist, progress, on_start,
+                        on_epoch, splits, extra_config)
+
+
+def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainConfig,
+             recipe_changes: Mapping[str, Any] | None, pretrained: str | None, device: torch.device,
+             dist: DistInfo, progress: Progress | None, on_start: Callable[[TrainConfig], None] | None,
+             on_epoch: Callable[[dict], None] | None, splits: Splits | None,
+             extra_config: dict[str, Any] | None) -> list[dict]:
     if cfg.mode == "ic-only" and pretrained is None:
         raise UserError("IC-only training needs a trained backbone: pass --from RUN_OR_WEIGHTS")
     model, state = resolve_backbone(model, pretrained)
@@ -105,7 +117,9 @@ def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.dev
     if int(ckpt.get("epoch", 0)) >= cfg.recipe.epochs and not ensemble_pending:
         raise UserError(f"{run_dir} has finished all {cfg.recipe.epochs} epochs; nothing to resume")
     splits = splits or load_dataset(**run.config["data"])
-    return _run(run_dir, build_sdn(run.model), splits, cfg, device, ckpt, dist or DistInfo(), progress, on_epoch)
+    dist = dist or DistInfo()
+    with run_lock(run_dir) if dist.is_main else nullcontext():
+        return _run(run_dir, build_sdn(run.model), splits, cfg, device, ckpt, dist, progress, on_epoch)
 
 
 def _run(run_dir: Path, net: SDN, splits: Splits, cfg: TrainConfig, device: torch.device,
