@@ -333,3 +333,22 @@ def test_engine_rejects_bad_requests():
         make_policy("patience", 1.5)
     with pytest.raises(UserError, match="number"):
         make_policy("maxprob", float("nan"))
+
+
+@pytest.mark.parametrize("policy, threshold", [("maxprob", 0.5), ("maxprob", float("inf")), ("entropy", 0.9),
+                                               ("patience", 2)])
+def test_nan_inputs_never_leave_early_in_the_engine_or_the_simulation(policy, threshold):
+    torch.manual_seed(0)
+    net = attach(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                     torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+                                     torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Flatten(),
+                                     torch.nn.Linear(8 * 8 * 8, 4)), (3, 8, 8), 4, fractions=(0.3, 0.6)).eval()
+    x = torch.randn(6, 3, 8, 8)
+    x[2] = float("nan")
+    _, exits, _ = early_exit(net, x, threshold=threshold, policy=policy)
+    assert exits[2] == len(net.ics)
+    with torch.no_grad():
+        logits = np.stack([z.numpy() for z in net.exit_logits(x)])
+    outputs = ExitOutputs(logits, np.zeros(6, np.int64), np.asarray(net.exit_flops), net.backbone_flops)
+    simulated = simulate(outputs, make_policy(policy, threshold))
+    assert simulated.exits[2] == len(net.ics) and np.array_equal(simulated.exits, exits.numpy())

@@ -51,6 +51,11 @@ class ExitPolicy(ABC):
     def scores(cls, logits: torch.Tensor) -> torch.Tensor:
         """Float32 scores of the ICs' logits ``(exits, samples, classes)`` -> ``(exits, samples)``."""
 
+    @classmethod
+    def safe_scores(cls, logits: torch.Tensor) -> torch.Tensor:
+        """:meth:`scores` with NaN (from NaN logits) made -inf: such a sample is never confident enough to stop."""
+        return torch.nan_to_num(cls.scores(logits), nan=-torch.inf)
+
     def key_at(self, index: int) -> float:
         """The key at IC ``index`` (0 = first IC): the same at every IC unless the policy has one per IC."""
         return self.key
@@ -64,7 +69,7 @@ class ExitPolicy(ABC):
         and the new state.
 
         Stateless policies score each IC alone (``scores`` accepts any leading dimensions)."""
-        return self.scores(logits) < self.key_at(index), state
+        return self.safe_scores(logits) < self.key_at(index), state
 
 
 @dataclass(frozen=True)
@@ -128,9 +133,11 @@ class Patience(ExitPolicy):
     @classmethod
     def scores(cls, logits: torch.Tensor) -> torch.Tensor:
         predictions = logits.argmax(dim=-1)
-        runs = torch.ones(predictions.shape, dtype=torch.float32, device=logits.device)
+        broken = logits.isnan().any(dim=-1)  # NaN logits agree with nothing
+        runs = torch.where(broken, 0.0, torch.ones(predictions.shape, dtype=torch.float32, device=logits.device))
         for i in range(1, len(predictions)):
-            runs[i] = torch.where(predictions[i] == predictions[i - 1], runs[i - 1] + 1, 1.0)
+            run = torch.where(predictions[i] == predictions[i - 1], runs[i - 1] + 1, 1.0)
+            runs[i] = torch.where(broken[i], 0.0, run)
         return runs
 
     def start(self, n: int, device: torch.device) -> State:
@@ -140,6 +147,7 @@ class Patience(ExitPolicy):
         previous, run = state
         predictions = logits.argmax(dim=-1)
         run = torch.where(predictions == previous, run + 1, 1.0)
+        run = torch.where(logits.isnan().any(dim=-1), 0.0, run)  # NaN logits agree with nothing
         return run < self.key_at(index), (predictions, run)
 
 
@@ -160,6 +168,11 @@ class PerExitMaxProb(MaxProb):
     @property
     def key(self) -> float:
         raise UserError("a per-exit policy has one key per IC: use key_at(index)")
+
+    @classmethod
+    def safe_scores(cls, logits: torch.Tensor) -> torch.Tensor:
+        """:meth:`scores` with NaN (from NaN logits) made -inf: such a sample is never confident enough to stop."""
+        return torch.nan_to_num(cls.scores(logits), nan=-torch.inf)
 
     def key_at(self, index: int) -> float:
         return float(self.threshold[index])

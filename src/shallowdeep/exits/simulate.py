@@ -54,7 +54,7 @@ def exit_scores(outputs: ExitOutputs, kind: type[ExitPolicy] | ExitPolicy) -> np
     """The policy's float32 score of every IC on every sample, ``(ICs, samples)``, computed as the engine does."""
     if outputs.logits.ndim != 3 or outputs.logits.shape[0] < 1:
         raise UserError("per-exit logits must have the shape (exits, samples, classes)")
-    return kind.scores(torch.from_numpy(np.ascontiguousarray(outputs.logits[:-1]))).numpy()
+    return kind.safe_scores(torch.from_numpy(np.ascontiguousarray(outputs.logits[:-1]))).numpy()
 
 
 def simulate(outputs: ExitOutputs, policy: ExitPolicy) -> Outcome:
