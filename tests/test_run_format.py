@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,10 @@ from shallowdeep.errors import UserError
 from shallowdeep.heads import ICDesign
 from shallowdeep.model_spec import ModelSpec
 from shallowdeep.run import CHECKPOINT_FORMAT, create_run, open_run, run_lock, write_checkpoint
+from shallowdeep.outputs import load_outputs
 from shallowdeep.train import Recipe, TrainConfig, new_run
+
+from test_data import write_image, write_imagefolder
 
 CPU = torch.device("cpu")
 
@@ -100,3 +104,18 @@ def test_weights_holding_nan_are_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="hold NaN or infinite values"):
         new_run(tmp_path / "ic", DATA, ModelSpec(arch="resnet56"), TrainConfig("ic-only"),
                 pretrained=str(tmp_path / "nan.pt"), device=CPU)
+
+
+def test_a_run_notices_when_its_data_changed_under_it(tmp_path):
+    write_imagefolder(tmp_path / "data", per_class=4, size=16)
+    data = {"name": "imagefolder", "data_dir": str(tmp_path / "data"), "holdout_fraction": 0.25, "seed": 0}
+    new_run(tmp_path / "run", data, ModelSpec(arch="resnet56"), quick_cnn(), device=CPU)
+    run = open_run(tmp_path / "run")
+    assert run.config["data_record"]["classes"] == ["apple", "banana", "cherry"]
+    assert len(load_outputs(run, "test").labels) == 12
+    write_image(tmp_path / "data" / "test" / "apple" / "new.png", np.zeros((16, 16, 3), np.uint8))
+    assert len(load_outputs(run, "test").labels) == 13  # new test images are not hidden by the cache
+    for split in ("train", "test"):
+        write_image(tmp_path / "data" / split / "date" / "0.png", np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(UserError, match="classes of this data set differ.*added date.*every label would shift"):
+        load_outputs(run, "test")

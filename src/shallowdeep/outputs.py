@@ -1,7 +1,8 @@
 """Per-exit outputs: the logits of every exit on a data split, computed once per checkpoint.
 
 Stored as ``RUN/outputs/<split>.npz`` (plain arrays, read with ``allow_pickle=False``) together
-with a fingerprint of the checkpoint they came from; a newer checkpoint invalidates them.
+with fingerprints of the checkpoint and of the data they came from; a newer checkpoint or changed
+data invalidates them, and data of other classes or image shape than the run's is refused.
 Every analysis reads these instead of running the network again.
 """
 
@@ -14,6 +15,7 @@ import torch
 
 from .choices import SPLITS
 from .data import ImageData, Splits, load_dataset
+from .data.fingerprint import check_same_task, split_fingerprint
 from .data.loader import batches
 from .errors import UserError
 from .exit_outputs import ExitOutputs
@@ -62,15 +64,19 @@ def load_outputs(run: Run, split: str, device: str | torch.device = "cpu", split
     if not run.checkpoint_path.is_file():
         raise UserError(f"{run.path} has no {run.checkpoint_path.name}; train it first")
     fingerprint = checkpoint_fingerprint(run)
+    splits = splits or load_run_data(run)
+    check_same_task(run.config.get("data_record"), splits, f"run {run.path}")
+    data = getattr(splits, split)
+    data_fingerprint = split_fingerprint(data)
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:
-                if str(f["fingerprint"]) == fingerprint:
+                if str(f["fingerprint"]) == fingerprint and str(f["data_fingerprint"]) == data_fingerprint:
                     return ExitOutputs(f["logits"], f["labels"], f["exit_flops"], int(f["backbone_flops"]))
         except (OSError, ValueError, KeyError):
-            pass  # damaged cache: recompute below
-    splits = splits or load_run_data(run)
-    outputs = compute_outputs(run.load_net(device), getattr(splits, split), splits, device)
+            pass  # damaged or stale cache: recompute below
+    outputs = compute_outputs(run.load_net(device), data, splits, device)
     atomic_save_npz(path, logits=outputs.logits, labels=outputs.labels, exit_flops=outputs.exit_flops,
-                    backbone_flops=np.int64(outputs.backbone_flops), fingerprint=np.str_(fingerprint))
+                    backbone_flops=np.int64(outputs.backbone_flops), fingerprint=np.str_(fingerprint),
+                    data_fingerprint=np.str_(data_fingerprint))
     return outputs

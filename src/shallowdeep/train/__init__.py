@@ -13,6 +13,7 @@ from .. import models
 from ..build import build_sdn, extract_state_dict, load_checkpoint_file
 from ..choices import IC_LOSSES, MODES
 from ..data import Splits, load_dataset
+from ..data.fingerprint import check_same_task, data_record
 from ..errors import UserError
 from ..model_spec import ModelSpec
 from ..run import CONFIG, check_new_run_folder, create_run, open_run, run_lock
@@ -98,7 +99,7 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
     if cfg.mode == "sdn" and not cfg.ic_weights:
         cfg = replace(cfg, ic_weights=[round(f / net.backbone_flops, 4) for f in net.exit_flops[:-1]])
     if dist.is_main:
-        sections = {"data": data, "train": config_to_dict(cfg), "pretrained": str(pretrained) if pretrained else None,
+        sections = {"data": data, "data_record": data_record(splits), "train": config_to_dict(cfg), "pretrained": str(pretrained) if pretrained else None,
                     **(extra_config or {})}
         net.spec = create_run(run_dir, net.spec, sections)
     if on_start is not None and dist.is_main:
@@ -117,6 +118,7 @@ def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.dev
     if int(ckpt.get("epoch", 0)) >= cfg.recipe.epochs and not ensemble_pending:
         raise UserError(f"{run_dir} has finished all {cfg.recipe.epochs} epochs; nothing to resume")
     splits = splits or load_dataset(**run.config["data"])
+    check_same_task(run.config.get("data_record"), splits, f"run {run_dir}")
     dist = dist or DistInfo()
     with run_lock(run_dir) if dist.is_main else nullcontext():
         return _run(run_dir, build_sdn(run.model), splits, cfg, device, ckpt, dist, progress, on_epoch)
