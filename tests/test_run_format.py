@@ -119,3 +119,20 @@ def test_a_run_notices_when_its_data_changed_under_it(tmp_path):
         write_image(tmp_path / "data" / split / "date" / "0.png", np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(UserError, match="classes of this data set differ.*added date.*every label would shift"):
         load_outputs(run, "test")
+
+
+def test_a_runs_backbone_file_must_be_its_own_and_unchanged(tmp_path, monkeypatch):
+    (tmp_path / "mine.py").write_text("def make():\n    pass\n")
+    create_run(tmp_path / "run", ModelSpec(factory="mine.py:make", base_dir=tmp_path), {"data": {}})
+    run = open_run(tmp_path / "run")
+    assert run.model.factory == "backbone.py:make"
+    (tmp_path / "run" / "backbone.py").write_text("import os\ndef make():\n    pass\n")
+    with pytest.raises(UserError, match="changed since the run was made; .*--trust-code"):
+        open_run(tmp_path / "run").model
+    monkeypatch.setenv("SHALLOWDEEP_TRUST_CODE", "1")
+    assert open_run(tmp_path / "run").model.factory == "backbone.py:make"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["model"]["factory"] = "../mine.py:make"
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="outside the run folder"):
+        open_run(tmp_path / "run").model

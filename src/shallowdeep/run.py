@@ -14,6 +14,7 @@ Layout::
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 BACKBONE_COPY = "backbone.py"
 LOCK = ".lock"
+TRUST_CODE = "SHALLOWDEEP_TRUST_CODE"  # "1": import a run's backbone file even when it changed
 RUN_FORMAT = "shallowdeep-run-1"
 CHECKPOINT_FORMAT = "shallowdeep-checkpoint-1"
 
@@ -52,8 +54,20 @@ class Run:
 
     @property
     def model(self) -> ModelSpec:
-        """The network this run trains (its factory file read from the run folder)."""
-        return ModelSpec.from_dict(self.config["model"], self.path)
+        """The network this run trains. A user's backbone file must lie in the run folder and, unless
+        ``SHALLOWDEEP_TRUST_CODE=1`` (``--trust-code``), be the file the run was made with: it is
+        imported, so it runs."""
+        spec = ModelSpec.from_dict(self.config["model"], self.path)
+        if spec.factory:
+            path = spec.factory_path
+            if not path.resolve().is_relative_to(self.path.resolve()):
+                raise UserError(f"{self.path / CONFIG} names a backbone file outside the run folder ({path}); "
+                                "refusing to run code from it")
+            recorded = self.config.get("code", {}).get(path.name)
+            if recorded and path.is_file() and _sha256(path) != recorded and os.environ.get(TRUST_CODE) != "1":
+                raise UserError(f"{path} changed since the run was made; if you changed it on purpose, "
+                                "pass --trust-code")
+        return spec
 
     def load_checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict, checked for its format."""
@@ -145,8 +159,13 @@ def create_run(run_dir: Path, model: ModelSpec, sections: dict[str, Any]) -> Mod
         if model.factory_path.resolve() != (run_dir / BACKBONE_COPY).resolve():
             shutil.copyfile(model.factory_path, run_dir / BACKBONE_COPY)
         saved = replace(saved, factory=f"{BACKBONE_COPY}:{model.factory.rpartition(':')[2]}")
+        sections = {**sections, "code": {BACKBONE_COPY: _sha256(run_dir / BACKBONE_COPY)}}
     atomic_write_json(run_dir / CONFIG, {"format": RUN_FORMAT, **sections, "model": saved.to_dict()})
     return saved
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
