@@ -292,6 +292,8 @@ def test_confusion_command_writes_what_the_library_computes(tiny_run, capsys):
 
 def test_commands_turn_bad_input_into_one_line(tmp_path, tiny_run, capsys):
     assert main(["overthinking", str(tmp_path / "missing")]) == 2
-    assert main(["confusion", str(tiny_run), "--bins", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:  # refused by the parser, before any work
+        main(["confusion", str(tiny_run), "--bins", "0"])
+    assert exc.value.code == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "does not exist" in errors[0] and "--bins" in errors[1]

@@ -129,3 +129,11 @@ def test_data_set_with_other_classes_than_the_checkpoint(tmp_path):
     r = cli("train", "--arch", "resnet56", "--dataset", "digits", "--out", str(digits_run))  # would overwrite
     assert_one_line_error(r, "already holds a run")
     assert (digits_run / "checkpoint.pt").read_bytes() == before
+
+
+
+def test_a_file_system_refusal_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = cli("train", "--arch", "resnet56", "--dataset", "digits", "--limit", "64", "--epochs", "1",
+            "--out", str(tmp_path / "file" / "run"))
+    assert_one_line_error(r, "not a directory", "file")

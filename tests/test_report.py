@@ -110,7 +110,9 @@ def test_report_command(reported_run, tmp_path, capsys):
     assert main(["report", str(run), "--device", "cpu", "--gradcam", "1", "--examples", "2"]) == 0
     assert str(run / "report" / "index.html") in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nothing")]) == 2
-    assert main(["report", str(run), "--gradcam", "-1"]) == 2
+    with pytest.raises(SystemExit) as exc:  # refused by the parser, before any work
+        main(["report", str(run), "--gradcam", "-1"])
+    assert exc.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 2
 
 

@@ -24,3 +24,4 @@ DEFAULT_MAX_DROP = 0.01
 PLACES = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 BASELINES = ("train", "source", "none")
 DEFAULT_RATE = 0.1
+TRUST_CODE = "SHALLOWDEEP_TRUST_CODE"  # environment variable: "1" imports a run's backbone.py even if it changed

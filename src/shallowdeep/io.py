@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -47,8 +48,28 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Write ``obj`` as indented, strict JSON, atomically: a NaN or infinite float (numpy's too) is written
+    as null, since JSON has no such numbers."""
+    atomic_write_bytes(path, (strict_json(obj, indent=2) + "\n").encode())
+
+
+def strict_json(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON text: NaN and infinite floats (numpy's too) become null."""
+    return json.dumps(_json_safe(obj), indent=indent, allow_nan=False)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with numpy scalars made Python's and NaN or infinite floats made None, through nested dicts,
+    lists and tuples."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

@@ -26,8 +26,9 @@ from typing import Any, Iterator
 import torch
 
 from .build import build_sdn, check_finite_weights, load_checkpoint_file
+from .choices import TRUST_CODE
 from .errors import UserError, first_line
-from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json
+from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json, strict_json
 from .model_spec import ModelSpec
 from .sdn import SDN
 
@@ -36,7 +37,6 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 BACKBONE_COPY = "backbone.py"
 LOCK = ".lock"
-TRUST_CODE = "SHALLOWDEEP_TRUST_CODE"  # "1": import a run's backbone file even when it changed
 RUN_FORMAT = "shallowdeep-run-1"
 CHECKPOINT_FORMAT = "shallowdeep-checkpoint-1"
 
@@ -171,7 +171,7 @@ def _sha256(path: Path) -> str:
 def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
     """Write the checkpoint with its format tag, then the metrics log (each atomically)."""
     atomic_torch_save({"format": CHECKPOINT_FORMAT, **checkpoint, "metrics": metrics}, run_dir / CHECKPOINT)
-    atomic_write_bytes(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics).encode())
+    atomic_write_bytes(run_dir / METRICS, "".join(strict_json(m) + "\n" for m in metrics).encode())
 
 
 def _check_format(path: Path, found: Any, expected: str) -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from types import ModuleType
+from typing import NoReturn
 
+from ..choices import TRUST_CODE
 from ..errors import UserError
 
 
@@ -24,14 +27,23 @@ def _command_modules() -> list[ModuleType]:
     return sorted((m for m in modules if hasattr(m, "NAME") and hasattr(m, "run")), key=lambda m: m.ORDER)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (and its sub-commands'), whose errors are one line: the usage is one --help away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shallowdeep",
         description="Shallow-Deep Networks: internal classifiers, early exit and network overthinking for any CNN.",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback of errors")
+    common.add_argument("--trust-code", action="store_true",
+                        help="import a run's backbone.py even if it changed since the run was made")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _command_modules():
         p = sub.add_parser(
@@ -46,16 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``shallowdeep`` console command."""
     args = build_parser().parse_args(argv)
+    if args.trust_code:
+        os.environ[TRUST_CODE] = "1"
     try:
         return int(args._run(args) or 0)
-    except UserError as exc:
+    except (UserError, OSError) as exc:
         if args.debug:
             raise
-        print(f"shallowdeep {args.command}: error: {exc}", file=sys.stderr)
+        print(f"shallowdeep {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"shallowdeep {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: Exception) -> str:
+    """A user error's message, or what the file system refused and where (a full disk, a read-only folder)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror.lower()}: {exc.filename}" if exc.filename else exc.strerror.lower()
+    return str(exc)
 
 
 if __name__ == "__main__":

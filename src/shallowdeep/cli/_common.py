@@ -1,13 +1,18 @@
-"""Helpers shared by the commands: devices, progress bars, tables.
+"""Helpers shared by the commands: option types, devices, progress bars, tables.
 
-Light at import (no torch): the parser of every command is built from these.
+Light at import (no torch): the parser of every command is built from these. Every numeric option
+has a type function from here, so a value out of range is argparse's one-line error (exit code 2)
+before any work starts.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from argparse import ArgumentTypeError
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from ..choices import ARCHS, IC_DESIGNS, IC_WIDTH
 from ..errors import UserError
@@ -15,25 +20,103 @@ from ..errors import UserError
 if TYPE_CHECKING:
     import torch
 
+    from ..exit_outputs import ExitOutputs
     from ..model_spec import ModelSpec
+
+SEED_MAX = 2**32 - 1  # 32 bits: seed * 1_000_003 + epoch, the per-epoch generators' seed, stays in torch's 64
+
+
+def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """A type function for integers from ``lo`` to ``hi``, both included (no upper end when None)."""
+    rule = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+    return _checked(int, rule, lambda v: lo <= v and (hi is None or v <= hi))
+
+
+def float_range(lo: float, hi: float = math.inf, *, lo_open: bool = False,
+                hi_open: bool = False) -> Callable[[str], float]:
+    """A type function for finite numbers from ``lo`` to ``hi`` (NaN and infinities never pass); an end
+    is included unless it is open."""
+    if math.isinf(hi):
+        rule = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+    else:
+        rule = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return _checked(float, rule, lambda v: math.isfinite(v) and (lo < v if lo_open else lo <= v)
+                    and (v < hi if hi_open else v <= hi))
+
+
+def _checked(kind: type, rule: str, ok: Callable[[float], bool]) -> Callable[[str], int | float]:
+    """A type function reading ``kind`` and refusing, naming ``rule``, what is not ``ok``."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise ArgumentTypeError(f"must be {rule}, got '{text}'")
+        return value
+
+    return parse
+
+
+positive_int = int_range(1)
+random_seed = int_range(0, SEED_MAX)
+positive_float = float_range(0, lo_open=True)
+non_negative_float = float_range(0)
+fraction = float_range(0, 1, hi_open=True)  # [0, 1): a share that may be zero but never everything
+open_fraction = float_range(0, 1, lo_open=True, hi_open=True)
+
+
+def increasing_fractions(text: str) -> tuple[float, ...]:
+    """A type function for comma-separated numbers in (0, 1), strictly increasing."""
+    try:
+        values = tuple(open_fraction(v) for v in text.split(","))
+    except ArgumentTypeError:
+        values = ()
+    if not values or any(a >= b for a, b in zip(values, values[1:])):
+        raise ArgumentTypeError(f"must be comma-separated increasing numbers in (0, 1), got '{text}'")
+    return values
+
+
+def positive_ints(text: str) -> list[int]:
+    """A type function for comma-separated integers >= 1 (an empty text: none)."""
+    try:
+        return [positive_int(v) for v in text.split(",") if v.strip()]
+    except ArgumentTypeError:
+        raise ArgumentTypeError(f"must be comma-separated integers >= 1, got '{text}'") from None
+
+
+def device_name(text: str) -> str:
+    """A type function for ``--device``: auto, cpu, cuda, cuda:N or mps."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps, got '{text}'")
+    return text
 
 
 def add_device_argument(parser) -> None:
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="cpu, cuda, cuda:N, mps, or auto (cuda when available)")
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device for ``--device``; a one-line error when CUDA is asked for but absent."""
+    """The torch device for ``--device`` (a :func:`device_name`); a one-line error when it is absent."""
     import torch
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but PyTorch sees no CUDA device")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"unknown --device '{name}'") from exc
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
+        seen = f"only {count} CUDA device(s)" if count else "no CUDA device"
+        raise UserError(f"--device {name} asked for, but PyTorch sees {seen}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name} asked for, but PyTorch sees no MPS device")
+    return device
+
+
+def require_samples(outputs: ExitOutputs, split: str, remedy: str) -> None:
+    """A one-line error, ending in ``remedy``, when ``split`` holds no images: no figure is defined on it."""
+    if outputs.labels.size == 0:
+        why = " (the run's holdout fraction is 0)" if split == "holdout" else ""
+        raise UserError(f"the run's {split} split is empty{why}; {remedy}")
 
 
 def show_progress() -> bool:
@@ -66,12 +149,12 @@ def add_model_arguments(parser, from_help: str) -> None:
     g.add_argument("--backbone", metavar="FILE.py:FUNCTION", help="your own backbone: a function returning an nn.Module")
     g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS", help=from_help)
     g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
-    g.add_argument("--fractions", default="0.15,0.3,0.45,0.6,0.75,0.9",
+    g.add_argument("--fractions", type=increasing_fractions, default="0.15,0.3,0.45,0.6,0.75,0.9",
                    help="fractions of the FLOPs where ICs go when --exits is not given")
     g.add_argument("--ic", choices=IC_DESIGNS, default="paper",
                    help="internal classifier design: the SDN paper's (pooling + linear), conv (a small convolutional "
                         "head), or ztw (conv heads with Zero Time Waste's cascading and geometric ensemble)")
-    g.add_argument("--ic-width", type=int, default=IC_WIDTH, help="channels of the conv and ztw heads")
+    g.add_argument("--ic-width", type=int_range(1, 4096), default=IC_WIDTH, help="channels of the conv and ztw heads")
 
 
 def model_spec(args) -> ModelSpec:
@@ -80,10 +163,6 @@ def model_spec(args) -> ModelSpec:
     from ..heads import ICDesign
     from ..model_spec import ModelSpec
 
-    try:
-        fractions = tuple(float(f) for f in args.fractions.split(","))
-    except ValueError as exc:
-        raise UserError(f"--fractions must be comma-separated numbers, got '{args.fractions}'") from exc
     exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits else None
-    return ModelSpec(arch=args.arch, factory=args.backbone, exits=exits, fractions=fractions,
+    return ModelSpec(arch=args.arch, factory=args.backbone, exits=exits, fractions=args.fractions,
                      ic=ICDesign(args.ic, args.ic_width))

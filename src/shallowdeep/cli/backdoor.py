@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from ..choices import BASELINES, DATASETS, DEFAULT_MAX_DROP, DEFAULT_RATE, NORMALIZATIONS, PLACES, POLICY_NAMES
 from ..errors import UserError
-from ._common import add_device_argument, add_model_arguments, model_spec, progress_bar, resolve_device, table
+from ._common import (add_device_argument, add_model_arguments, fraction, model_spec, non_negative_float, open_fraction,
+                      positive_float, positive_int, progress_bar, random_seed, resolve_device, table)
 
 if TYPE_CHECKING:
     from ..backdoor import StudySettings
@@ -41,35 +42,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="cifar10")
     g.add_argument("--data-dir", type=Path, help="folder holding the data set")
-    g.add_argument("--holdout-fraction", type=float, default=0.1,
+    g.add_argument("--holdout-fraction", type=open_fraction, default=0.1,
                    help="share of the training set held out (clean; chooses the early-exit threshold)")
-    g.add_argument("--limit", type=int, help="train on the first N training images only")
-    g.add_argument("--test-limit", type=int, help="evaluate on N test images drawn at random (seeded) only")
+    g.add_argument("--limit", type=positive_int, help="train on the first N training images only")
+    g.add_argument("--test-limit", type=positive_int, help="evaluate on N test images drawn at random (seeded) only")
     g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
                    help="input mean/std: the paper's per data set, ImageNet's (e.g. for the akamaster weights on "
                         "--dataset imagefolder), or the training split's own")
     g = p.add_argument_group("trigger and poisoning")
     g.add_argument("--pattern", default="square", metavar="square|checkerboard|IMAGE",
                    help="trigger pattern: a white square, a checkerboard, or an image file")
-    g.add_argument("--trigger-size", type=int, help="side of the trigger in pixels (default: 5/32 of the image side)")
+    g.add_argument("--trigger-size", type=positive_int,
+                   help="side of the trigger in pixels (default: 5/32 of the image side)")
     g.add_argument("--position", default="bottom-right", metavar="PLACE|ROW,COL",
                    help=f"where the trigger goes: {', '.join(PLACES)}, or the pixel of its top-left corner")
     g.add_argument("--target", default="0", help="target class (index or name)")
-    g.add_argument("--poison-rate", type=float, default=DEFAULT_RATE, help="share of the training images poisoned")
+    g.add_argument("--poison-rate", type=fraction, default=DEFAULT_RATE, help="share of the training images poisoned")
     g = p.add_argument_group("recipe (fine-tuning: SGD lr 0.01, 3 epochs; from scratch: the paper's CNN recipe)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--ic-epochs", type=int, default=IC_EPOCHS, help="epochs of IC-only training")
-    g.add_argument("--cache-views", type=int, default=2, help="IC-only: augmented views of the training set cached")
-    g.add_argument("--seed", type=int, default=0, help="seed of the data split, the poisoning and training")
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--lr", type=positive_float)
+    g.add_argument("--batch-size", type=positive_int)
+    g.add_argument("--weight-decay", type=non_negative_float)
+    g.add_argument("--ic-epochs", type=positive_int, default=IC_EPOCHS, help="epochs of IC-only training")
+    g.add_argument("--cache-views", type=positive_int, default=2,
+                   help="IC-only: augmented views of the training set cached")
+    g.add_argument("--seed", type=random_seed, default=0, help="seed of the data split, the poisoning and training")
     g = p.add_argument_group("evaluation")
     g.add_argument("--clean-baseline", choices=BASELINES, default="train",
                    help="the un-poisoned network: train a clean twin with the same recipe, use the --from "
                         "network as it is (source), or none")
     g.add_argument("--policy", choices=POLICY_NAMES, default="maxprob", help="early-exit policy")
-    g.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
+    g.add_argument("--max-drop", type=fraction, default=DEFAULT_MAX_DROP,
                    help="early exit: largest clean holdout accuracy drop below the final head (0.01 = one point)")
     add_device_argument(p)
 
@@ -99,9 +102,6 @@ def _settings(args: argparse.Namespace) -> StudySettings:
     check_new(args.out)
     if args.data_dir is None and args.dataset != "digits":
         raise UserError(f"--data-dir is required for --dataset {args.dataset}")
-    for option, value in (("--epochs", args.epochs), ("--ic-epochs", args.ic_epochs)):
-        if value is not None and value < 1:
-            raise UserError(f"{option} must be at least 1")
     model = model_spec(args)
     weight_decay = args.weight_decay if args.weight_decay is not None else \
         paper_weight_decay(resolve_backbone(model, args.pretrained)[0])

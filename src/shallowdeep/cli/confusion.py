@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
-from ._common import add_device_argument, resolve_device, table
+from ._common import add_device_argument, int_range, require_samples, resolve_device, table
 
 NAME = "confusion"
 ORDER = 50
@@ -23,7 +22,7 @@ HELP = "confusion score of a run's exits as an error indicator (AUROC)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--split", choices=("test", "holdout"), default="test", help="data split to score")
-    p.add_argument("--bins", type=int, default=30, help="histogram bins")
+    p.add_argument("--bins", type=int_range(1, 1000), default=30, help="histogram bins")
     add_device_argument(p)
 
 
@@ -33,11 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import load_outputs
     from ..run import open_run
 
-    if args.bins < 1:
-        raise UserError(f"--bins must be at least 1, got {args.bins}")
     run_ = open_run(args.run)
     device = resolve_device(args.device)
-    report = confusion_report(load_outputs(run_, "train", device), load_outputs(run_, args.split, device), args.bins)
+    outputs = load_outputs(run_, args.split, device)
+    require_samples(outputs, args.split, "score another --split")
+    report = confusion_report(load_outputs(run_, "train", device), outputs, args.bins)
     result = {"run": str(args.run), "split": args.split, "normalised_on": "train (un-augmented)", **report}
     path = run_.path / "confusion.json"
     atomic_write_json(path, result)

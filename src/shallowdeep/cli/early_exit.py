@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..choices import DATASETS, DEFAULT_MAX_DROP, POLICY_NAMES
 from ..errors import UserError
-from ._common import add_device_argument, resolve_device, table
+from ._common import (add_device_argument, fraction, open_fraction, positive_float, random_seed, require_samples,
+                      resolve_device, table)
 
 if TYPE_CHECKING:
     import torch
@@ -43,17 +44,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--policy", choices=POLICY_NAMES, default="maxprob", help="exit policy")
     goal = p.add_mutually_exclusive_group()
-    goal.add_argument("--max-drop", type=float, help="largest accuracy drop below the final head, 0.01 = one point "
+    goal.add_argument("--max-drop", type=fraction, help="largest accuracy drop below the final head, 0.01 = one point "
                       f"(the criterion when neither is given, with {DEFAULT_MAX_DROP})")
-    goal.add_argument("--budget", type=float, help="largest average cost, as a fraction of the backbone's FLOPs")
-    p.add_argument("--confidence", type=float, help="certify the drop: with this probability (e.g. 0.9) the "
+    goal.add_argument("--budget", type=positive_float,
+                      help="largest average cost, as a fraction of the backbone's FLOPs")
+    p.add_argument("--confidence", type=open_fraction, help="certify the drop: with this probability (e.g. 0.9) the "
                    "expected accuracy drop on new data is at most --max-drop (Learn then Test)")
     p.add_argument("--per-exit", action="store_true", help="one maxprob threshold per IC (coordinate descent)")
     g = p.add_argument_group("calibration data (never the data the figures are reported on)")
     g.add_argument("--calibrate-on", choices=("holdout", "test-half"), default="holdout",
                    help="holdout: the run's --calibration-split (default); test-half: a seeded random half of the "
                         "test split chooses the threshold and the figures are on the other half")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the test-half split")
+    g.add_argument("--split-seed", type=random_seed, default=0, help="seed of the test-half split")
     g.add_argument("--calibration-split", choices=("holdout", "train", "test", "all"),
                    help="split that chooses the threshold: holdout (default) or train of the run's data; with "
                         "--calibration-data also test, or all (the default there: every image of that data set)")
@@ -136,9 +138,7 @@ def _calibration_outputs(run_: Run, args: argparse.Namespace, run_splits: Splits
             raise UserError(f"--calibration-split {split} would calibrate on the run's test set; use holdout or "
                             "train, or a separate data set with --calibration-data")
         outputs = load_outputs(run_, split, device, splits=run_splits)
-        if outputs.labels.size == 0:
-            raise UserError(f"the run's {split} split is empty (holdout_fraction 0?); use --calibration-split "
-                            "train or --calibration-data DIR")
+        require_samples(outputs, split, "use --calibration-split train or --calibration-data DIR")
         return outputs, {"source": "run", "dataset": data.get("name"),
                          "data_dir": str(args.data_dir) if args.data_dir else data.get("data_dir"),
                          "split": split, "samples": int(outputs.labels.size)}

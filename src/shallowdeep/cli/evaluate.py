@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_device_argument, resolve_device, table
+from ._common import add_device_argument, require_samples, resolve_device, table
 
 NAME = "evaluate"
 ORDER = 20
@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_ = open_run(args.run)
     outputs = load_outputs(run_, args.split, resolve_device(args.device))
+    require_samples(outputs, args.split, "evaluate another --split")
     rows = exit_table(outputs, run_.config["model"]["exits"])
     result = {"run": str(args.run), "split": args.split, "images": int(len(outputs.labels)),
               "backbone_flops": outputs.backbone_flops, "exits": rows,

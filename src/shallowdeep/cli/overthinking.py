@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..choices import SPLITS
-from ._common import add_device_argument, resolve_device, table
+from ._common import add_device_argument, require_samples, resolve_device, table
 
 NAME = "overthinking"
 ORDER = 40
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_ = open_run(args.run)
     outputs = load_outputs(run_, args.split, resolve_device(args.device))
+    require_samples(outputs, args.split, "measure another --split")
     exits = run_.config["model"].get("exits")
     names = [*exits, "final"] if isinstance(exits, list) and len(exits) == len(outputs.exit_flops) - 1 else None
     result = {"run": str(args.run), "split": args.split, **overthinking(outputs, names)}

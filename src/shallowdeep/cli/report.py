@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
-from ._common import add_device_argument, resolve_device
+from ._common import add_device_argument, int_range, resolve_device
 
 NAME = "report"
 ORDER = 60
@@ -19,16 +18,16 @@ HELP = "one self-contained HTML report of a run"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder")
-    p.add_argument("--gradcam", type=int, default=6, metavar="N", help="disagreements shown with Grad-CAM (0: none)")
-    p.add_argument("--examples", type=int, default=8, metavar="N", help="example images per earliest correct exit")
+    p.add_argument("--gradcam", type=int_range(0, 100), default=6, metavar="N",
+                   help="disagreements shown with Grad-CAM (0: none)")
+    p.add_argument("--examples", type=int_range(0, 100), default=8, metavar="N",
+                   help="example images per earliest correct exit")
     add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..report import write_report
 
-    if args.gradcam < 0 or args.examples < 0:
-        raise UserError("--gradcam and --examples must be 0 or more")
     page = write_report(args.run, resolve_device(args.device), gradcam_samples=args.gradcam,
                         examples_per_exit=args.examples)
     print(f"wrote {page}")

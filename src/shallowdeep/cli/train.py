@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..choices import DATASETS, IC_LOSSES, MODES, NORMALIZATIONS, PAPER_RECIPES
 from ..errors import UserError
-from ._common import add_device_argument, add_model_arguments, model_spec, progress_bar, resolve_device
+from ._common import (add_device_argument, add_model_arguments, fraction, model_spec, non_negative_float,
+                      positive_float, positive_int, positive_ints, progress_bar, random_seed, resolve_device)
 
 NAME = "train"
 ORDER = 10
@@ -26,22 +27,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", choices=DATASETS, default="cifar10")
     g.add_argument("--data-dir", type=Path, help="folder holding the data set")
     g.add_argument("--download", action="store_true", help="download the data set when it is missing")
-    g.add_argument("--holdout-fraction", type=float, default=0.1, help="share of the training set held out")
-    g.add_argument("--limit", type=int, help="train on the first N training images only")
+    g.add_argument("--holdout-fraction", type=fraction, default=0.1, help="share of the training set held out")
+    g.add_argument("--limit", type=positive_int, help="train on the first N training images only")
     g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
                    help="input mean/std: the paper's per data set, ImageNet's, or the training split's own")
     g = p.add_argument_group("recipe", "Defaults: the paper's recipe for --mode. " + _paper_recipes() +
                              " Batch 128, momentum 0.9; weight decay 5e-4 for vgg16_bn and wrn32_4, 1e-4 for the others "
                              "and your own. "
                              "A shorter --epochs moves the milestones in proportion.")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--milestones", help="comma-separated epochs where the learning rate drops x0.1")
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--lr", type=positive_float)
+    g.add_argument("--batch-size", type=positive_int)
+    g.add_argument("--weight-decay", type=non_negative_float)
+    g.add_argument("--momentum", type=fraction)
+    g.add_argument("--milestones", type=positive_ints, help="comma-separated epochs where the learning rate drops x0.1")
     g.add_argument("--optimizer", choices=("sgd", "adam"))
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=random_seed, default=0)
     g.add_argument("--ic-loss", choices=IC_LOSSES, default="growing",
                    help="sdn: the paper's IC loss weights growing over the epochs, or every exit weighted 1 "
                         "from the start (better when fine-tuning a trained network)")
@@ -50,8 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-amp", action="store_true", help="no bf16 mixed precision on CUDA")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--no-cache-features", action="store_true", help="ic-only: stream the backbone every epoch")
-    g.add_argument("--cache-views", type=int, default=2, help="ic-only: augmented views of the training set cached")
-    g.add_argument("--cache-budget-gb", type=float, default=4.0, help="ic-only: memory for cached features")
+    g.add_argument("--cache-views", type=positive_int, default=2,
+                   help="ic-only: augmented views of the training set cached")
+    g.add_argument("--cache-budget-gb", type=non_negative_float, default=4.0,
+                   help="ic-only: memory for cached features")
 
 
 def _paper_recipes() -> str:
@@ -61,18 +64,8 @@ def _paper_recipes() -> str:
 
 def _recipe_changes(args: argparse.Namespace) -> dict:
     """The recipe settings the user gave (the rest are the paper's)."""
-    changes = {name: getattr(args, name) for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum",
-                                                      "optimizer")}
-    if args.milestones is not None:
-        changes["milestones"] = _ints(args.milestones, "--milestones")
-    return changes
-
-
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise UserError(f"{option} must be comma-separated integers, got '{text}'") from exc
+    return {name: getattr(args, name) for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum",
+                                                   "milestones", "optimizer")}
 
 
 def run(args: argparse.Namespace) -> int:
