@@ -104,6 +104,7 @@ def test_weights_holding_nan_are_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="hold NaN or infinite values"):
         new_run(tmp_path / "ic", DATA, ModelSpec(arch="resnet56"), TrainConfig("ic-only"),
                 pretrained=str(tmp_path / "nan.pt"), device=CPU)
+    assert not (tmp_path / "ic").exists()  # a start that failed leaves no folder behind
 
 
 def test_a_run_notices_when_its_data_changed_under_it(tmp_path):

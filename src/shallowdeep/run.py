@@ -125,6 +125,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     gets a one-line error at once; the lock goes with the process, so a crash never leaves it held."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file, not a run folder; choose another --out")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -135,6 +136,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         yield
     finally:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK]:  # a start that wrote nothing
+            (run_dir / LOCK).unlink()
+            run_dir.rmdir()
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
