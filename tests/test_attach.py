@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,3 +122,18 @@ def test_internal_classifier_pooling_formula():
     assert torch.allclose(ic(x), ic.linear(mixed.flatten(1)), atol=1e-6)
     small = InternalClassifier(5, 4, 4, 3)
     assert small.alpha is None and small.linear.in_features == 80
+
+
+def test_a_foreign_model_with_stages_gets_its_exits_by_flops():
+    class Foreign(nn.Module):  # like timm's ConvNeXt: a `stages` Sequential of a few large stages
+        def __init__(self) -> None:
+            super().__init__()
+            self.stages = nn.Sequential(*[nn.Sequential(*[nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+                                                          for _ in range(4)]) for _ in range(3)])
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+        def forward(self, x):
+            return self.head(self.stages(x))
+
+    net = attach(Foreign(), (8, 8, 8), 5)
+    assert len(net.ics) == 6 and not all(re.fullmatch(r"stages\.\d+", n) for n in net.exit_names)

@@ -25,6 +25,7 @@ from .eval_mode import eval_mode
 from .flops import count_flops
 from .heads import GeometricEnsemble, ICDesign, make_heads
 from .model_spec import PAPER_FRACTIONS
+from .models.base import StagedNet
 from .sdn import SDN
 MAX_AUTO_FRACTION = 0.97
 
@@ -58,9 +59,9 @@ def attach(
 
     ``exits`` names the points whose output feeds an IC (module names of ``model`` or fx node
     names, see :func:`cut_points`); when None, one exit is placed at the cut point closest to each
-    fraction of the network's FLOPs (for models with a ``stages`` sequence, as the built-in
-    backbones have, only between two of its blocks). The SDN shares ``model``'s parameters, and its final output
-    equals ``model(x)`` exactly.
+    fraction of the network's FLOPs (for the built-in backbones, only between two blocks of their
+    ``stages``, as in the paper; any other model, ``stages`` or not, at any cut point). The SDN
+    shares ``model``'s parameters, and its final output equals ``model(x)`` exactly.
     """
     gm, points, total_flops = analyse(model, input_shape)
     out_meta = next(n for n in gm.graph.nodes if n.op == "output").args[0]
@@ -68,7 +69,7 @@ def attach(
     if len(out_shape) != 2 or out_shape[1] != num_classes:
         raise UserError(f"the model's output has shape {list(out_shape)} per batch, not [batch, {num_classes}] "
                         f"for the data set's {num_classes} classes")
-    if exits is None and isinstance(getattr(model, "stages", None), nn.Sequential):
+    if exits is None and isinstance(model, StagedNet):
         points = [p for p in points if re.fullmatch(r"stages\.\d+", p.name)]  # between blocks, as in the paper
     chosen = _resolve_exits(gm, points, exits) if exits is not None else place_exits(points, total_flops, fractions)
     segments = split_graph(gm, [p.index for p in chosen])
