@@ -8,8 +8,6 @@ Every analysis reads these instead of running the network again.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
@@ -19,7 +17,7 @@ from .data.fingerprint import check_same_task, split_fingerprint
 from .data.loader import batches
 from .errors import UserError
 from .exit_outputs import ExitOutputs
-from .io import atomic_save_npz
+from .io import atomic_save_npz, file_sha256
 from .run import Run
 from .sdn import SDN
 
@@ -44,11 +42,7 @@ def load_run_data(run: Run, **overrides) -> Splits:
 
 def checkpoint_fingerprint(run: Run) -> str:
     """A short hash of the checkpoint file's bytes."""
-    digest = hashlib.sha256()
-    with open(run.checkpoint_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(run.checkpoint_path)[:16]
 
 
 def load_outputs(run: Run, split: str, device: str | torch.device = "cpu", splits: Splits | None = None,

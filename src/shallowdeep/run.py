@@ -14,7 +14,6 @@ Layout::
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ import torch
 from .build import build_sdn, check_finite_weights, load_checkpoint_file
 from .choices import TRUST_CODE
 from .errors import UserError, first_line
-from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json, strict_json
+from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_sha256, read_json, strict_json
 from .model_spec import ModelSpec
 from .sdn import SDN
 
@@ -64,7 +63,7 @@ class Run:
                 raise UserError(f"{self.path / CONFIG} names a backbone file outside the run folder ({path}); "
                                 "refusing to run code from it")
             recorded = self.config.get("code", {}).get(path.name)
-            if recorded and path.is_file() and _sha256(path) != recorded and os.environ.get(TRUST_CODE) != "1":
+            if recorded and path.is_file() and file_sha256(path) != recorded and os.environ.get(TRUST_CODE) != "1":
                 raise UserError(f"{path} changed since the run was made; if you changed it on purpose, "
                                 "pass --trust-code")
         return spec
@@ -163,13 +162,10 @@ def create_run(run_dir: Path, model: ModelSpec, sections: dict[str, Any]) -> Mod
         if model.factory_path.resolve() != (run_dir / BACKBONE_COPY).resolve():
             shutil.copyfile(model.factory_path, run_dir / BACKBONE_COPY)
         saved = replace(saved, factory=f"{BACKBONE_COPY}:{model.factory.rpartition(':')[2]}")
-        sections = {**sections, "code": {BACKBONE_COPY: _sha256(run_dir / BACKBONE_COPY)}}
+        sections = {**sections, "code": {BACKBONE_COPY: file_sha256(run_dir / BACKBONE_COPY)}}
     atomic_write_json(run_dir / CONFIG, {"format": RUN_FORMAT, **sections, "model": saved.to_dict()})
     return saved
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any], metrics: list[dict[str, Any]]) -> None:

@@ -21,10 +21,11 @@ def split_fingerprint(data: ImageData) -> str:
 def data_record(splits: Splits) -> dict[str, Any]:
     """The classes, image shape and normalisation of a data set, and the size and fingerprint of each split."""
     spec = splits.spec
+    parts = {name: getattr(splits, name) for name in ("train", "holdout", "test")}
     return {"classes": list(spec.classes), "input_shape": list(splits.train.images.shape[1:]),
             "mean": list(spec.mean), "std": list(spec.std),
-            "splits": {name: {"images": len(getattr(splits, name)), "fingerprint": split_fingerprint(getattr(splits, name))}
-                       for name in ("train", "holdout", "test")}}
+            "splits": {name: {"images": len(data), "fingerprint": split_fingerprint(data)}
+                       for name, data in parts.items()}}
 
 
 def check_same_task(record: dict[str, Any] | None, splits: Splits, where: str) -> None:

@@ -99,8 +99,8 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
     if cfg.mode == "sdn" and not cfg.ic_weights:
         cfg = replace(cfg, ic_weights=[round(f / net.backbone_flops, 4) for f in net.exit_flops[:-1]])
     if dist.is_main:
-        sections = {"data": data, "data_record": data_record(splits), "train": config_to_dict(cfg), "pretrained": str(pretrained) if pretrained else None,
-                    **(extra_config or {})}
+        sections = {"data": data, "data_record": data_record(splits), "train": config_to_dict(cfg),
+                    "pretrained": str(pretrained) if pretrained else None, **(extra_config or {})}
         net.spec = create_run(run_dir, net.spec, sections)
     if on_start is not None and dist.is_main:
         on_start(cfg)
@@ -127,7 +127,8 @@ def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.dev
 def _run(run_dir: Path, net: SDN, splits: Splits, cfg: TrainConfig, device: torch.device,
          ckpt: dict | None, dist: DistInfo, progress: Progress | None, on_epoch) -> list[dict]:
     cached = cfg.mode == "ic-only" and cfg.cache_features and dist.world_size == 1
-    source = CachedMaps(splits) if cached and fits_in_budget(net, splits, cfg, torch.float16) else StreamedImages(splits)
+    cached = cached and fits_in_budget(net, splits, cfg, torch.float16)
+    source = CachedMaps(splits) if cached else StreamedImages(splits)
     return train(run_dir, net, source, cfg, device, resume_from=ckpt, dist=dist, progress=progress, on_epoch=on_epoch)
 
 
