@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shallowdeep.cli import build_parser, main
-from shallowdeep.cli._common import require_samples
+from shallowdeep.cli._common import require_samples, resolve_device
 from shallowdeep.errors import UserError
 from shallowdeep.io import atomic_write_json
 
@@ -101,3 +101,13 @@ def test_results_are_strict_json_with_null_for_undefined_numbers(tmp_path):
     written = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
     assert written == {"nan": None, "inf": [None, None], "numpy": [None, None, 0.5],
                        "nested": {"deeper": [{"x": None, "n": 3}], "ok": 0.25, "flag": True}, "text": "NaN"}
+
+
+def test_threads_sets_the_number_of_cpu_threads_torch_uses():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert resolve_device("cpu", 1).type == "cpu" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

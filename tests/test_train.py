@@ -141,7 +141,11 @@ def test_the_recipe_is_resolved_after_the_backbone_of_the_source_run(tmp_path):
             pretrained=str(vgg), device=CPU, on_start=seen.append)
     recipe = open_run(tmp_path / "ic").config["train"]["recipe"]
     assert recipe["weight_decay"] == 5e-4 and recipe["optimizer"] == "adam" and recipe["milestones"] == []
-    assert seen[0].recipe.epochs == 1
+    summary = "\n".join(seen[0])
+    assert "mode: ic-only; recipe: adam lr 0.001, 1 epochs" in summary and "weight decay 0.0005" in summary
+    assert "data: digits, 64 train" in summary and "10 classes, 3x16x16" in summary
+    assert re.search(r"exits: 6 'paper' ICs at (\d+\.\d )+% of the backbone's cost", summary)
+    assert "batches: the ICs' inputs cached in memory" in summary
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -95,11 +95,17 @@ def device_name(text: str) -> str:
 def add_device_argument(parser) -> None:
     parser.add_argument("--device", type=device_name, default="auto",
                         help="cpu, cuda, cuda:N, mps, or auto (cuda when available)")
+    parser.add_argument("--threads", type=positive_int,
+                        help="CPU threads PyTorch uses (default: one per core; on a busy machine 1 can be much faster)")
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device for ``--device`` (a :func:`device_name`); a one-line error when it is absent."""
+def resolve_device(name: str, threads: int | None = None) -> torch.device:
+    """The torch device for ``--device`` (a :func:`device_name`), after setting ``--threads``; a one-line
+    error when the device is absent."""
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

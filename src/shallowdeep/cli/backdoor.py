@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..backdoor import run_study
     from ..train import Interrupted
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     settings = None if args.resume else _settings(args)
     try:
         result = run_study(args.out, settings, device, progress=progress_bar, on_epoch=_print_epoch,

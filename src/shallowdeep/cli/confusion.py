@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ..run import open_run
 
     run_ = open_run(args.run)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     outputs = load_outputs(run_, args.split, device)
     require_samples(outputs, args.split, "score another --split")
     report = confusion_report(load_outputs(run_, "train", device), outputs, args.bins)

@@ -26,10 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
 
 
-def steps(out: Path, device: str) -> list[tuple[str, list[str]]]:
+def steps(out: Path, device: str, threads: int | None = None) -> list[tuple[str, list[str]]]:
     """The commands the demo runs, with a title each."""
     cnn, ic, sdn = str(out / "cnn"), str(out / "ic-only"), str(out / "sdn")
-    dev = ["--device", device]
+    dev = ["--device", device] + (["--threads", str(threads)] if threads else [])
     return [
         ("Train ResNet-56 as a plain CNN", ["train", "--arch", "resnet56", *DATA, *CNN_RECIPE, "--out", cnn, *dev]),
         ("Add internal classifiers and train only them (backbone frozen)",
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.exists() and any(args.out.iterdir()):
         raise UserError(f"{args.out} is not empty; remove it or choose another --out")
-    for title, argv in steps(args.out, args.device):
+    for title, argv in steps(args.out, args.device, args.threads):
         print(f"\n== {title}\n$ shallowdeep {' '.join(argv)}", flush=True)
         code = main(argv)
         if code:

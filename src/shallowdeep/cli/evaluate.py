@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from ..run import open_run
 
     run_ = open_run(args.run)
-    outputs = load_outputs(run_, args.split, resolve_device(args.device))
+    outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads))
     require_samples(outputs, args.split, "evaluate another --split")
     rows = exit_table(outputs, run_.config["model"]["exits"])
     result = {"run": str(args.run), "split": args.split, "images": int(len(outputs.labels)),

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ..run import open_run
 
     run_ = open_run(args.run)
-    outputs = load_outputs(run_, args.split, resolve_device(args.device))
+    outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads))
     require_samples(outputs, args.split, "measure another --split")
     exits = run_.config["model"].get("exits")
     names = [*exits, "final"] if isinstance(exits, list) and len(exits) == len(outputs.exit_flops) - 1 else None

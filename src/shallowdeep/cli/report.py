@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..report import write_report
 
-    page = write_report(args.run, resolve_device(args.device), gradcam_samples=args.gradcam,
+    page = write_report(args.run, resolve_device(args.device, args.threads), gradcam_samples=args.gradcam,
                         examples_per_exit=args.examples)
     print(f"wrote {page}")
     return 0

@@ -72,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
     from ..train import Interrupted, resume_run
     from ..train.distributed import init_from_env
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     dist = init_from_env()
     log = (lambda row: print(_epoch_line(row), flush=True)) if dist.is_main else None
     try:
         if args.resume:
             metrics = resume_run(args.out, _resume_splits(args.out), device=device, dist=dist, progress=progress_bar,
-                                 on_epoch=log)
+                                 on_start=_print_lines, on_epoch=log)
         else:
             metrics = _start(args, device, dist, log)
     except Interrupted as exc:
@@ -102,7 +102,7 @@ def _resume_splits(out: Path):
 
 
 def _start(args: argparse.Namespace, device, dist, log):
-    from ..train import TrainConfig, describe_recipe, new_run
+    from ..train import TrainConfig, new_run
 
     if args.mode == "ic-only" and not args.pretrained:
         raise UserError("--mode ic-only needs a trained backbone: --from RUN_OR_WEIGHTS")
@@ -116,12 +116,16 @@ def _start(args: argparse.Namespace, device, dist, log):
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
             "download": args.download, "normalization": args.normalization}
-    announce = (lambda c: print(f"recipe: {describe_recipe(c.recipe)}", flush=True)) if dist.is_main else None
     return new_run(args.out, data, model, cfg, recipe_changes=_recipe_changes(args), pretrained=args.pretrained,
-                   device=device, dist=dist, progress=progress_bar, on_start=announce, on_epoch=log)
+                   device=device, dist=dist, progress=progress_bar, on_start=_print_lines, on_epoch=log)
+
+
+def _print_lines(lines: list[str]) -> None:
+    print("\n".join(lines), flush=True)
 
 
 def _epoch_line(row: dict) -> str:
     acc = row.get("holdout_acc")
     accs = " ".join(f"{a * 100:.1f}" for a in acc) if acc else "-"
-    return f"epoch {row['epoch']:3d}  lr {row['lr']:.2e}  loss {row['train_loss']:.4f}  holdout acc per exit: {accs}"
+    return (f"epoch {row['epoch']:3d}  {row['seconds']:.0f} s  lr {row['lr']:.2e}  loss {row['train_loss']:.4f}  "
+            f"holdout acc per exit: {accs}")

@@ -22,6 +22,7 @@ from .distributed import DistInfo
 from .ic_cache import fits_in_budget
 from .recipe import USER_BACKBONE_WEIGHT_DECAY, Recipe, TrainConfig, default_recipe, describe_recipe, resolve_recipe
 from .sources import CachedMaps, StreamedImages
+from .summary import start_summary
 from .trainer import Interrupted, Progress, train
 
 __all__ = ["IC_LOSSES", "MODES", "Interrupted", "Recipe", "TrainConfig", "config_from_dict", "config_to_dict",
@@ -60,7 +61,7 @@ def paper_weight_decay(model: ModelSpec) -> float:
 def new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainConfig, *,
             recipe_changes: Mapping[str, Any] | None = None, pretrained: str | None = None,
             device: torch.device, dist: DistInfo | None = None, progress: Progress | None = None,
-            on_start: Callable[[TrainConfig], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
+            on_start: Callable[[list[str]], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
             splits: Splits | None = None, extra_config: dict[str, Any] | None = None,
             require_empty: bool = True) -> list[dict]:
     """Start a run in ``run_dir`` (which must not hold one yet) and train it.
@@ -68,8 +69,8 @@ def new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCon
     ``model`` needs no class count or input shape: they come from the data set. Without a backbone,
     it takes the one of the run ``pretrained`` names. When ``cfg.recipe`` is None, the recipe is the
     paper's for the mode and backbone with ``recipe_changes`` (see :func:`resolve_recipe`);
-    ``on_start`` sees the resolved configuration before the first epoch. ``splits`` replaces the
-    data ``data`` describes (e.g. a poisoned copy); ``extra_config`` is recorded in the run's config
+    ``on_start`` receives a summary of the run (data, exits, recipe, device) before the first batch.
+    ``splits`` replaces the data ``data`` describes (e.g. a poisoned copy); ``extra_config`` is recorded in the run's config
     beside the rest (e.g. how the data was poisoned). The folder is held by this process until
     training ends; it must be new or empty unless ``require_empty`` is False (a study's own folder).
     """
@@ -82,7 +83,7 @@ def new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCon
 
 def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainConfig,
              recipe_changes: Mapping[str, Any] | None, pretrained: str | None, device: torch.device,
-             dist: DistInfo, progress: Progress | None, on_start: Callable[[TrainConfig], None] | None,
+             dist: DistInfo, progress: Progress | None, on_start: Callable[[list[str]], None] | None,
              on_epoch: Callable[[dict], None] | None, splits: Splits | None,
              extra_config: dict[str, Any] | None) -> list[dict]:
     if cfg.mode == "ic-only" and pretrained is None:
@@ -102,13 +103,12 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
         sections = {"data": data, "data_record": data_record(splits), "train": config_to_dict(cfg),
                     "pretrained": str(pretrained) if pretrained else None, **(extra_config or {})}
         net.spec = create_run(run_dir, net.spec, sections)
-    if on_start is not None and dist.is_main:
-        on_start(cfg)
-    return _run(run_dir, net, splits, cfg, device, None, dist, progress, on_epoch)
+    return _run(run_dir, net, splits, cfg, device, None, dist, progress, on_start, on_epoch)
 
 
 def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.device, dist: DistInfo | None = None,
-               progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+               progress: Progress | None = None, on_start: Callable[[list[str]], None] | None = None,
+               on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Continue an interrupted run from its last checkpoint, with the settings it was started with, on
     ``splits`` (default: the data set its config names; a study that trained on other data passes it)."""
     run = open_run(run_dir)
@@ -121,14 +121,19 @@ def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.dev
     check_same_task(run.config.get("data_record"), splits, f"run {run_dir}")
     dist = dist or DistInfo()
     with run_lock(run_dir) if dist.is_main else nullcontext():
-        return _run(run_dir, build_sdn(run.model), splits, cfg, device, ckpt, dist, progress, on_epoch)
+        return _run(run_dir, build_sdn(run.model), splits, cfg, device, ckpt, dist, progress, on_start, on_epoch)
 
 
 def _run(run_dir: Path, net: SDN, splits: Splits, cfg: TrainConfig, device: torch.device,
-         ckpt: dict | None, dist: DistInfo, progress: Progress | None, on_epoch) -> list[dict]:
+         ckpt: dict | None, dist: DistInfo, progress: Progress | None, on_start, on_epoch) -> list[dict]:
     cached = cfg.mode == "ic-only" and cfg.cache_features and dist.world_size == 1
     cached = cached and fits_in_budget(net, splits, cfg, torch.float16)
     source = CachedMaps(splits) if cached else StreamedImages(splits)
+    if on_start is not None and dist.is_main:
+        described = (f"the ICs' inputs cached in memory ({cfg.cache_views} augmented views, fp16)" if cached
+                     else "images streamed through the network")
+        resumed_at = (int(ckpt.get("epoch", 0)), int(ckpt.get("step", 0))) if ckpt else None
+        on_start(start_summary(net, splits, cfg, device, described, resumed_at))
     return train(run_dir, net, source, cfg, device, resume_from=ckpt, dist=dist, progress=progress, on_epoch=on_epoch)
 
 
