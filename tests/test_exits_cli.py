@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,37 @@ def test_separate_calibration_data_is_used_and_recorded(tiny_run, tmp_path):
     own = early_exit_json(tiny_run)
     assert separate["threshold"] == own["threshold"]
     assert separate["calibration"] == own["calibration"]
+
+
+def test_each_criterion_policy_and_calibration_keeps_its_own_result(tiny_run):
+    folder = tiny_run / "early-exit"
+    shutil.rmtree(folder, ignore_errors=True)
+    results = [early_exit_json(tiny_run, *options) for options in (["--max-drop", "0.01"], ["--budget", "0.5"],
+                                                                  ["--policy", "entropy", "--max-drop", "0.01"])]
+    names = ["max-drop=0.01_maxprob_holdout", "budget=0.5_maxprob_holdout", "max-drop=0.01_entropy_holdout"]
+    assert [r["key"] for r in results] == [n.replace("_", " ") for n in names]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(n + e for n in names for e in (".json", ".png"))
+    assert [json.loads((folder / f"{n}.json").read_text()) for n in names] == results
+    assert (tiny_run / "early-exit.png").read_bytes() == (folder / f"{names[2]}.png").read_bytes()  # the latest
+
+    # the same criterion again replaces its own result only
+    (folder / f"{names[0]}.json").write_text('{"key": "max-drop=0.01 maxprob holdout", "stale": true}')
+    others = {n: (folder / f"{n}.json").read_bytes() for n in names[1:]}
+    assert early_exit_json(tiny_run) == results[0]  # --max-drop 0.01 is the default
+    assert json.loads((folder / f"{names[0]}.json").read_text()) == results[0]
+    assert {n: (folder / f"{n}.json").read_bytes() for n in names[1:]} == others
+    assert len(list(folder.iterdir())) == 6  # no temporary file is left behind
+
+
+def test_a_single_result_of_the_earlier_version_is_kept(tiny_run):
+    folder = tiny_run / "early-exit"
+    earlier = early_exit_json(tiny_run, "--budget", "0.4", "--policy", "patience")
+    earlier.pop("key")  # the earlier version wrote one early-exit.json, without a key, and no early-exit/ folder
+    shutil.rmtree(folder)
+    (tiny_run / "early-exit.json").write_text(json.dumps(earlier))
+    early_exit_json(tiny_run, "--max-drop", "0.05")
+    kept = json.loads((folder / "budget=0.4_patience_holdout.json").read_text())
+    assert kept == {**earlier, "key": "budget=0.4 patience holdout"}
+    assert (folder / "budget=0.4_patience_holdout.png").is_file()
+    assert sorted(p.name for p in folder.glob("*.json")) == ["budget=0.4_patience_holdout.json",
+                                                            "max-drop=0.05_maxprob_holdout.json"]

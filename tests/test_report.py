@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -16,9 +17,12 @@ from PIL import Image
 
 from shallowdeep.analysis import confusion_report, overthinking
 from shallowdeep.cli import main
-from shallowdeep.exits import MaxProb, curve, oracle
+from shallowdeep.exits import MaxProb, curve, earliest_correct_exit, oracle
 from shallowdeep.outputs import load_outputs
 from shallowdeep.report import write_report
+from shallowdeep.report.cells import pct
+from shallowdeep.report.context import balanced_sample
+from shallowdeep.report.sections import confusion_caveat
 from shallowdeep.run import open_run
 from test_analysis import shared_tiny_run
 
@@ -33,6 +37,28 @@ def reported_run(tmp_path_factory) -> tuple[Path, Path]:
 
 def embedded_images(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def tables(page: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every table of the page as (headers, rows of cells), unescaped."""
+    found = []
+    for head, body in re.findall(r"<table><thead><tr>(.*?)</tr></thead><tbody>(.*?)</tbody></table>", page):
+        cells = lambda row: [html.unescape(c) for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", row)]  # noqa: E731
+        found.append((cells(head), [cells(row) for row in re.findall(r"<tr>(.*?)</tr>", body)]))
+    return found
+
+
+def table_with(page: str, first_header: str) -> list[list[str]]:
+    """The rows of the one table whose first column is ``first_header``."""
+    (rows,) = [rows for headers, rows in tables(page) if headers[0] == first_header]
+    return rows
+
+
+def assert_costs_are_percentages(page: str) -> None:
+    """Every cost in every table reads as a percentage of the backbone with one decimal."""
+    costs = [row[i] for headers, rows in tables(page) for row in rows for i, h in enumerate(headers) if "cost" in h]
+    costs += [row[-1] for _, rows in tables(page) for row in rows if "cost" in row[0]]
+    assert costs and all(re.fullmatch(r"\d+\.\d %|–", c) for c in costs), costs
 
 
 def test_report_is_one_self_contained_page(reported_run):
@@ -50,8 +76,8 @@ def test_report_is_one_self_contained_page(reported_run):
     assert 'id="backdoor"' not in page
     assert "run `shallowdeep early-exit RUN`" in page
     written = {p.name for p in (run / "report").glob("*.png")}
-    assert written == {"accuracy.png", "tradeoff.png", "earliest_exit.png", "examples.png", "destructive.png",
-                       "confusion.png", "gradcam.png"}
+    assert written == {"accuracy.png", "tradeoff.png", "earliest_exit.png", "destructive.png", "confusion.png",
+                       "gradcam.png"}
     on_page = set(embedded_images(page))
     assert all((run / "report" / name).read_bytes() in on_page for name in written)
 
@@ -66,8 +92,10 @@ def test_report_json_holds_the_analyses_figures(reported_run):
     assert summary["exits"]["labels"] == ["IC 1", "IC 2", "IC 3", "final"]
     swept = curve(test, MaxProb, np.linspace(0, 1, 201))  # no early-exit.json: the paper's q swept on test
     assert summary["early_exit"]["source"] == "max-probability sweep on test"
-    assert summary["early_exit"]["curve"] == {"flops_fraction": swept.flops_fraction.tolist(),
-                                              "accuracy": swept.accuracy.tolist()}
+    assert summary["early_exit"]["curves"] == [{"label": "max-probability policy, q in [0, 1]",
+                                                "flops_fraction": swept.flops_fraction.tolist(),
+                                                "accuracy": swept.accuracy.tolist()}]
+    assert summary["early_exit"]["results"] == []
     best = oracle(test)
     assert summary["early_exit"]["oracle"] == [best.flops_fraction, best.accuracy]
     assert summary["confusion"]["auroc"] == pytest.approx(confusion_report(load_outputs(r, "train"), test)["auroc"])
@@ -78,12 +106,24 @@ def test_report_json_holds_the_analyses_figures(reported_run):
     assert all(test.correct[0, i] and not test.correct[-1, i] for i in shown)
 
 
-def test_report_shows_early_exit_and_backdoor_results_when_present(reported_run, tmp_path):
+def test_report_shows_every_early_exit_result_and_the_backdoor(reported_run, tmp_path):
     source, _ = reported_run
     run = tmp_path / "run"
     shutil.copytree(source, run, ignore=shutil.ignore_patterns("report"))
-    assert main(["early-exit", str(run), "--device", "cpu"]) == 0  # the real early-exit.json
-    stored = json.loads((run / "early-exit.json").read_text())
+    assert main(["early-exit", str(run), "--budget", "0.5", "--device", "cpu"]) == 0
+    earlier = json.loads((run / "early-exit.json").read_text())
+    earlier.pop("key")  # what the earlier version wrote: one result, no key, nothing in early-exit/
+    shutil.rmtree(run / "early-exit")
+    (run / "early-exit.json").write_text(json.dumps(earlier))
+    write_report(run, gradcam_samples=0, examples_per_exit=0)
+    summary = json.loads((run / "report" / "report.json").read_text())
+    point = lambda entry: [entry["flops_fraction"], entry["accuracy"]]  # noqa: E731
+    assert summary["early_exit"]["results"] == [{"number": 1, "key": "budget=0.5 maxprob holdout",
+                                                 "chosen": point(earlier["test"]["early_exit"])}]
+
+    for options in ([], ["--policy", "entropy"]):  # the earlier result is kept as the new ones are written
+        assert main(["early-exit", str(run), "--device", "cpu", *options]) == 0
+    stored = {r["key"]: r for r in map(json.loads, map(Path.read_text, (run / "early-exit").glob("*.json")))}
     (run / "backdoor.json").write_text(json.dumps({"attack": {"success_rate": 0.9731, "trigger": "patch"},
                                                    "detection": {"auroc": 0.8125}}))
     marker = Image.new("RGB", (8, 8), (255, 0, 0))
@@ -93,16 +133,92 @@ def test_report_shows_early_exit_and_backdoor_results_when_present(reported_run,
 
     page = write_report(run, gradcam_samples=0, examples_per_exit=0).read_text()
     summary = json.loads((run / "report" / "report.json").read_text())
-    point = lambda entry: [entry["flops_fraction"], entry["accuracy"]]  # noqa: E731
-    assert summary["early_exit"]["source"] == "early-exit.json"
-    assert summary["early_exit"]["chosen"] == point(stored["test"]["early_exit"])
-    assert summary["early_exit"]["oracle"] == point(stored["test"]["oracle"])
-    assert summary["early_exit"]["curve"]["accuracy"] == stored["curve"]["test"]["accuracy"]
-    assert f"threshold {stored['threshold']:.4g} chosen on the holdout split" in page
+    keys = ["budget=0.5 maxprob holdout", "max-drop=0.01 entropy holdout", "max-drop=0.01 maxprob holdout"]
+    assert summary["early_exit"]["source"] == "early-exit results"
+    assert summary["early_exit"]["results"] == [{"number": n, "key": k, "chosen": point(stored[k]["test"]["early_exit"])}
+                                                for n, k in enumerate(keys, 1)]
+    curves = {c["label"]: c["accuracy"] for c in summary["early_exit"]["curves"]}
+    assert curves == {"maxprob policy": stored[keys[0]]["curve"]["test"]["accuracy"],
+                      "entropy policy": stored[keys[1]]["curve"]["test"]["accuracy"]}
+    rows = table_with(page, "#")
+    assert [row[:3] for row in rows] == [["1", "cost at most 50.0 %", "maxprob"],
+                                         ["2", "accuracy drop at most 1.0 points", "entropy"],
+                                         ["3", "accuracy drop at most 1.0 points", "maxprob"]]
+    for row, key in zip(rows, keys):
+        result = stored[key]
+        assert row[3] == "holdout split of digits (144 images)" and row[4] == f"{result['threshold']:.4g}"
+        assert row[5:] == [pct(result["calibration"]["early_exit"]["accuracy"]),
+                           pct(result["calibration"]["early_exit"]["flops_fraction"]),
+                           f"test ({result['test']['samples']} images)",
+                           pct(result["test"]["early_exit"]["accuracy"]), pct(result["test"]["early_exit"]["flops_fraction"])]
+    assert_costs_are_percentages(page)
     assert "run `shallowdeep early-exit RUN`" not in page
     assert 'id="backdoor"' in page and "attack.success_rate" in page and "0.9731" in page and "detection.auroc" in page
     assert buf.getvalue() in embedded_images(page)
-    assert not (run / "report" / "gradcam.png").exists() and not (run / "report" / "examples.png").exists()
+    assert not (run / "report" / "gradcam.png").exists() and 'class="gallery"' not in page
+
+
+def test_examples_are_a_seeded_sample_balanced_over_classes(reported_run):
+    run, index = reported_run
+    summary = json.loads((run / "report" / "report.json").read_text())
+    assert summary["settings"]["seed"] == summary["examples"]["seed"] == summary["gradcam"]["seed"] == 0
+    test = load_outputs(open_run(run), "test")
+    earliest = earliest_correct_exit(test.correct)
+    shown = summary["examples"]["shown"]
+    assert list(shown) == ["IC 1", "IC 2", "IC 3", "final", "none"]
+    for exit_index, picked in zip([0, 1, 2, 3, -1], shown.values()):
+        candidates = np.flatnonzero(earliest == exit_index)
+        assert set(picked) <= set(candidates.tolist()) and len(picked) == min(3, candidates.size)
+        assert len(set(test.labels[picked].tolist())) == min(len(picked), np.unique(test.labels[candidates]).size)
+    assert any(picked != np.flatnonzero(earliest == i)[:3].tolist() for i, picked in zip([0, 1, 2, 3, -1],
+                                                                                         shown.values()))
+
+
+def test_balanced_sample_goes_round_robin_over_classes_of_a_seeded_shuffle():
+    labels = np.repeat(np.arange(5), 20)  # a split in folder order: one class after another
+    candidates = np.arange(100)
+    picked = balanced_sample(candidates, labels, 7, np.random.default_rng(0))
+    assert sorted(np.bincount(labels[picked], minlength=5)) == [1, 1, 1, 2, 2]
+    assert len(set(picked.tolist())) == 7 and not np.array_equal(picked, candidates[:7])
+    assert np.array_equal(picked, balanced_sample(candidates, labels, 7, np.random.default_rng(0)))
+    assert not np.array_equal(picked, balanced_sample(candidates, labels, 7, np.random.default_rng(1)))
+    assert balanced_sample(candidates[:3], labels, 7, np.random.default_rng(0)).tolist() in (
+        [0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0])
+
+
+def test_each_example_caption_is_in_the_figure_of_its_image_under_its_row_title(reported_run):
+    _, index = reported_run
+    page = index.read_text()
+    section = page[page.index('id="overthinking"'):page.index('id="confusion"')]
+    rows = re.findall(r'<div class="gallery"><h3>(.*?)</h3>(.*?)</div>', section)
+    assert [title.split(":")[0] for title, _ in rows] == ["IC 1", "IC 2", "IC 3", "final", "none"]
+    for title, row in rows:
+        figures = re.findall(r'<figure class="thumb">(.*?)</figure>', row)
+        assert figures or "no sample" in row
+        assert "".join(f'<figure class="thumb">{f}</figure>' for f in figures) == row or "no sample" in row
+        for figure in figures:
+            caption = r"true: [^<]+<br>final: [^<]+" if title.startswith("none") else r"true: [^<]+"
+            assert re.fullmatch(rf'<img src="data:image/png;base64,[^"]+" alt="[^"]+"><figcaption>{caption}'
+                                r"</figcaption>", figure), figure
+
+
+def test_costs_are_percentages_and_confusion_is_set_against_plain_confidence(reported_run):
+    run, index = reported_run
+    page = index.read_text()
+    assert_costs_are_percentages(page)
+    summary = json.loads((run / "report" / "report.json").read_text())
+    auroc = summary["confusion"]["auroc"]
+    assert table_with(page, "error indicator (test split)") == [
+        ["confusion score", f"{auroc['confusion']:.4g}"],
+        ["final head's max probability (scored as 1 - max softmax)", f"{auroc['confidence']:.4g}"]]
+    caveat = summary["confusion"]["caveat"]
+    assert caveat == confusion_caveat(auroc)
+    assert (caveat is None) == (auroc["confusion"] >= auroc["confidence"])
+    assert caveat is None or html.escape(caveat) in page
+    worse = confusion_caveat({"confusion": 0.65, "confidence": 0.81})
+    assert "worse" in worse and "0.65" in worse and "0.81" in worse
+    assert confusion_caveat({"confusion": 0.9, "confidence": 0.81}) is None
+    assert confusion_caveat({"confusion": None, "confidence": 0.81}) is None
 
 
 def test_report_command(reported_run, tmp_path, capsys):

@@ -8,10 +8,14 @@ test split (--calibrate-on test-half; the figures are then on the other half). -
 cheapest threshold whose accuracy is at most that far below the final head's (--confidence: certified
 for the expected drop on new data, by Learn then Test; --per-exit: one maxprob threshold per IC);
 --budget picks the most accurate one whose average cost is at most that fraction of the backbone's
-FLOPs. Writes RUN/early-exit.json (the threshold, which data chose it, accuracy and cost on calibration
-and test data next to the final head alone and the oracle, the share of samples leaving at each exit,
-the best accuracy within 25/50/75/100 % of the backbone's cost, both trade-off curves) and
-RUN/early-exit.png (the test curve with the chosen point and the oracle).
+FLOPs. Every result is kept under its own key (criterion and value, policy, calibration data, e.g.
+``max-drop=0.01 maxprob holdout``) in RUN/early-exit/<key>.json: the threshold, which data chose it,
+accuracy and cost on calibration and test data next to the final head alone and the oracle, the share
+of samples leaving at each exit, the best accuracy within 25/50/75/100 % of the backbone's cost, both
+trade-off curves; and RUN/early-exit/<key>.png, the test curve with the chosen point and the oracle.
+Running the same key again replaces only that result. RUN/early-exit.json and RUN/early-exit.png
+repeat the latest result; a single-result early-exit.json of an earlier version is kept in
+RUN/early-exit/ before it is replaced.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ if TYPE_CHECKING:
 
 NAME = "early-exit"
 ORDER = 30
-HELP = "calibrate an early-exit threshold on held-out data, measure it on test"
+HELP = ("calibrate an early-exit threshold on held-out data, measure it on test; each criterion, policy and "
+        "calibration data keeps its own result in RUN/early-exit/")
 
-RESULT_JSON = "early-exit.json"
-RESULT_PNG = "early-exit.png"
+RESULT_PNG = "early-exit.png"  # the latest result's plot, beside RUN/early-exit.json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,12 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..exits import POLICIES, calibrate, certify, early_exit_result
-    from ..io import atomic_write_bytes, atomic_write_json
     from ..outputs import load_outputs, load_run_data
+    from ..report.tradeoff import EARLY_EXIT_JSON
     from ..run import open_run
 
     run_ = open_run(args.run)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     if args.confidence is not None and args.budget is not None:
         raise UserError("--confidence certifies a maximum accuracy drop; it does not go with --budget")
     if args.calibrate_on == "test-half" and (args.calibration_data is not None or args.calibration_split is not None):
@@ -102,11 +106,30 @@ def run(args: argparse.Namespace) -> int:
     exit_names = run_.config["model"].get("exits") or [f"IC {i + 1}" for i in range(len(test.exit_flops) - 1)]
     result = {"run": str(args.run),
               **early_exit_result(policy, criterion, calibrated_on, calibration, test, exit_names)}
-    atomic_write_json(run_.path / RESULT_JSON, result)
-    atomic_write_bytes(run_.path / RESULT_PNG, _plot(result))
+    path = _write(run_.path, result)
     _print(result)
-    print(f"wrote {run_.path / RESULT_JSON} and {run_.path / RESULT_PNG}")
+    print(f"wrote {path} with its plot, and the same as the latest result: {run_.path / EARLY_EXIT_JSON}")
     return 0
+
+
+def _write(run_path: Path, result: dict[str, Any]) -> Path:
+    """Keep ``result`` under its key (replacing only an earlier result of that key) and as the latest result;
+    an earlier version's single result is moved under its own key first. Returns the result's path."""
+    from ..io import atomic_write_bytes, atomic_write_json
+    from ..report.tradeoff import EARLY_EXIT_JSON, read_earlier_result, result_key, result_path
+
+    earlier = read_earlier_result(run_path)
+    if earlier is not None and not result_path(run_path, earlier["key"]).exists():
+        if (run_path / RESULT_PNG).is_file():
+            atomic_write_bytes(result_path(run_path, earlier["key"], ".png"), (run_path / RESULT_PNG).read_bytes())
+        atomic_write_json(result_path(run_path, earlier["key"]), earlier)
+    result = {"key": result_key(result), **result}
+    path, png = result_path(run_path, result["key"]), _plot(result)
+    atomic_write_json(path, result)
+    atomic_write_bytes(result_path(run_path, result["key"], ".png"), png)
+    atomic_write_json(run_path / EARLY_EXIT_JSON, result)
+    atomic_write_bytes(run_path / RESULT_PNG, png)
+    return path
 
 
 def _test_halves(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
@@ -192,10 +215,10 @@ def _plot(result: dict[str, Any]) -> bytes:
     test, curve = result["test"], result["curve"]["test"]
     point = lambda s: (s["flops_fraction"], s["accuracy"])  # noqa: E731
     source = result["calibrated_on"]
-    data = "the other half of the test" if source["source"] == "test-half" else source["split"]
-    label = f"{result['policy']} policy, threshold chosen on {data} data"
-    return tradeoff_plot(curve["flops_fraction"], curve["accuracy"], point(test["oracle"]), point(test["final_head"]),
-                         point(test["early_exit"]), label)
+    data = "the other half of the test" if source["source"] == "test-half" else "the test"
+    label = f"{result['policy']} policy on {data} data"
+    return tradeoff_plot([(label, curve["flops_fraction"], curve["accuracy"])], point(test["oracle"]),
+                         point(test["final_head"]), [(result["key"], point(test["early_exit"]))])
 
 
 def _print(result: dict[str, Any]) -> None:

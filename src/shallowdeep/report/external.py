@@ -1,4 +1,5 @@
-"""Report sections built from what other commands wrote: ``early-exit.json`` and ``backdoor.json``."""
+"""Report sections built from what other commands wrote: the early-exit results (``RUN/early-exit/``) and
+``backdoor.json``."""
 
 from __future__ import annotations
 
@@ -11,49 +12,51 @@ from ..io import read_json
 from . import html, plots
 from .cells import flatten, fmt, pct
 from .context import ReportContext
-from .tradeoff import read_early_exit, stored_curve, stored_point
+from .tradeoff import read_early_exits, stored_curve, stored_point
 
 NO_THRESHOLD = "No threshold chosen yet: run `shallowdeep early-exit RUN` to calibrate one on the holdout split"
-NO_CURVE = "early-exit.json holds no test curve this report can read"
+NO_CURVE = "No early-exit result holds a test curve this report can read"
+SWEEP = "max-probability policy, q in [0, 1]"
 
 
 def tradeoff_section(ctx: ReportContext, over: dict[str, Any]) -> str:
-    """The early-exit curve with the chosen point, the final head alone and the oracle.
+    """Every early-exit result the early-exit command kept, in one table, and the trade-off curves with each
+    result's chosen point marked and numbered, the final head alone and the oracle.
 
-    From ``RUN/early-exit.json`` when it holds a test curve; otherwise the paper's max-probability
-    policy swept over q in [0, 1] on the test outputs, with no chosen point.
+    The curves come from the results (one per policy and reported data); without any, the paper's
+    max-probability policy is swept over q in [0, 1] on the test outputs.
     """
     test = ctx.outputs["test"]
     final = (1.0, float(test.correct[-1].mean()))
     oracle = (over["oracle"]["relative_cost"], over["oracle"]["accuracy"])
-    stored = read_early_exit(ctx.run.path)
-    recorded = stored_curve(stored) if stored else None
-    parts = []
-    if recorded is not None:
-        cost, accuracy = recorded
-        label = f"{stored.get('policy', 'early exit')} policy (from early-exit.json)"
-        chosen = stored_point(stored, "early_exit")
-        oracle = stored_point(stored, "oracle") or oracle
-        final = stored_point(stored, "final_head") or final
-    else:
-        swept = curve(test, MaxProb, np.linspace(0.0, 1.0, 201))
-        cost, accuracy, chosen = swept.flops_fraction.tolist(), swept.accuracy.tolist(), None
-        label = "max-probability policy, q in [0, 1]"
-        parts.append(html.paragraph(f"{NO_CURVE if stored else NO_THRESHOLD}. The curve below sweeps the paper's "
+    results = read_early_exits(ctx.run.path)
+    marked = [r for r in results if stored_point(r, "early_exit") is not None]
+    numbers = {r["key"]: number for number, r in enumerate(marked, 1)}
+    curves = _curves(results)
+    swept, parts = not curves, []
+    if swept:
+        sweep = curve(test, MaxProb, np.linspace(0.0, 1.0, 201))
+        curves = [(SWEEP, sweep.flops_fraction.tolist(), sweep.accuracy.tolist())]
+        parts.append(html.paragraph(f"{NO_CURVE if results else NO_THRESHOLD}. The curve below sweeps the paper's "
                                     "max-probability threshold q on the test split.", note=True))
     ctx.summary["early_exit"] = {
-        "source": "early-exit.json" if recorded is not None else "max-probability sweep on test",
-        "curve": {"flops_fraction": list(cost), "accuracy": list(accuracy)},
-        "chosen": chosen, "oracle": oracle, "final_head": final,
+        "source": "max-probability sweep on test" if swept else "early-exit results",
+        "curves": [{"label": label, "flops_fraction": list(cost), "accuracy": list(accuracy)}
+                   for label, cost, accuracy in curves],
+        "results": [{"number": numbers.get(r["key"]), "key": r["key"], "chosen": stored_point(r, "early_exit")}
+                    for r in results],
+        "oracle": oracle, "final_head": final,
     }
-    if stored:
-        parts += _early_exit_tables(stored)
-        drawn = ctx.run.path / "early-exit.png"
-        if recorded is None and drawn.is_file():
-            parts.append(html.figure(drawn.read_bytes(), "early-exit.png, as the early-exit command drew it."))
-    caption = ("Accuracy against average cost on the test split; the oracle lets every sample leave at its "
+    if results:
+        parts += _early_exit_tables(results, numbers)
+    drawn = ctx.run.path / "early-exit.png"
+    if results and swept and drawn.is_file():
+        parts.append(html.figure(drawn.read_bytes(), "early-exit.png, as the early-exit command drew it."))
+    caption = ("Accuracy against average cost on the test split (a test-half result: on its other half), each "
+               "result's chosen threshold numbered as in the table; the oracle lets every sample leave at its "
                "earliest correct exit.")
-    parts.append(ctx.add_figure("tradeoff", plots.tradeoff_plot(cost, accuracy, oracle, final, chosen, label), caption))
+    png = plots.tradeoff_plot(curves, oracle, final, [(r["key"], stored_point(r, "early_exit")) for r in marked])
+    parts.append(ctx.add_figure("tradeoff", png, caption))
     return html.section("Early exit: the trade-off", parts, "early-exit")
 
 
@@ -71,44 +74,128 @@ def backdoor_section(ctx: ReportContext) -> str | None:
     return html.section("Backdoor", parts, "backdoor")
 
 
-def _early_exit_tables(stored: dict[str, Any]) -> list[str]:
-    """The chosen policy's figures: a summary when early-exit.json has the usual layout, else every value."""
-    rows = []
-    for split in ("calibration", "test"):
-        entries = stored.get(split) if isinstance(stored.get(split), dict) else {}
-        for name in ("early_exit", "final_head", "oracle"):
-            entry = entries.get(name)
-            if isinstance(entry, dict):
-                rows.append((split, name.replace("_", " "), pct(entry.get("accuracy")),
-                             fmt(entry.get("flops_fraction"))))
-    if not rows:
-        scalars = [(k, fmt(v)) for k, v in flatten(stored).items() if not isinstance(v, list)]
-        return [html.table(["early-exit.json", "value"], scalars)]
-    source = stored.get("calibrated_on") if isinstance(stored.get("calibrated_on"), dict) else {}
-    chosen = (f"{stored.get('policy', '?')} threshold {fmt(stored.get('threshold'))} chosen on the "
-              f"{source.get('split', '?')} split of {source.get('dataset', '?')} ({source.get('samples', '?')} "
-              f"images, {source.get('source', '?')} data); criterion: {fmt(stored.get('criterion'))}.")
-    parts = [html.paragraph(chosen)]
-    if source.get("note"):
-        parts.append(html.paragraph(f"{str(source['note']).capitalize()} (seed {fmt(source.get('seed'))}).", note=True))
-    parts.append(html.table(["data", "", "accuracy", "cost (fraction of the backbone)"], rows))
-    return parts + _budget_table(stored)
+def _curves(results: list[dict[str, Any]]) -> list[tuple[str, list[float], list[float]]]:
+    """One recorded test curve per policy and reported data, labelled with both."""
+    curves = {}
+    for result in results:
+        recorded = stored_curve(result)
+        label = f"{result.get('policy', 'early exit')} policy" + _on_half(result)
+        if recorded is not None and label not in curves:
+            curves[label] = recorded
+    return [(label, cost, accuracy) for label, (cost, accuracy) in curves.items()]
 
 
-def _budget_table(stored: dict[str, Any]) -> list[str]:
-    """The best accuracy within 25/50/75/100 % of the backbone's cost, when early-exit.json records it."""
-    rows = []
-    for split in ("calibration", "test"):
-        entries = stored.get(split) if isinstance(stored.get(split), dict) else {}
-        table = entries.get("best_at_budget")
-        for entry in table if isinstance(table, list) else []:
-            if isinstance(entry, dict):
+def _early_exit_tables(results: list[dict[str, Any]], numbers: dict[str, int]) -> list[str]:
+    """Every result in one table, the final head and the oracle on the same data, the test-half notes and the
+    best accuracy within each budget; a result without the usual layout as a table of all its values."""
+    rows, odd = [], []
+    for result in results:
+        row = _result_row(result, numbers.get(result["key"]))
+        if row is None:
+            scalars = [(k, fmt(v)) for k, v in flatten(result).items() if not isinstance(v, list)]
+            odd.append(html.table([f"early-exit result {result['key']}", "value"], scalars))
+        else:
+            rows.append(row)
+    parts = []
+    if rows:
+        parts += [html.paragraph("Every early-exit result kept in the run (RUN/early-exit/), numbered as on the plot; "
+                                 "each threshold was chosen on its calibration data and is reported on other data. "
+                                 "Cost: average FLOPs per image as a share of the backbone's."),
+                  html.table(["#", "criterion", "policy", "calibration data", "threshold", "calibration accuracy",
+                              "calibration cost", "reported on", "accuracy", "cost"], rows),
+                  html.table(["data", "final head accuracy", "oracle accuracy", "oracle cost"],
+                             _reference_rows(results))]
+    notes = sorted({(str(_source(r)["note"]), fmt(_source(r).get("seed"))) for r in results if _source(r).get("note")})
+    parts += [html.paragraph(f"{note.capitalize()} (seed {seed}).", note=True) for note, seed in notes]
+    return parts + odd + _budget_table(results)
+
+
+def _result_row(result: dict[str, Any], number: int | None) -> tuple[str, ...] | None:
+    """The table row of one result; None when it holds neither calibration nor test figures."""
+    calibration, reported = (stored_point(result, "early_exit", split) for split in ("calibration", "test"))
+    if calibration is None and reported is None:
+        return None
+    return (fmt(number), _criterion(result.get("criterion")), str(result.get("policy", "?")),
+            _calibration_data(result), fmt(result.get("threshold")),
+            *_figures(calibration), _reported_on(result), *_figures(reported))
+
+
+def _reference_rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The final head alone and the oracle on each calibration and reported data set, once each."""
+    rows = {}
+    for result in results:
+        for split, data in (("calibration", _calibration_data(result)), ("test", _reported_on(result))):
+            final, best = stored_point(result, "final_head", split), stored_point(result, "oracle", split)
+            if final is not None and best is not None:
+                rows.setdefault(data, (data, pct(final[1]), pct(best[1]), pct(best[0])))
+    return list(rows.values())
+
+
+def _figures(point: tuple[float, float] | None) -> tuple[str, str]:
+    """(accuracy, cost) cells of a (cost fraction, accuracy) point."""
+    return ("–", "–") if point is None else (pct(point[1]), pct(point[0]))
+
+
+def _criterion(criterion: Any) -> str:
+    """How the threshold was chosen, in words."""
+    if not isinstance(criterion, dict):
+        return fmt(criterion)
+    parts = []
+    if criterion.get("max_drop") is not None:
+        parts.append(f"accuracy drop at most {100 * criterion['max_drop']:.1f} points")
+    if criterion.get("budget") is not None:
+        parts.append(f"cost at most {pct(criterion['budget'])}")
+    if criterion.get("confidence") is not None:
+        outcome = "certified" if criterion.get("certified") else "none certified, the most cautious kept"
+        parts.append(f"with confidence {fmt(criterion['confidence'])} ({outcome})")
+    return ", ".join(parts) or fmt(criterion)
+
+
+def _source(result: dict[str, Any]) -> dict[str, Any]:
+    return result["calibrated_on"] if isinstance(result.get("calibrated_on"), dict) else {}
+
+
+def _calibration_data(result: dict[str, Any]) -> str:
+    """The data that chose the threshold, in words."""
+    source = _source(result)
+    images = f"{fmt(source.get('samples'))} images"
+    if source.get("source") == "test-half":
+        return f"one half of test, seed {fmt(source.get('seed'))} ({images})"
+    if source.get("source") == "separate":
+        return f"{fmt(source.get('split'))} of {fmt(source.get('data_dir'))} ({fmt(source.get('dataset'))}, {images})"
+    return f"{fmt(source.get('split'))} split of {fmt(source.get('dataset'))} ({images})"
+
+
+def _reported_on(result: dict[str, Any]) -> str:
+    """The data the result's figures are on, in words."""
+    test = result.get("test") if isinstance(result.get("test"), dict) else {}
+    images = f" ({test['samples']} images)" if "samples" in test else ""
+    return ("other half of test" if _source(result).get("source") == "test-half" else "test") + images
+
+
+def _on_half(result: dict[str, Any]) -> str:
+    source = _source(result)
+    return f", other half of test (seed {fmt(source.get('seed'))})" if source.get("source") == "test-half" else ""
+
+
+def _budget_table(results: list[dict[str, Any]]) -> list[str]:
+    """The best accuracy within 25/50/75/100 % of the backbone's cost, once per policy, calibration data and
+    reported data, when the results record it."""
+    rows, seen = [], set()
+    for result in results:
+        policy = str(result.get("policy", "?"))
+        for split, data in (("calibration", _calibration_data(result)), ("test", _reported_on(result))):
+            entries = result.get(split) if isinstance(result.get(split), dict) else {}
+            table = entries.get("best_at_budget")
+            if (policy, data) in seen or not isinstance(table, list):
+                continue
+            seen.add((policy, data))
+            for entry in (e for e in table if isinstance(e, dict)):
                 reached = entry.get("accuracy") is not None
-                rows.append((split, pct(entry.get("budget")), pct(entry.get("accuracy")) if reached else "–",
-                             fmt(entry.get("flops_fraction")), fmt(entry.get("threshold")) if reached
-                             else str(entry.get("reason", "–"))))
+                rows.append((policy, data, pct(entry.get("budget")), pct(entry.get("accuracy")),
+                             pct(entry.get("flops_fraction")),
+                             fmt(entry.get("threshold")) if reached else str(entry.get("reason", "–"))))
     if not rows:
         return []
     caption = "Best accuracy within a share of the backbone's cost, over every threshold of the policy:"
-    return [html.paragraph(caption),
-            html.table(["data", "budget", "accuracy", "cost (fraction of the backbone)", "threshold"], rows)]
+    return [html.paragraph(caption), html.table(["policy", "data", "budget", "accuracy", "cost", "threshold"], rows)]

@@ -17,6 +17,10 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 figure { display: inline-block; margin: 8px 16px 8px 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 13px; color: #555; max-width: 640px; }
+.gallery { margin: 4px 0 12px; } .gallery h3 { font-size: 15px; margin: 12px 0 2px; }
+figure.thumb { margin: 4px 10px 4px 0; text-align: center; }
+figure.thumb img { width: 72px; image-rendering: pixelated; }
+figure.thumb figcaption { font-size: 12px; max-width: 96px; }
 .note { background: #fff8e1; border-left: 4px solid #f0c040; padding: 8px 12px; }
 """
 
@@ -30,6 +34,19 @@ def figure(png: bytes, caption: str, alt: str | None = None) -> str:
     """An embedded image with its caption."""
     return (f'<figure><img src="{data_uri(png)}" alt="{escape(alt or caption)}">'
             f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def gallery(title: str, images: Sequence[tuple[bytes, str]], empty: str = "no sample") -> str:
+    """One titled row of small images, each in its own figure with its caption beneath it (a caption's lines
+    split at newlines)."""
+    figures = "".join(_thumb(png, caption) for png, caption in images)
+    return f'<div class="gallery"><h3>{escape(title)}</h3>{figures or paragraph(empty)}</div>'
+
+
+def _thumb(png: bytes, caption: str) -> str:
+    lines = caption.splitlines()
+    return (f'<figure class="thumb"><img src="{data_uri(png)}" alt="{escape(", ".join(lines))}">'
+            f"<figcaption>{'<br>'.join(escape(line) for line in lines)}</figcaption></figure>")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -16,22 +16,24 @@ from .external import backdoor_section, tradeoff_section
 from .sections import confusion_section, exits_section, gradcam_section, overthinking_section
 
 REPORT_DIR = "report"
+# every PNG the report has written (examples.png by earlier versions), removed when this report draws no such figure
 FIGURES = ("accuracy", "tradeoff", "earliest_exit", "examples", "destructive", "confusion", "gradcam")
 
 
 def write_report(run_dir: str | Path, device: str | torch.device = "cpu", gradcam_samples: int = 6,
-                 examples_per_exit: int = 8) -> Path:
+                 examples_per_exit: int = 8, seed: int = 0) -> Path:
     """Write ``RUN/report/index.html`` (images embedded, no network needed), its PNGs and ``report.json``.
 
     Per-exit outputs of the train (un-augmented), holdout and test splits are computed once and
     cached in the run; the network itself runs only for Grad-CAM of ``gradcam_samples`` test images.
+    The example images and the Grad-CAM samples are drawn at random with ``seed``, balanced over classes.
     Returns the path of the page.
     """
     run = open_run(run_dir)
     splits = load_run_data(run)
     device = torch.device(device)
     outputs = {name: load_outputs(run, name, device, splits=splits) for name in ("train", "holdout", "test")}
-    ctx = ReportContext(run, run.path / REPORT_DIR, splits, outputs, device)
+    ctx = ReportContext(run, run.path / REPORT_DIR, splits, outputs, device, seed)
     over = overthinking(outputs["test"], ctx.exit_names)
     sections = [
         exits_section(ctx),
@@ -51,7 +53,7 @@ def write_report(run_dir: str | Path, device: str | torch.device = "cpu", gradca
     for stale in {f"{f}.png" for f in FIGURES} - set(ctx.figures):
         (ctx.out_dir / stale).unlink(missing_ok=True)
     settings = {"run": str(run.path), "device": str(device), "gradcam_samples": gradcam_samples,
-                "examples_per_exit": examples_per_exit, "figures": sorted(ctx.figures)}
+                "examples_per_exit": examples_per_exit, "seed": seed, "figures": sorted(ctx.figures)}
     atomic_write_json(ctx.out_dir / "report.json", {"settings": settings, **ctx.summary})
     index = ctx.out_dir / "index.html"
     atomic_write_bytes(index, page.encode("utf-8"))

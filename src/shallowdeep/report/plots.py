@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from itertools import cycle
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
@@ -11,6 +12,10 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 ACCENT, SECOND, MUTED = "#1f77b4", "#d62728", "#7f7f7f"
+CURVE_COLORS = (ACCENT, "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+MARKERS = ("o", "D", "^", "v", "P", "X", "h", "<", ">", "p")
+LABEL_OFFSETS = ((5, 5), (5, -12), (-12, 5), (-12, -12))  # points apart: numbers of nearby points do not overlap
+COST_AXIS = "cost (% of the backbone's FLOPs)"
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -27,33 +32,37 @@ def accuracy_cost_plot(names: Sequence[str], relative_cost: Sequence[float],
 
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.add_subplot()
+    cost = np.asarray(relative_cost) * 100
     for (split, values), color in zip(accuracy.items(), (ACCENT, SECOND, MUTED)):
-        ax.plot(relative_cost, np.asarray(values) * 100, "o-", color=color, label=split)
-    for name, x, y in zip(names, relative_cost, next(iter(accuracy.values()))):
+        ax.plot(cost, np.asarray(values) * 100, "o-", color=color, label=split)
+    for name, x, y in zip(names, cost, next(iter(accuracy.values()))):
         ax.annotate(name, (x, y * 100), textcoords="offset points", xytext=(4, -12), fontsize=8)
-    ax.set(xlabel="cost (fraction of the backbone's FLOPs)", ylabel="accuracy (%)", title="Accuracy of every exit")
+    ax.set(xlabel=COST_AXIS, ylabel="accuracy (%)", title="Accuracy of every exit")
     ax.grid(alpha=0.3)
     ax.legend()
     return png_bytes(fig)
 
 
-def tradeoff_plot(cost: Sequence[float], accuracy: Sequence[float], oracle: tuple[float, float],
-                  final: tuple[float, float], chosen: tuple[float, float] | None = None,
-                  curve_label: str = "early exit") -> bytes:
-    """The early-exit accuracy/cost curve with the final head alone, the oracle and the chosen threshold."""
+def tradeoff_plot(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]], oracle: tuple[float, float],
+                  final: tuple[float, float], chosen: Sequence[tuple[str, tuple[float, float]]] = ()) -> bytes:
+    """Early-exit accuracy/cost curves ((label, cost fractions, accuracies) each) with the final head alone, the
+    oracle and every chosen threshold ((label, (cost fraction, accuracy)) each), marked and numbered in order."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.add_subplot()
-    ax.plot(cost, np.asarray(accuracy) * 100, "-", color=ACCENT, label=curve_label)
+    for (label, cost, accuracy), color in zip(curves, cycle(CURVE_COLORS)):
+        ax.plot(np.asarray(cost) * 100, np.asarray(accuracy) * 100, "-", color=color, label=label)
     ax.plot(*_percent(final), "s", color=MUTED, markersize=8, label="final head alone")
     ax.plot(*_percent(oracle), "*", color=SECOND, markersize=13, label="oracle")
-    if chosen is not None:
-        ax.plot(*_percent(chosen), "o", color="black", markersize=8, label="chosen threshold")
-    ax.set(xlabel="average cost (fraction of the backbone's FLOPs)", ylabel="accuracy (%)",
-           title="Early exit: accuracy against cost")
+    for number, ((label, point), marker) in enumerate(zip(chosen, cycle(MARKERS)), 1):
+        ax.plot(*_percent(point), marker, color="black", markerfacecolor="none", markersize=8,
+                label=f"{number}: {label}")
+        ax.annotate(str(number), _percent(point), textcoords="offset points", fontsize=8,
+                    xytext=LABEL_OFFSETS[(number - 1) % len(LABEL_OFFSETS)])
+    ax.set(xlabel=f"average {COST_AXIS}", ylabel="accuracy (%)", title="Early exit: accuracy against cost")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     return png_bytes(fig)
 
 
@@ -112,11 +121,11 @@ def confusion_histogram(histogram: Mapping[str, Sequence[float]], groups: Mappin
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
                captions: Sequence[Sequence[str]]) -> bytes:
-    """Rows of uint8 (3, H, W) images, each row labelled on its left and each image captioned."""
+    """Rows of uint8 (3, H, W) images, each row labelled on its left and each image captioned just below it."""
     from matplotlib.figure import Figure
 
     columns = max((len(r) for r in rows), default=1) or 1
-    fig = Figure(figsize=(1.35 * columns + 1.2, 1.45 * len(rows)))
+    fig = Figure(figsize=(1.5 * columns + 1.2, 1.5 * len(rows)))
     axes = fig.subplots(len(rows), columns, squeeze=False)
     for r, (images, label) in enumerate(zip(rows, row_labels)):
         for c in range(columns):
@@ -125,7 +134,7 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
             ax.set_yticks([])
             if c < len(images):
                 ax.imshow(_hwc(images[c]), interpolation="nearest")
-                ax.set_title(captions[r][c], fontsize=8)
+                ax.set_xlabel(captions[r][c], fontsize=8, labelpad=2)
             else:
                 ax.axis("off")
         axes[r][0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
@@ -133,28 +142,43 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
             axes[r][0].axis("on")
             axes[r][0].set_frame_on(False)
             axes[r][0].text(0.5, 0.5, "no sample", ha="center", va="center", fontsize=8, color=MUTED)
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)
     return png_bytes(fig)
 
 
-def gradcam_grid(images: Sequence[np.ndarray], ic_maps: np.ndarray, final_maps: np.ndarray,
-                 captions: Sequence[tuple[str, str, str]]) -> bytes:
-    """Per sample: the image, the IC's Grad-CAM and the final head's Grad-CAM overlaid on it.
+def image_png(image: np.ndarray, scale: int = 1) -> bytes:
+    """One uint8 (3, H, W) image as PNG, each pixel repeated ``scale`` times along both axes."""
+    from PIL import Image
 
-    ``captions`` holds (image, IC, final) titles for each sample.
+    pixels = _hwc(image).repeat(scale, axis=0).repeat(scale, axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def gradcam_grid(images: Sequence[np.ndarray], ic_maps: np.ndarray, final_maps: np.ndarray,
+                 captions: Sequence[tuple[str, str, str]], columns: tuple[str, str, str]) -> bytes:
+    """Per sample, one row: the image, the IC's Grad-CAM and the final head's Grad-CAM overlaid on it.
+
+    ``columns`` titles the three columns once, above the first row; ``captions`` holds each sample's
+    (image, IC, final) captions, written just below its three images.
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.0, 2.0 * len(images)))
+    fig = Figure(figsize=(6.0, 2.2 * len(images)))
     axes = fig.subplots(len(images), 3, squeeze=False)
-    for row, image, ic_map, final_map, titles in zip(axes, images, ic_maps, final_maps, captions):
+    for row, image, ic_map, final_map, texts in zip(axes, images, ic_maps, final_maps, captions):
         picture = _hwc(image)
-        for ax, heat, title in zip(row, (None, ic_map, final_map), titles):
+        for ax, heat, text in zip(row, (None, ic_map, final_map), texts):
             ax.imshow(picture, interpolation="nearest")
             if heat is not None:
                 ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
-            ax.set_title(title, fontsize=8)
+            ax.set_xlabel(text, fontsize=8, labelpad=2)
             ax.set_xticks([])
             ax.set_yticks([])
+    for ax, title in zip(axes[0], columns):
+        ax.set_title(title, fontsize=8, fontweight="bold")
+    fig.subplots_adjust(hspace=0.35)
     return png_bytes(fig)
 
 
@@ -163,4 +187,4 @@ def _hwc(image: np.ndarray) -> np.ndarray:
 
 
 def _percent(point: tuple[float, float]) -> tuple[float, float]:
-    return point[0], point[1] * 100
+    return point[0] * 100, point[1] * 100

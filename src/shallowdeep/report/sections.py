@@ -51,7 +51,7 @@ def overthinking_section(ctx: ReportContext, over: dict[str, Any], examples_per_
         html.table(["measure (test split)", "value"], [
             ("wasteful: some IC before the final head is already right", pct(wasteful["share"])),
             ("oracle accuracy (some exit is right)", pct(over["oracle"]["accuracy"])),
-            ("oracle average cost (fraction of the backbone)", f"{over['oracle']['relative_cost']:.3f}"),
+            ("oracle average cost (share of the backbone's FLOPs)", pct(over["oracle"]["relative_cost"])),
             ("final head's mistakes", destructive["final_mistakes"]),
             ("destructive: of those, some earlier IC was right", pct(destructive["share_of_mistakes"])),
             ("destructive: share of all test samples", pct(destructive["share_of_samples"])),
@@ -61,9 +61,7 @@ def overthinking_section(ctx: ReportContext, over: dict[str, Any], examples_per_
                        "Where each test sample is first classified correctly."),
     ]
     if examples_per_exit > 0:
-        parts.append(ctx.add_figure("examples", _examples_grid(ctx, examples_per_exit),
-                                    "Test images grouped by their earliest correct exit (captions: true class; "
-                                    "for 'none': true / final prediction)."))
+        parts += _examples(ctx, examples_per_exit)
     per_ic = destructive["per_ic"]
     bars = plots.destructive_plot(ctx.exit_names[:-1], [r["count"] for r in per_ic],
                                   [r["mean_confidence"] for r in per_ic])
@@ -81,28 +79,41 @@ def confusion_section(ctx: ReportContext) -> str:
     histogram = plots.confusion_histogram(report["histogram"], {"correct": "final head correct",
                                                                 "wrong": "final head wrong"},
                                           title, "confusion (z-normalised on the training split)")
+    caveat = confusion_caveat(auroc)
     parts = [
         html.paragraph("Confusion = sum over ICs of the L1 distance between the IC's softmax and the final head's, "
                        "z-normalised with the mean and standard deviation on the un-augmented training split. "
                        "AUROC: how well each score separates the final head's mistakes (positives) from its "
-                       "correct answers."),
-        html.table(["error indicator (test split)", "AUROC"], [("confusion score", fmt(auroc["confusion"])),
-                                                               ("1 - max softmax of the final head",
-                                                                fmt(auroc["confidence"]))]),
+                       "correct answers; the final head's own max probability is the baseline to beat."),
+        html.table(["error indicator (test split)", "AUROC"],
+                   [("confusion score", fmt(auroc["confusion"])),
+                    ("final head's max probability (scored as 1 - max softmax)", fmt(auroc["confidence"]))]),
+        *([html.paragraph(caveat, note=True)] if caveat else []),
         html.table(["mean confusion", "value"], [("final head correct", fmt(report["mean_confusion"]["correct"])),
                                                 ("final head wrong", fmt(report["mean_confusion"]["wrong"]))]),
         ctx.add_figure("confusion", histogram,
                        "Normalised confusion of the test samples the final head gets right and wrong."),
     ]
-    ctx.summary["confusion"] = report
+    ctx.summary["confusion"] = {**report, "caveat": caveat}
     return html.section("Confusion as an error indicator", parts, "confusion")
+
+
+def confusion_caveat(auroc: dict[str, float | None]) -> str | None:
+    """A warning when the confusion score tells the final head's mistakes apart worse than its plain max
+    probability does (lower AUROC); None otherwise or when either AUROC is undefined."""
+    confusion, confidence = auroc.get("confusion"), auroc.get("confidence")
+    if confusion is None or confidence is None or confusion >= confidence:
+        return None
+    return (f"On this run's natural errors the confusion score flags the final head's mistakes worse than the final "
+            f"head's plain max probability does (AUROC {fmt(confusion)} against {fmt(confidence)}), so prefer the "
+            "max probability as an error indicator here.")
 
 
 def gradcam_section(ctx: ReportContext, samples: int) -> str:
     """Grad-CAM of IC 1 and of the final head where IC 1 is right and the final head wrong."""
     test = ctx.outputs["test"]
     found = disagreements(test.correct, 0)
-    chosen = found[:samples]
+    chosen = ctx.sample(found, samples, "gradcam")
     ctx.summary["gradcam"] = {"disagreements": int(found.size), "shown": chosen.tolist()}
     if chosen.size == 0:
         text = "No test sample is right at IC 1 and wrong at the final head." if samples else "Grad-CAM skipped."
@@ -114,32 +125,41 @@ def gradcam_section(ctx: ReportContext, samples: int) -> str:
     ic_maps, ic_layer = gradcam(net, x, data.labels, 0)
     final_maps, final_layer = gradcam(net, x, final_pred, net.num_exits - 1)
     classes = ctx.splits.spec.classes
-    captions = [(f"#{i}: {classes[int(y)]}", f"IC 1 says {classes[int(y)]}", f"final says {classes[int(p)]}")
+    captions = [(f"test #{i}: {classes[int(y)]}", f"IC 1 says {classes[int(y)]}", f"final says {classes[int(p)]}")
                 for i, y, p in zip(chosen, data.labels, final_pred)]
-    ctx.summary["gradcam"].update({"ic_layer": ic_layer, "final_layer": final_layer})
+    columns = ("image\n(true class)", "Grad-CAM\nof IC 1", "Grad-CAM\nof the final head")
+    ctx.summary["gradcam"].update({"seed": ctx.seed, "ic_layer": ic_layer, "final_layer": final_layer})
     parts = [
-        html.paragraph(f"{found.size} test samples are right at IC 1 and wrong at the final head; the first "
-                       f"{chosen.size} are shown. Each map explains the class that head predicts. IC 1: {ic_layer}. "
-                       f"Final head: {final_layer}."),
-        ctx.add_figure("gradcam", plots.gradcam_grid(data.images.numpy(), ic_maps, final_maps, captions),
-                       "Image, Grad-CAM of IC 1 (right), Grad-CAM of the final head (wrong)."),
+        html.paragraph(f"{found.size} test samples are right at IC 1 and wrong at the final head; {chosen.size} of "
+                       f"them, drawn at random (seed {ctx.seed}) and balanced over their true classes, are shown. "
+                       f"Each map explains the class that head predicts. IC 1: {ic_layer}. Final head: {final_layer}."),
+        ctx.add_figure("gradcam", plots.gradcam_grid(data.images.numpy(), ic_maps, final_maps, captions, columns),
+                       "One sample per row: the image, Grad-CAM of IC 1 (right), Grad-CAM of the final head (wrong); "
+                       "each caption is under its image."),
     ]
     return html.section("Grad-CAM of disagreements", parts, "gradcam")
 
 
-def _examples_grid(ctx: ReportContext, per_exit: int) -> bytes:
+def _examples(ctx: ReportContext, per_exit: int) -> list[str]:
+    """Up to ``per_exit`` test images per earliest correct exit, drawn at random and balanced over classes: one
+    titled row per exit, each image captioned with its true class (and the final head's answer in 'none')."""
     test = ctx.outputs["test"]
     earliest = earliest_correct_exit(test.correct)
-    images = ctx.splits.test.images
     classes = ctx.splits.spec.classes
-    rows, captions = [], []
-    for exit_index in [*range(ctx.num_exits), -1]:
-        picked = np.flatnonzero(earliest == exit_index)[:per_exit]
-        rows.append([images[i].numpy() for i in picked])
-        if exit_index >= 0:
-            captions.append([classes[test.labels[i]] for i in picked])
-        else:
-            captions.append([f"{classes[test.labels[i]]} / {classes[test.predictions[-1, i]]}" for i in picked])
-    return plots.image_grid(rows, [*ctx.exit_names, "none"], captions)
-
-
+    scale = max(1, 64 // ctx.splits.spec.input_size)
+    parts = [html.paragraph(f"Test images grouped by their earliest correct exit: up to {per_exit} per exit, drawn "
+                            f"at random (seed {ctx.seed}) and balanced over their true classes.")]
+    shown = {}
+    for exit_index, name in zip([*range(ctx.num_exits), -1], [*ctx.exit_names, "none"]):
+        candidates = np.flatnonzero(earliest == exit_index)
+        picked = ctx.sample(candidates, per_exit, f"examples {name}")
+        shown[name] = picked.tolist()
+        captions = [f"true: {classes[test.labels[i]]}" for i in picked]
+        if exit_index < 0:
+            captions = [f"{c}\nfinal: {classes[test.predictions[-1, i]]}" for c, i in zip(captions, picked)]
+        images = [(plots.image_png(ctx.splits.test.images[i].numpy(), scale), c) for i, c in zip(picked, captions)]
+        title = (f"{name}: first correct here ({candidates.size} images)" if exit_index >= 0 else
+                 f"none: no exit is correct ({candidates.size} images)")
+        parts.append(html.gallery(title, images))
+    ctx.summary["examples"] = {"seed": ctx.seed, "shown": shown}
+    return parts
