@@ -137,3 +137,51 @@ def test_a_runs_backbone_file_must_be_its_own_and_unchanged(tmp_path, monkeypatc
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="outside the run folder"):
         open_run(tmp_path / "run").model
+
+
+@pytest.mark.parametrize("tamper", ["one exit fewer", "other classes", "short labels", "nan logits", "not npz"])
+def test_edited_per_exit_outputs_are_computed_again(tmp_path_factory, tamper):
+    from test_analysis import shared_tiny_run
+
+    run = open_run(shared_tiny_run(tmp_path_factory))
+    true = load_outputs(run, "test")
+    path = run.path / "outputs" / "test.npz"
+    original = path.read_bytes()
+    with np.load(path, allow_pickle=False) as f:
+        arrays = dict(f)
+    edits = {"one exit fewer": lambda a: {"logits": a["logits"][1:], "exit_flops": a["exit_flops"][1:]},
+             "other classes": lambda a: {"logits": a["logits"][:, :, :5]},
+             "short labels": lambda a: {"logits": a["logits"][:, :-1], "labels": a["labels"][:-1]},
+             "nan logits": lambda a: {"logits": np.where(np.arange(a["logits"].shape[1])[None, :, None] == 3,
+                                                         np.nan, a["logits"]).astype(np.float32)}}
+    try:
+        if tamper == "not npz":
+            path.write_bytes(b"garbage")
+        else:
+            np.savez(path, **{**arrays, **edits[tamper](arrays)})
+        again = load_outputs(run, "test")
+        assert np.array_equal(again.logits, true.logits) and np.array_equal(again.labels, true.labels)
+        assert np.array_equal(again.exit_flops, true.exit_flops)
+    finally:
+        path.write_bytes(original)
+
+
+def test_computing_outputs_waits_for_another_process_that_computes_them(tmp_path_factory):
+    """While another process holds the outputs' lock, a second one waits; then it computes them once."""
+    import subprocess
+    import sys
+    import time
+
+    from shallowdeep.io import file_lock
+    from test_analysis import shared_tiny_run
+
+    run_dir = shared_tiny_run(tmp_path_factory)
+    (run_dir / "outputs").mkdir(exist_ok=True)
+    (run_dir / "outputs" / "holdout.npz").unlink(missing_ok=True)
+    code = "import sys; from shallowdeep.outputs import load_outputs; from shallowdeep.run import open_run; " \
+           "load_outputs(open_run(sys.argv[1]), 'holdout')"
+    with file_lock(run_dir / "outputs" / ".lock"):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)])
+        time.sleep(8)  # far longer than the tiny run's outputs take
+        assert proc.poll() is None and not (run_dir / "outputs" / "holdout.npz").exists()
+    assert proc.wait(timeout=300) == 0 and (run_dir / "outputs" / "holdout.npz").is_file()

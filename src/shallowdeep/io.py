@@ -1,15 +1,18 @@
-"""Atomic file writes (a reader never sees a half-written file), and reading JSON with a one-line error."""
+"""Atomic file writes (a reader never sees a half-written file), file locks, and reading JSON with a one-line
+error."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -87,6 +90,25 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created when missing) while the block runs: wait for another
+    process that holds it or, when ``busy`` is given, raise a :class:`UserError` saying ``busy`` at once.
+    The lock goes with the process, so a crash never leaves it held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if busy is None else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str | os.PathLike, remedy: str | None = None) -> Any:

@@ -1,12 +1,15 @@
 """Per-exit outputs: the logits of every exit on a data split, computed once per checkpoint.
 
 Stored as ``RUN/outputs/<split>.npz`` (plain arrays, read with ``allow_pickle=False``) together
-with fingerprints of the checkpoint and of the data they came from; a newer checkpoint or changed
-data invalidates them, and data of other classes or image shape than the run's is refused.
+with fingerprints of the checkpoint and of the data they came from; a newer checkpoint, changed data or
+a damaged or edited file makes them computed again (one process at a time; another waits and reads
+them), and data of other classes or image shape than the run's is refused.
 Every analysis reads these instead of running the network again.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +20,7 @@ from .data.fingerprint import check_same_task, split_fingerprint
 from .data.loader import batches
 from .errors import UserError
 from .exit_outputs import ExitOutputs
-from .io import atomic_save_npz, file_sha256
+from .io import atomic_save_npz, file_lock, file_sha256
 from .run import Run
 from .sdn import SDN
 
@@ -61,16 +64,40 @@ def load_outputs(run: Run, split: str, device: str | torch.device = "cpu", split
     splits = splits or load_run_data(run)
     check_same_task(run.config.get("data_record"), splits, f"run {run.path}")
     data = getattr(splits, split)
-    data_fingerprint = split_fingerprint(data)
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                if str(f["fingerprint"]) == fingerprint and str(f["data_fingerprint"]) == data_fingerprint:
-                    return ExitOutputs(f["logits"], f["labels"], f["exit_flops"], int(f["backbone_flops"]))
-        except (OSError, ValueError, KeyError):
-            pass  # damaged or stale cache: recompute below
-    outputs = compute_outputs(run.load_net(device), data, splits, device)
-    atomic_save_npz(path, logits=outputs.logits, labels=outputs.labels, exit_flops=outputs.exit_flops,
-                    backbone_flops=np.int64(outputs.backbone_flops), fingerprint=np.str_(fingerprint),
-                    data_fingerprint=np.str_(data_fingerprint))
+    stamp = {"fingerprint": fingerprint, "data_fingerprint": split_fingerprint(data)}
+    exits = run.model.exits
+    expected = (None if exits is None else len(exits) + 1, len(data), splits.spec.num_classes)
+    cached = _read_cached(path, stamp, expected, data.labels.numpy())
+    if cached is not None:
+        return cached
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.parent / ".lock"):  # a second process waits, then reads what the first wrote
+        cached = _read_cached(path, stamp, expected, data.labels.numpy())
+        if cached is not None:
+            return cached
+        outputs = compute_outputs(run.load_net(device), data, splits, device)
+        atomic_save_npz(path, logits=outputs.logits, labels=outputs.labels, exit_flops=outputs.exit_flops,
+                        backbone_flops=np.int64(outputs.backbone_flops),
+                        **{k: np.str_(v) for k, v in stamp.items()})
     return outputs
+
+
+def _read_cached(path: Path, stamp: dict[str, str], shape: tuple[int | None, int, int],
+                 labels: np.ndarray) -> ExitOutputs | None:
+    """The outputs cached in ``path`` when they were computed from this checkpoint and data and still hold
+    what that gives (logits of ``shape``, exits None when unknown; these ``labels``; finite values); None
+    otherwise (recompute)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if any(str(f[key]) != value for key, value in stamp.items()):
+                return None
+            outputs = ExitOutputs(f["logits"], f["labels"], f["exit_flops"], int(f["backbone_flops"]))
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        return None  # damaged: recompute
+    exits, samples, classes = shape
+    intact = (outputs.logits.shape[1:] == (samples, classes) and exits in (None, outputs.logits.shape[0])
+              and np.array_equal(outputs.labels, labels)
+              and np.isfinite(outputs.logits).all() and (outputs.exit_flops > 0).all())
+    return outputs if intact else None

@@ -13,7 +13,6 @@ Layout::
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -27,7 +26,8 @@ import torch
 from .build import build_sdn, check_finite_weights, load_checkpoint_file
 from .choices import TRUST_CODE
 from .errors import UserError, first_line
-from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_sha256, read_json, strict_json
+from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock, file_sha256, read_json,
+                 strict_json)
 from .model_spec import ModelSpec
 from .sdn import SDN
 
@@ -126,20 +126,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         raise UserError(f"{run_dir} is a file, not a run folder; choose another --out")
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UserError(f"{run_dir} is in use by another shallowdeep process; wait for it or choose another --out")
-    try:
-        yield
-    finally:
-        if created and [p.name for p in run_dir.iterdir()] == [LOCK]:  # a start that wrote nothing
-            (run_dir / LOCK).unlink()
-            run_dir.rmdir()
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    busy = f"{run_dir} is in use by another shallowdeep process; wait for it or choose another --out"
+    with file_lock(run_dir / LOCK, busy):
+        try:
+            yield
+        finally:
+            if created and [p.name for p in run_dir.iterdir()] == [LOCK]:  # a start that wrote nothing
+                (run_dir / LOCK).unlink()
+                run_dir.rmdir()
 
 
 def check_new_run_folder(run_dir: Path, require_empty: bool = True) -> None:
