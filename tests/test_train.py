@@ -114,6 +114,10 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_nothing_half_written(tmp_pa
     with pytest.raises(UserError, match="learning rate"):
         new_run(tmp_path / "nan", DATA, MODEL, quick("cnn", lr=1e30), device=CPU)
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+    with pytest.raises(UserError, match="stopped before its first epoch ended; start it again"):
+        resume_run(tmp_path / "nan", device=CPU)
+    new_run(tmp_path / "nan", DATA, MODEL, quick("cnn"), device=CPU)  # a failed start does not block a retry
+    assert open_run(tmp_path / "nan").config["train"]["recipe"]["lr"] != 1e30
     with pytest.raises(UserError, match="already holds a run"):
         new_run(tmp_path / "nan", DATA, MODEL, quick("cnn"), device=CPU)
 

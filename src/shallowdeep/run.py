@@ -70,6 +70,9 @@ class Run:
 
     def load_checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict, checked for its format."""
+        if not self.checkpoint_path.exists():
+            raise UserError(f"{self.path} has no {CHECKPOINT}: the run stopped before its first epoch ended; "
+                            "start it again with the same command (the folder is reused)")
         ckpt = load_checkpoint_file(self.checkpoint_path)
         if not isinstance(ckpt, dict) or "format" not in ckpt:
             raise UserError(f"{self.checkpoint_path} is not a shallowdeep checkpoint")
@@ -138,10 +141,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 def check_new_run_folder(run_dir: Path, require_empty: bool = True) -> None:
     """A one-line error unless ``run_dir`` can take a new run: no run in it yet and, with
-    ``require_empty``, nothing else either (so no file of the user's is ever overwritten)."""
-    if (run_dir / CONFIG).exists() or (run_dir / CHECKPOINT).exists():
+    ``require_empty``, nothing else either (so no file of the user's is ever overwritten). A folder
+    becomes a run with its first checkpoint: the config of a start that failed before is replaced."""
+    if (run_dir / CHECKPOINT).exists():
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK) if run_dir.is_dir() else []
+    failed_start = (run_dir / CONFIG).is_file()
+    ours = {LOCK, CONFIG, BACKBONE_COPY} if failed_start else {LOCK}
+    others = sorted(p.name for p in run_dir.iterdir() if p.name not in ours) if run_dir.is_dir() else []
     if require_empty and others:
         shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
         raise UserError(f"{run_dir} is not empty ({shown}); a new run needs a new or empty folder")
@@ -159,7 +165,6 @@ def create_run(run_dir: Path, model: ModelSpec, sections: dict[str, Any]) -> Mod
         sections = {**sections, "code": {BACKBONE_COPY: file_sha256(run_dir / BACKBONE_COPY)}}
     atomic_write_json(run_dir / CONFIG, {"format": RUN_FORMAT, **sections, "model": saved.to_dict()})
     return saved
-
 
 
 def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
