@@ -16,7 +16,7 @@ from shallowdeep.heads import ICDesign
 from shallowdeep.model_spec import ModelSpec
 from shallowdeep.run import CHECKPOINT_FORMAT, create_run, open_run, run_lock, write_checkpoint
 from shallowdeep.outputs import load_outputs
-from shallowdeep.train import Recipe, TrainConfig, new_run
+from shallowdeep.train import Recipe, TrainConfig, new_run, resume_run
 
 from test_data import write_image, write_imagefolder
 
@@ -39,6 +39,21 @@ def test_a_damaged_or_contradictory_spec_is_one_line():
         ModelSpec(factory="b.py")
     with pytest.raises(UserError, match="model description is damaged"):
         ModelSpec.from_dict({"arch": "resnet56", "input_shape": 3})
+    for edit, message in [({"num_classes": "ten"}, "positive integer, got 'ten'"),
+                          ({"input_shape": [3, -1]}, r"positive integers, got \[3, -1\]"),
+                          ({"exits": [1]}, "module names"), ({"fractions": [0.5, 2]}, r"lie in \(0, 1\]")]:
+        with pytest.raises(UserError, match=message):
+            ModelSpec.from_dict({"arch": "resnet56", **edit})
+
+
+def test_a_config_with_missing_sections_is_one_line(tmp_path):
+    create_run(tmp_path, ModelSpec(arch="resnet56", num_classes=10, input_shape=(3, 16, 16)), {"data": None})
+    with pytest.raises(UserError, match="lacks the 'model' or 'data' section"):
+        open_run(tmp_path)
+    create_run(tmp_path, ModelSpec(arch="resnet56", num_classes=10, input_shape=(3, 16, 16)), {"data": {}})
+    write_checkpoint(tmp_path, {"model": {}, "epoch": 0}, [])
+    with pytest.raises(UserError, match="'train' section of config.json is missing"):
+        resume_run(tmp_path, device=torch.device("cpu"))
 
 
 def test_create_run_copies_the_backbone_and_tags_the_format(tmp_path):

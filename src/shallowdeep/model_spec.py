@@ -39,6 +39,14 @@ class ModelSpec:
             path, sep, name = self.factory.rpartition(":")
             if not sep or not path or not name:
                 raise UserError(f"backbone '{self.factory}' must look like path/to/file.py:function")
+        if self.num_classes is not None and not _positive_int(self.num_classes):
+            raise UserError(f"the number of classes must be a positive integer, got {self.num_classes!r}")
+        if self.input_shape is not None and not all(_positive_int(n) for n in self.input_shape):
+            raise UserError(f"the input shape must be positive integers, got {list(self.input_shape)}")
+        if self.exits is not None and not all(isinstance(e, str) for e in self.exits):
+            raise UserError(f"exits must be module names, got {list(self.exits)}")
+        if not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.fractions):
+            raise UserError(f"exit fractions must lie in (0, 1], got {list(self.fractions)}")
 
     @property
     def has_backbone(self) -> bool:
@@ -73,5 +81,9 @@ class ModelSpec:
                        exits=None if exits is None else tuple(exits),
                        fractions=tuple(d.get("fractions", PAPER_FRACTIONS)), ic=ICDesign.parse(d.get("ic")),
                        base_dir=Path(base_dir))
-        except (AttributeError, TypeError, ValueError) as exc:
+        except (AttributeError, TypeError, ValueError, UserError) as exc:
             raise UserError(f"the model description is damaged ({exc})") from exc
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

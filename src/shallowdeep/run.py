@@ -115,7 +115,7 @@ def open_run(path: str | Path) -> Run:
     if not config_path.is_file():
         raise UserError(f"{path} is not a run folder: {CONFIG} is missing")
     config = read_json(config_path)
-    if not isinstance(config, dict) or "model" not in config or "data" not in config:
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("model", "data")):
         raise UserError(f"{config_path} lacks the 'model' or 'data' section")
     _check_format(config_path, config.get("format", RUN_FORMAT), RUN_FORMAT)  # 0.1 runs had no tag
     return Run(path, config)

@@ -113,7 +113,7 @@ def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.dev
     ``splits`` (default: the data set its config names; a study that trained on other data passes it)."""
     run = open_run(run_dir)
     ckpt = run.load_checkpoint()
-    cfg = config_from_dict(run.config["train"])
+    cfg = config_from_dict(run.config.get("train"))
     ensemble_pending = "ensemble.bias" in ckpt.get("model", {}) and not ckpt.get("ensemble_trained")
     if int(ckpt.get("epoch", 0)) >= cfg.recipe.epochs and not ensemble_pending:
         raise UserError(f"{run_dir} has finished all {cfg.recipe.epochs} epochs; nothing to resume")
@@ -142,8 +142,10 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return {**{k: v for k, v in vars(cfg).items() if k != "recipe"}, "recipe": cfg.recipe.to_dict()}
 
 
-def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """The inverse of :func:`config_to_dict`; a one-line error for a damaged section."""
+def config_from_dict(d: dict[str, Any] | None) -> TrainConfig:
+    """The inverse of :func:`config_to_dict`; a one-line error for a missing or damaged section."""
+    if not isinstance(d, dict):
+        raise UserError(f"the 'train' section of {CONFIG} is missing or damaged; the run cannot be resumed")
     try:
         return TrainConfig(**{**d, "recipe": Recipe(**d["recipe"])})
     except (KeyError, TypeError) as exc:
