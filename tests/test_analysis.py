@@ -297,3 +297,21 @@ def test_commands_turn_bad_input_into_one_line(tmp_path, tiny_run, capsys):
     assert exc.value.code == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "does not exist" in errors[0] and "--bins" in errors[1]
+
+
+@pytest.mark.parametrize("command, figure", [("evaluate", "top-1 %"), ("overthinking", "wasteful:"),
+                                             ("confusion", "AUROC"), ("early-exit", "threshold")])
+def test_a_full_disk_loses_no_figure(tiny_run, monkeypatch, capsys, command, figure):
+    import errno
+
+    import shallowdeep.io
+
+    load_outputs(open_run(tiny_run), "train")  # the outputs exist; only the result files fail to write
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shallowdeep.io, "atomic_write_json", full)
+    assert main([command, str(tiny_run)]) == 2
+    out, err = capsys.readouterr()
+    assert figure in out and "no space left on device" in err and len(err.strip().splitlines()) == 1

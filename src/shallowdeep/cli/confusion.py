@@ -39,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
     report = confusion_report(load_outputs(run_, "train", device), outputs, args.bins)
     result = {"run": str(args.run), "split": args.split, "normalised_on": "train (un-augmented)", **report}
     path = run_.path / "confusion.json"
-    atomic_write_json(path, result)
 
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
@@ -49,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"mean normalised confusion: correct {cell(report['mean_confusion']['correct'])}, "
           f"wrong {cell(report['mean_confusion']['wrong'])} ({report['final_mistakes']} mistakes in "
           f"{report['samples']} {args.split} samples)")
+    atomic_write_json(path, result)  # after printing: a full disk loses no figure
     print(f"wrote {path}")
     return 0
 

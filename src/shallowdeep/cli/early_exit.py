@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     exit_names = run_.config["model"].get("exits") or [f"IC {i + 1}" for i in range(len(test.exit_flops) - 1)]
     result = {"run": str(args.run),
               **early_exit_result(policy, criterion, calibrated_on, calibration, test, exit_names)}
-    path = _write(run_.path, result)
     _print(result)
+    path = _write(run_.path, result)  # after printing: a full disk loses no figure
     print(f"wrote {path} with its plot, and the same as the latest result: {run_.path / EARLY_EXIT_JSON}")
     return 0
 

@@ -32,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
     result = {"run": str(args.run), "split": args.split, "images": int(len(outputs.labels)),
               "backbone_flops": outputs.backbone_flops, "exits": rows,
               "top1": rows[-1]["top1"], "top5": rows[-1]["top5"]}
-    atomic_write_json(run_.path / f"eval-{args.split}.json", result)
     print(table(["exit", "name", "top-1 %", "top-5 %", "MFLOPs", "of backbone"],
                 [(r["exit"], r["name"], f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}",
                   f"{r['flops'] / 1e6:.2f}", f"{100 * r['flops_fraction']:.1f}%") for r in rows]))
+    atomic_write_json(run_.path / f"eval-{args.split}.json", result)  # after printing: a full disk loses no figure
     print(f"{len(outputs.labels)} {args.split} images; wrote {run_.path / f'eval-{args.split}.json'}")
     return 0

@@ -39,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
     names = [*exits, "final"] if isinstance(exits, list) and len(exits) == len(outputs.exit_flops) - 1 else None
     result = {"run": str(args.run), "split": args.split, **overthinking(outputs, names)}
     path = run_.path / "overthinking.json"
-    atomic_write_json(path, result)
 
     dist, destructive = result["wasteful"]["earliest_correct_exit"], result["destructive"]
     rows = []
@@ -58,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
           f"the backbone's FLOPs")
     print(f"destructive: {destructive['count']} of the final head's {destructive['final_mistakes']} mistakes "
           f"({'-' if share is None else f'{100 * share:.2f}%'}) were right at an earlier IC")
+    atomic_write_json(path, result)  # after printing: a full disk loses no figure
     print(f"wrote {path}")
     return 0
