@@ -1,0 +1,63 @@
+"""Networks nobody here wrote: torchvision and timm CNNs of many families, randomly initialised (no download).
+
+Skipped where torchvision or timm cannot be imported; CI installs both (the ``test`` extra)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shallowdeep.attach import attach
+from shallowdeep.errors import UserError
+from shallowdeep.exits import early_exit
+
+torchvision = pytest.importorskip("torchvision")
+timm = pytest.importorskip("timm")
+
+TORCHVISION = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "regnet_y_400mf",
+               "densenet121", "vgg11_bn", "mnasnet0_5"]
+TIMM = ["resnet18", "mobilenetv3_small_050", "efficientnet_b0", "convnext_atto", "regnetx_002", "densenet121",
+        "resnext26ts", "ghostnet_050"]
+SHAPE = (3, 64, 64)
+
+
+def build(library: str, name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if library == "torchvision":
+        return torchvision.models.get_model(name, num_classes=10).eval()
+    return timm.create_model(name, num_classes=10).eval()
+
+
+@pytest.mark.parametrize("library, name", [("torchvision", n) for n in TORCHVISION] + [("timm", n) for n in TIMM])
+def test_attach_keeps_the_final_output_bit_for_bit(library, name):
+    model = build(library, name)
+    x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x)
+    net = attach(model, SHAPE, 10).eval()
+    with torch.no_grad():
+        outputs = net(x)
+    assert torch.equal(outputs[-1], expected)
+    assert len(net.ics) == 6 and len(outputs) == 7
+    assert all(a < b for a, b in zip(net.exit_flops, net.exit_flops[1:]))
+
+
+@pytest.mark.parametrize("library, name", [("torchvision", "mobilenet_v3_small"), ("timm", "convnext_atto")])
+def test_early_exit_on_a_batch_equals_one_by_one(library, name):
+    net = attach(build(library, name), SHAPE, 10).eval()
+    x = torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        scores = torch.stack([o.softmax(1).max(1).values for o in net(x)[:-1]])
+    best = scores.max(0).values  # a sample leaves early when its best IC reaches the threshold
+    leaving = {float(t): int((best >= t).sum()) for t in scores.unique()}
+    threshold = min(leaving, key=lambda t: abs(leaving[t] - len(x) / 2))  # about half leave early
+    batch = early_exit(net, x, threshold)
+    single = [early_exit(net, x[i:i + 1], threshold) for i in range(len(x))]
+    assert 0 < int((batch[1] < len(net.ics)).sum()) < len(x)
+    for got, one_by_one in zip(batch, zip(*single)):
+        assert torch.equal(got, torch.cat(one_by_one))
+
+
+def test_a_model_fx_cannot_trace_is_one_line():
+    with pytest.raises(UserError, match="torch.fx could not trace"):
+        attach(build("timm", "vgg11_bn"), SHAPE, 10)
