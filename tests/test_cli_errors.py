@@ -105,7 +105,7 @@ def _image_folder(root: Path, classes: int, size: int = 16) -> Path:
             folder = root / split / f"class{c}"
             folder.mkdir(parents=True)
             for i in range(4):
-                Image.new("RGB", (size, size), (40 * c, 10 * i, 0)).save(folder / f"{i}.png")
+                Image.new("RGB", (size, size), (40 * c, 10 * i, 5 + 20 * i)).save(folder / f"{i}.png")
     return root
 
 

@@ -214,20 +214,45 @@ def _module_output_names(nodes: list[torch.fx.Node]) -> dict[str, str]:
     return names
 
 
+class _ModelError(BaseException):
+    """An error of the model's own code at ``node``, carried past ``ShapeProp`` (which would print its
+    traceback: it catches every ``Exception``)."""
+
+    def __init__(self, node: torch.fx.Node, error: Exception) -> None:
+        super().__init__(node, error)
+        self.node, self.error = node, error
+
+
+class _CarryErrors(torch.fx.Interpreter):
+    """An interpreter whose nodes raise :class:`_ModelError` instead of the model's errors."""
+
+    def run_node(self, n: torch.fx.Node):  # noqa: ANN201 - fx signature
+        try:
+            return super().run_node(n)
+        except Exception as exc:
+            raise _ModelError(n, exc) from exc
+
+
 def _shapes_and_cumulative_flops(gm: torch.fx.GraphModule, example: torch.Tensor) -> list[int]:
     """Run the graph once node by node: record each node's shape (``tensor_meta``) and return the
-    cumulative FLOPs per image after each node."""
+    cumulative FLOPs per image after each node. The model failing on ``example`` is a one-line error."""
     totals: list[int] = []
     batch = example.shape[0]
 
-    class _Counter(ShapeProp):
+    class _Counter(ShapeProp, _CarryErrors):
         def run_node(self, n: torch.fx.Node):  # noqa: ANN201 - fx signature
             result = super().run_node(n)
             totals.append(counter.get_total_flops() // batch)
             return result
 
-    with FlopCounterMode(display=False) as counter:
-        _Counter(gm).propagate(example)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            _Counter(gm).propagate(example)
+    except _ModelError as failed:
+        node = failed.node
+        where = f"layer '{node.target}'" if node.op == "call_module" else f"step '{node.name}'"
+        raise UserError(f"the backbone cannot run on inputs of shape {tuple(example.shape[1:])}: {where} "
+                        f"failed with {first_line(failed.error)}") from failed.error
     return totals
 
 

@@ -7,9 +7,10 @@ import importlib.util
 import pickle
 import warnings
 import zipfile
-from pathlib import Path
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -24,7 +25,23 @@ def build_backbone(spec: ModelSpec) -> nn.Module:
     """The backbone a model spec describes, freshly initialised."""
     if spec.arch:
         return models.create(spec.arch, num_classes=spec.num_classes, input_size=spec.input_shape[-1])
-    return load_factory(spec)()
+    factory = load_factory(spec)
+    with _user_code(f"backbone function {spec.factory}"):
+        backbone = factory()
+    if not isinstance(backbone, nn.Module):
+        raise UserError(f"backbone function {spec.factory} returned an object of type {type(backbone).__name__}, "
+                        "not a torch.nn.Module")
+    return backbone
+
+
+@contextmanager
+def _user_code(what: str) -> Iterator[None]:
+    """Run the user's code: an exception it raises, or its ``sys.exit()``, becomes a one-line error naming
+    ``what``; Ctrl-C still interrupts."""
+    try:
+        yield
+    except (Exception, SystemExit) as exc:
+        raise UserError(f"{what} failed: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def build_sdn(spec: ModelSpec, backbone_state: Mapping[str, torch.Tensor] | None = None,
@@ -48,11 +65,11 @@ def load_factory(spec: ModelSpec) -> Any:
     if not path.is_file():
         raise UserError(f"backbone file {path} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"shallowdeep_user_{path.stem}", path)
+    if module_spec is None:
+        raise UserError(f"backbone file {path} is not a Python file (.py)")
     module = importlib.util.module_from_spec(module_spec)
-    try:
+    with _user_code(f"importing the backbone file {path}"):
         module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise UserError(f"backbone file {path} failed to import: {type(exc).__name__}: {exc}") from exc
     factory = getattr(module, name, None)
     if not callable(factory):
         raise UserError(f"backbone file {path} has no function '{name}'")

@@ -15,6 +15,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 from types import ModuleType
 from typing import NoReturn
 
@@ -60,8 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.trust_code:
         os.environ[TRUST_CODE] = "1"
+    warnings.formatwarning = lambda message, *_, **__: f"shallowdeep {args.command}: warning: {message}\n"
     try:
         return int(args._run(args) or 0)
+    except SystemExit as exc:  # argparse is done: only user code (a backbone's forward) gets here
+        if args.debug:
+            raise
+        print(f"shallowdeep {args.command}: error: the backbone's code called sys.exit({exc.code!r})", file=sys.stderr)
+        return 2
     except (UserError, OSError) as exc:
         if args.debug:
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from shallowdeep.data.tinyimagenet import locate_tinyimagenet, read_tinyimagenet
 from shallowdeep.errors import UserError
 
 
+CHANNELS = ("red", "green", "blue")
+MIN_STD = 1 / 255  # the smallest standard deviation a channel is divided by: one grey level
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # channel mean and std of ImageNet
 # Normalisation of the paper: ImageNet statistics for CIFAR-10, each data set's own for the others.
 PAPER_STATS = {
@@ -73,6 +76,16 @@ def _check_cifar_copy(name: str, raw: RawDataset, folder: Path, coarse_labels: b
                         f"{len(CIFAR10_CLASSES) if name == 'cifar10' else 100} class folders (fine labels only)")
 
 
+def _floored(std: tuple[float, float, float]) -> tuple[float, float, float]:
+    """``std`` with each channel's standard deviation at least :data:`MIN_STD`, warning for each channel raised: a
+    channel that hardly varies (say, blue always 0) would otherwise be divided by (nearly) zero."""
+    for channel, value in enumerate(std):
+        if value < MIN_STD:
+            warnings.warn(f"the {CHANNELS[channel]} channel of the training images is (nearly) constant, with a "
+                          f"standard deviation of {value:.2g}; it is normalised with 1/255 (one grey level) instead")
+    return tuple(max(value, MIN_STD) for value in std)
+
+
 def _spec(name: str, raw: RawDataset, train_images: torch.Tensor, normalization: str) -> DatasetSpec:
     size = raw.train.images.shape[-1]
     if normalization == "imagenet":
@@ -81,6 +94,7 @@ def _spec(name: str, raw: RawDataset, train_images: torch.Tensor, normalization:
         mean, std = PAPER_STATS[name]
     else:
         mean, std = channel_stats(train_images)
+        std = _floored(std)
     return DatasetSpec(name=name, num_classes=len(raw.classes), input_size=size, classes=list(raw.classes),
                        mean=mean, std=std, pad=size // 8, jitter=size >= 64, flip=name != "digits")
 

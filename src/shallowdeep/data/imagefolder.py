@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +23,45 @@ def _class_dirs(split_dir: Path) -> list[Path]:
     return sorted((d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
 
 
+def _class_name(folder: Path) -> str:
+    """A class folder's name as text that can be printed and saved: bytes that are not UTF-8 are written as
+    escapes (a name holding the byte 0xff reads ``\\xff``)."""
+    return os.fsencode(folder.name).decode("utf-8", "backslashreplace")
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a file (links followed); a broken or looping link is skipped with a warning."""
+    try:
+        if entry.is_file():
+            return True
+    except OSError:  # a link to itself, or a longer loop of links
+        pass
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        warnings.warn(f"skipping {entry.path}: a broken or looping symbolic link")
+    return False
+
+
 def _images_in(folder: Path, max_per_class: int | None) -> list[Path]:
     with os.scandir(folder) as entries:
         names = sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
-                       and not e.name.startswith(".") and e.is_file())
+                       and not e.name.startswith(".") and _is_file(e))
     return [folder / name for name in names[:max_per_class]]
 
 
 def _listing(root: Path, max_per_class: int | None) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
     """Class names (sorted train folders) and, per split, (file, label) pairs in class then name order."""
-    classes = [d.name for d in _class_dirs(root / "train")]
+    classes = [_class_name(d) for d in _class_dirs(root / "train")]
     index = {name: i for i, name in enumerate(classes)}
+    if len(index) < len(classes):
+        raise UserError(f"two class folders under {root / 'train'} have names that read the same; rename one")
     listing = {}
     for split in ("train", "test"):
         pairs = []
         for class_dir in _class_dirs(root / split):
-            if class_dir.name not in index:
+            label = index.get(_class_name(class_dir))
+            if label is None:
                 raise UserError(f"class folder {class_dir} has no counterpart in {root / 'train'}")
-            pairs += [(p, index[class_dir.name]) for p in _images_in(class_dir, max_per_class)]
+            pairs += [(p, label) for p in _images_in(class_dir, max_per_class)]
         if not pairs:
             raise UserError(f"no images under {root / split}; {_LAYOUT}")
         listing[split] = pairs
