@@ -15,7 +15,7 @@ from torch import nn
 
 from shallowdeep.analysis import confusion_report, confusion_scores, error_auroc, overthinking
 from shallowdeep.analysis.gradcam import disagreements, gradcam
-from shallowdeep.attach import attach
+from shallowdeep.surgery import attach
 from shallowdeep.build import build_sdn
 from shallowdeep.model_spec import ModelSpec
 from shallowdeep.cli import main

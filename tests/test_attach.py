@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shallowdeep import models
-from shallowdeep.attach import attach, cut_points
+from shallowdeep.surgery import attach, cut_points
 from shallowdeep.build import extract_state_dict, load_backbone_weights, load_checkpoint_file
 from shallowdeep.errors import UserError
 from shallowdeep.heads import InternalClassifier

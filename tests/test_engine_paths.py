@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shallowdeep.attach import attach
+from shallowdeep.surgery import attach
 from shallowdeep.exit_outputs import ExitOutputs
 from shallowdeep.exits import MaxProb, PerExitMaxProb, early_exit, simulate
 from shallowdeep.heads import ConvHead, InternalClassifier

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shallowdeep import models
-from shallowdeep.attach import attach
+from shallowdeep.surgery import attach
 from shallowdeep.errors import UserError
 from shallowdeep.exits import (POLICIES, MaxProb, calibrate, candidate_keys, curve, earliest_correct_exit, early_exit,
                                make_policy, oracle, run_backbone, simulate, summarise, sweep)

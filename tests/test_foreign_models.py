@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shallowdeep.attach import attach
+from shallowdeep.surgery import attach
 from shallowdeep.errors import UserError
 from shallowdeep.exits import early_exit
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shallowdeep.attach import attach
+from shallowdeep.surgery import attach
 from shallowdeep.cli import main
 from shallowdeep.errors import UserError
 from shallowdeep.exits import early_exit

@@ -95,7 +95,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_graph_sees_relative_imports():
     graph = import_graph()
-    assert f"{PACKAGE}.sdn" in graph[f"{PACKAGE}.attach"]
+    assert f"{PACKAGE}.sdn" in graph[f"{PACKAGE}.surgery"]
     assert f"{PACKAGE}.train.trainer" in graph[f"{PACKAGE}.train"]
 
 

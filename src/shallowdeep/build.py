@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import models
-from .attach import attach
+from .surgery import attach
 from .errors import UserError, first_line
 from .model_spec import ModelSpec
 from .sdn import SDN, backbone_state
