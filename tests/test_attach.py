@@ -137,3 +137,24 @@ def test_a_foreign_model_with_stages_gets_its_exits_by_flops():
 
     net = attach(Foreign(), (8, 8, 8), 5)
     assert len(net.ics) == 6 and not all(re.fullmatch(r"stages\.\d+", n) for n in net.exit_names)
+
+
+def test_placement_says_when_it_falls_short_of_the_fractions():
+    from shallowdeep.surgery import CutPoint, placement_notes
+
+    points = [CutPoint(1, "a", (4, 8, 8), 15), CutPoint(2, "b", (4, 8, 8), 30), CutPoint(3, "c", (4, 4, 4), 70)]
+    assert placement_notes(points, 100, (0.15, 0.3, 0.7)) == []
+    notes = placement_notes(points, 100, (0.15, 0.3, 0.45))
+    assert notes == ["the exit meant for 45 % of the cost is at 30.0 % (b): no cut point lies nearer"]
+    notes = placement_notes([points[0], points[2]], 100, (0.15, 0.18, 0.7))
+    assert notes[0].startswith("only 2 distinct cut points are nearest to the 3 exit fractions") and len(notes) == 1
+
+
+def test_the_exits_command_lists_cut_points_and_marks_the_chosen_ones():
+    from test_cli_errors import cli
+
+    r = cli("exits", "--arch", "resnet56", "--input-shape", "3,16,16", "--fractions", "0.3,0.6")
+    assert r.returncode == 0, r.stderr
+    marked = [line.split()[0] for line in r.stdout.splitlines() if line.rstrip().endswith("IC")]
+    assert marked == ["stages.8", "stages.16"] and "2 exits at stages.8,stages.16" in r.stdout
+    assert "16x16x16" in r.stdout and "100.0 %" in r.stdout

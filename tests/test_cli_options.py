@@ -28,6 +28,8 @@ BAD = [
     *[("train", "--holdout-fraction", v) for v in ("1", "-0.1", "nan")],
     *[("train", "--limit", v) for v in ("0", "-5")],
     ("train", "--epochs", "0"), ("train", "--batch-size", "0"),
+    *[("train", "--model-kwargs", v) for v in ("[1]", "{bad", "3")],
+    *[("exits", "--input-shape", v) for v in ("3,0,32", "a")], ("exits", "--classes", "1"),
     *[("train", "--ic-width", v) for v in ("0", "100000")],
     *[("train", "--fractions", v) for v in ("0.5,0.3", "0.3,0.3", "0,0.5", "0.5,1", "0.2,,0.4", "a", "")],
     *[("train", "--milestones", v) for v in ("0", "-1", "3,a")],

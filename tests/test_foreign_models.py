@@ -4,6 +4,9 @@ Skipped where torchvision or timm cannot be imported; CI installs both (the ``te
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 
@@ -61,3 +64,40 @@ def test_early_exit_on_a_batch_equals_one_by_one(library, name):
 def test_a_model_fx_cannot_trace_is_one_line():
     with pytest.raises(UserError, match="torch.fx could not trace"):
         attach(build("timm", "vgg11_bn"), SHAPE, 10)
+
+
+@pytest.mark.parametrize("backbone, kwargs", [("torchvision:mobilenet_v3_small", '{"dropout": 0.1}'),
+                                              ("timm:resnet18", '{"drop_path_rate": 0.1}')])
+def test_ic_only_training_from_the_cli_on_a_library_model(tmp_path, backbone, kwargs):
+    from test_cli_errors import cli
+
+    library, _, name = backbone.partition(":")
+    torch.save(build(library, name).state_dict(), tmp_path / "weights.pt")
+    run = tmp_path / "run"
+    r = cli("train", "--mode", "ic-only", "--backbone", backbone, "--model-kwargs", kwargs, "--from",
+            str(tmp_path / "weights.pt"), "--dataset", "digits", "--limit", "64", "--epochs", "1", "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    assert f"model: {backbone}" in r.stdout
+    ics = int(re.search(r"exits: (\d) 'paper' ICs", r.stdout).group(1))
+    assert ics == 6 or f"so the SDN has {ics} ICs" in r.stderr  # 16x16 inputs leave few cut points: said so
+    r = cli("evaluate", str(run))
+    assert r.returncode == 0, r.stderr
+    evaluated = json.loads((run / "eval-test.json").read_text())
+    assert len(evaluated["exits"]) == ics + 1
+    config = json.loads((run / "config.json").read_text())["model"]
+    assert config["library"] == backbone and config["model_kwargs"] == json.loads(kwargs)
+
+
+def test_library_weights_offline_and_misnamed_models_are_one_line(tmp_path, monkeypatch):
+    from shallowdeep.library_models import create_library_model
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError, match="could not fetch the weights of resnet18 .*pass --from FILE"):
+        create_library_model("torchvision:resnet18", 1000, pretrained=True)
+    with pytest.raises(UserError, match="torchvision cannot build no_such_net"):
+        create_library_model("torchvision:no_such_net", 10)
+    with pytest.raises(UserError, match="timm cannot build no_such_net"):
+        create_library_model("timm:no_such_net", 10)

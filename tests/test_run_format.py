@@ -200,3 +200,23 @@ def test_computing_outputs_waits_for_another_process_that_computes_them(tmp_path
         time.sleep(8)  # far longer than the tiny run's outputs take
         assert proc.poll() is None and not (run_dir / "outputs" / "holdout.npz").exists()
     assert proc.wait(timeout=300) == 0 and (run_dir / "outputs" / "holdout.npz").is_file()
+
+
+def test_a_library_backbone_round_trips_and_is_checked(monkeypatch):
+    spec = ModelSpec(library="timm:resnet18", model_kwargs={"drop_path_rate": 0.1}, num_classes=10,
+                     input_shape=(3, 16, 16))
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(UserError, match="must look like torchvision or timm:NAME"):
+        ModelSpec(library="keras:resnet")
+    with pytest.raises(UserError, match="give one backbone"):
+        ModelSpec(arch="resnet56", library="timm:resnet18")
+    import importlib
+
+    from shallowdeep.library_models import create_library_model
+
+    def missing(name, *args):
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(UserError, match=r"needs timm: pip install 'shallowdeep\[vision\]'"):
+        create_library_model("timm:resnet18", 10)

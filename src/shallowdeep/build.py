@@ -18,13 +18,17 @@ from torch import nn
 from . import models
 from .surgery import attach
 from .errors import UserError, first_line
+from .library_models import create_library_model
 from .model_spec import ModelSpec
 from .sdn import SDN, backbone_state
 
-def build_backbone(spec: ModelSpec) -> nn.Module:
-    """The backbone a model spec describes, freshly initialised."""
+def build_backbone(spec: ModelSpec, library_weights: bool = False) -> nn.Module:
+    """The backbone a model spec describes, freshly initialised (a library model with the library's own
+    pretrained weights when ``library_weights``)."""
     if spec.arch:
         return models.create(spec.arch, num_classes=spec.num_classes, input_size=spec.input_shape[-1])
+    if spec.library:
+        return create_library_model(spec.library, spec.num_classes, spec.model_kwargs, library_weights)
     factory = load_factory(spec)
     with _user_code(f"backbone function {spec.factory}"):
         backbone = factory()
@@ -45,12 +49,14 @@ def _user_code(what: str) -> Iterator[None]:
 
 
 def build_sdn(spec: ModelSpec, backbone_state: Mapping[str, torch.Tensor] | None = None,
-              source: str = "weights") -> SDN:
-    """The SDN a model spec describes: the backbone (with ``backbone_state`` loaded, if given) with
-    ICs at ``spec.exits`` (placed by FLOPs when it is None). ``net.spec`` records the exits chosen."""
+              source: str = "weights", library_weights: bool = False) -> SDN:
+    """The SDN a model spec describes: the backbone (with ``backbone_state`` loaded, if given, else a
+    library's pretrained weights when ``library_weights``) with ICs at ``spec.exits`` (placed by FLOPs
+    when it is None). ``net.spec`` records the exits chosen."""
     if not spec.has_backbone:
-        raise UserError("say which backbone to build: --arch NAME, --backbone FILE.py:FUNCTION, or --from RUN")
-    backbone = build_backbone(spec)
+        raise UserError("say which backbone to build: --arch NAME, --backbone FILE.py:FUNCTION or LIBRARY:NAME, "
+                        "or --from RUN")
+    backbone = build_backbone(spec, library_weights and backbone_state is None)
     if backbone_state is not None:
         load_backbone_weights(backbone, backbone_state, source)
     net = attach(backbone, spec.input_shape, spec.num_classes, exits=spec.exits, fractions=spec.fractions,

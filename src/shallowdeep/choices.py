@@ -9,6 +9,7 @@ DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "digits")
 NORMALIZATIONS = ("paper", "imagenet", "dataset")
 SPLITS = ("train", "holdout", "test")
 ARCHS = ("mobilenet", "resnet56", "vgg16_bn", "wrn32_4")
+LIBRARIES = ("torchvision", "timm")  # --backbone LIBRARY:NAME builds that library's model
 MODES = ("cnn", "ic-only", "sdn")
 # the paper's recipe per mode (weight decay: the backbone's, see shallowdeep.models)
 PAPER_RECIPES = {

@@ -1,7 +1,8 @@
 """The whole description of a network, saved in every run's ``config.json`` under ``"model"``.
 
-A :class:`ModelSpec` names the backbone (a built-in ``arch`` or a user ``factory``:
-``"file.py:function"``, the file read from ``base_dir``), the data it takes (classes, input shape),
+A :class:`ModelSpec` names the backbone (a built-in ``arch``, a user ``factory``:
+``"file.py:function"``, the file read from ``base_dir``, or a ``library`` model: ``"torchvision:resnet18"``,
+``"timm:convnext_atto"``, built with ``model_kwargs``), the data it takes (classes, input shape),
 where its exits go (``exits`` by module name; ``()`` for the plain CNN; None to place them at
 ``fractions`` of the FLOPs, after which the chosen names are recorded) and the design of their
 heads. ``base_dir`` is where the spec was read from and is not saved.
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .choices import LIBRARIES
 from .errors import UserError
 from .heads import ICDesign
 
@@ -25,6 +27,8 @@ class ModelSpec:
 
     arch: str | None = None
     factory: str | None = None
+    library: str | None = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None
     exits: tuple[str, ...] | None = None
@@ -33,8 +37,14 @@ class ModelSpec:
     base_dir: Path = Path(".")
 
     def __post_init__(self) -> None:
-        if self.arch and self.factory:
-            raise UserError("give either a built-in backbone (--arch) or your own (--backbone), not both")
+        if sum(map(bool, (self.arch, self.factory, self.library))) > 1:
+            raise UserError("give one backbone: a built-in one (--arch), your own or a library's (--backbone)")
+        if self.library is not None:
+            library, _, name = self.library.partition(":")
+            if library not in LIBRARIES or not name:
+                raise UserError(f"library model '{self.library}' must look like {' or '.join(LIBRARIES)}:NAME")
+        if not isinstance(self.model_kwargs, Mapping) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise UserError(f"model keyword arguments must be a JSON object, got {self.model_kwargs!r}")
         if self.factory is not None:
             path, sep, name = self.factory.rpartition(":")
             if not sep or not path or not name:
@@ -50,7 +60,7 @@ class ModelSpec:
 
     @property
     def has_backbone(self) -> bool:
-        return bool(self.arch or self.factory)
+        return bool(self.arch or self.factory or self.library)
 
     @property
     def factory_path(self) -> Path:
@@ -62,11 +72,13 @@ class ModelSpec:
 
     def with_backbone_of(self, other: "ModelSpec") -> "ModelSpec":
         """This spec with ``other``'s backbone (its factory file still read from ``other.base_dir``)."""
-        return replace(self, arch=other.arch, factory=other.factory, base_dir=other.base_dir)
+        return replace(self, arch=other.arch, factory=other.factory, library=other.library,
+                       model_kwargs=other.model_kwargs, base_dir=other.base_dir)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form saved in ``config.json``."""
-        d: dict[str, Any] = {"arch": self.arch} if self.arch else {"factory": self.factory}
+        d: dict[str, Any] = ({"arch": self.arch} if self.arch else {"factory": self.factory} if not self.library
+                             else {"library": self.library, "model_kwargs": dict(self.model_kwargs)})
         return {**d, "num_classes": self.num_classes, "input_shape": list(self.input_shape or ()),
                 "exits": None if self.exits is None else list(self.exits), "fractions": list(self.fractions),
                 "ic": self.ic.to_dict()}
@@ -76,7 +88,8 @@ class ModelSpec:
         """The spec a saved ``"model"`` section describes; a one-line error when it is damaged."""
         try:
             exits = d.get("exits")
-            return cls(arch=d.get("arch"), factory=d.get("factory"), num_classes=d.get("num_classes"),
+            return cls(arch=d.get("arch"), factory=d.get("factory"), library=d.get("library"),
+                       model_kwargs=d.get("model_kwargs") or {}, num_classes=d.get("num_classes"),
                        input_shape=tuple(d["input_shape"]) if d.get("input_shape") else None,
                        exits=None if exits is None else tuple(exits),
                        fractions=tuple(d.get("fractions", PAPER_FRACTIONS)), ic=ICDesign.parse(d.get("ic")),

@@ -11,6 +11,7 @@ are closest to the given fractions of the whole network's FLOPs.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -27,7 +28,9 @@ from .heads import GeometricEnsemble, ICDesign, make_heads
 from .model_spec import PAPER_FRACTIONS
 from .models.base import StagedNet
 from .sdn import SDN
+
 MAX_AUTO_FRACTION = 0.97
+FAR_FROM_FRACTION = 0.05  # an automatically placed exit further than this from its fraction of the cost is reported
 
 
 @dataclass
@@ -71,7 +74,12 @@ def attach(
                         f"for the data set's {num_classes} classes")
     if exits is None and isinstance(model, StagedNet):
         points = [p for p in points if re.fullmatch(r"stages\.\d+", p.name)]  # between blocks, as in the paper
-    chosen = _resolve_exits(gm, points, exits) if exits is not None else place_exits(points, total_flops, fractions)
+    if exits is None:
+        chosen = place_exits(points, total_flops, fractions)
+        for note in placement_notes(chosen, total_flops, fractions):
+            warnings.warn(note, stacklevel=2)
+    else:
+        chosen = _resolve_exits(gm, points, exits)
     segments = split_graph(gm, [p.index for p in chosen])
     design = ICDesign.parse(ic)
     device = next(model.parameters(), torch.zeros(())).device
@@ -141,6 +149,23 @@ def place_exits(points: Sequence[CutPoint], total_flops: int, fractions: Sequenc
         best = min(usable, key=lambda p: (abs(p.flops - f * total_flops), -p.index))
         chosen[best.index] = best
     return [chosen[i] for i in sorted(chosen)]
+
+
+def placement_notes(chosen: Sequence[CutPoint], total_flops: int, fractions: Sequence[float],
+                    tolerance: float = FAR_FROM_FRACTION) -> list[str]:
+    """One line for each way placement by FLOPs fell short: fewer distinct cut points than fractions, or
+    an exit more than ``tolerance`` of the cost away from its fraction."""
+    notes = []
+    if len(chosen) < len(fractions):
+        notes.append(f"only {len(chosen)} distinct cut points are nearest to the {len(fractions)} exit fractions, "
+                     f"so the SDN has {len(chosen)} ICs; see `shallowdeep exits` and choose --exits yourself")
+    for f in fractions:
+        nearest = min(chosen, key=lambda p: abs(p.flops - f * total_flops))
+        share = nearest.flops / total_flops
+        if abs(share - f) > tolerance:
+            notes.append(f"the exit meant for {100 * f:.0f} % of the cost is at {100 * share:.1f} % ({nearest.name}): "
+                         "no cut point lies nearer")
+    return notes
 
 
 def _resolve_exits(gm: torch.fx.GraphModule, points: Sequence[CutPoint], exits: Sequence[str]) -> list[CutPoint]:

@@ -7,6 +7,7 @@ before any work starts.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -14,7 +15,7 @@ import sys
 from argparse import ArgumentTypeError
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-from ..choices import ARCHS, IC_DESIGNS, IC_WIDTH
+from ..choices import ARCHS, IC_DESIGNS, IC_WIDTH, LIBRARIES
 from ..errors import UserError
 
 if TYPE_CHECKING:
@@ -152,7 +153,10 @@ def add_model_arguments(parser, from_help: str) -> None:
     """The options that say which network to build: a built-in or user backbone, weights, exits."""
     g = parser.add_argument_group("model")
     g.add_argument("--arch", choices=ARCHS, help="built-in backbone")
-    g.add_argument("--backbone", metavar="FILE.py:FUNCTION", help="your own backbone: a function returning an nn.Module")
+    g.add_argument("--backbone", metavar="FILE.py:FUNCTION|LIBRARY:NAME",
+                   help="your own backbone (a function returning an nn.Module), or torchvision:NAME / timm:NAME")
+    g.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON",
+                   help="keyword arguments of a torchvision or timm model, e.g. '{\"drop_path_rate\": 0.1}'")
     g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS", help=from_help)
     g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
     g.add_argument("--fractions", type=increasing_fractions, default="0.15,0.3,0.45,0.6,0.75,0.9",
@@ -170,5 +174,21 @@ def model_spec(args) -> ModelSpec:
     from ..model_spec import ModelSpec
 
     exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits else None
-    return ModelSpec(arch=args.arch, factory=args.backbone, exits=exits, fractions=args.fractions,
+    library = args.backbone if args.backbone and args.backbone.partition(":")[0] in LIBRARIES else None
+    if args.model_kwargs and not library:
+        raise UserError("--model-kwargs applies to torchvision:NAME and timm:NAME backbones")
+    return ModelSpec(arch=args.arch, factory=None if library else args.backbone, library=library,
+                     model_kwargs=args.model_kwargs, exits=exits, fractions=args.fractions,
                      ic=ICDesign(args.ic, args.ic_width))
+
+
+def json_object(text: str) -> dict:
+    """A type function for a JSON object (keyword arguments)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArgumentTypeError(f"must be a JSON object such as '{{\"drop_path_rate\": 0.1}}' ({exc.msg}), "
+                                f"got '{text}'") from None
+    if not isinstance(value, dict):
+        raise ArgumentTypeError(f"must be a JSON object, got '{text}'")
+    return value

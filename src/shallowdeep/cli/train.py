@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..choices import DATASETS, IC_LOSSES, MODES, NORMALIZATIONS, PAPER_RECIPES
+from ..choices import DATASETS, IC_LOSSES, LIBRARIES, MODES, NORMALIZATIONS, PAPER_RECIPES
 from ..errors import UserError
 from ._common import (add_device_argument, add_model_arguments, fraction, model_spec, non_negative_float,
                       positive_float, positive_int, positive_ints, progress_bar, random_seed, resolve_device)
@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--mode", choices=MODES, default="cnn", help="what to train")
     add_model_arguments(p, "start from these backbone weights: a run folder or a checkpoint file")
+    p.add_argument("--pretrained", dest="library_weights", action="store_true",
+                   help="a torchvision:NAME or timm:NAME backbone starts from the library's own pretrained weights "
+                        "(fetched by the library)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="cifar10")
     g.add_argument("--data-dir", type=Path, help="folder holding the data set")
@@ -104,8 +107,10 @@ def _resume_splits(out: Path):
 def _start(args: argparse.Namespace, device, dist, log):
     from ..train import TrainConfig, new_run
 
-    if args.mode == "ic-only" and not args.pretrained:
-        raise UserError("--mode ic-only needs a trained backbone: --from RUN_OR_WEIGHTS")
+    if args.mode == "ic-only" and not (args.pretrained or args.library_weights):
+        raise UserError("--mode ic-only needs a trained backbone: --from RUN_OR_WEIGHTS (or --pretrained)")
+    if args.library_weights and not (args.backbone or "").startswith(tuple(f"{lib}:" for lib in LIBRARIES)):
+        raise UserError("--pretrained applies to torchvision:NAME and timm:NAME backbones; for others use --from")
     if args.data_dir is None and args.dataset != "digits":
         raise UserError(f"--data-dir is required for --dataset {args.dataset}")
     model = model_spec(args)
@@ -117,7 +122,8 @@ def _start(args: argparse.Namespace, device, dist, log):
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
             "download": args.download, "normalization": args.normalization}
     return new_run(args.out, data, model, cfg, recipe_changes=_recipe_changes(args), pretrained=args.pretrained,
-                   device=device, dist=dist, progress=progress_bar, on_start=_print_lines, on_epoch=log)
+                   device=device, dist=dist, progress=progress_bar, on_start=_print_lines, on_epoch=log,
+                   library_weights=args.library_weights)
 
 
 def _print_lines(lines: list[str]) -> None:

@@ -49,7 +49,8 @@ def resolve_backbone(model: ModelSpec, pretrained: str | Path | None
         if not model.has_backbone and source_spec is not None:
             model = model.with_backbone_of(source_spec)
     if not model.has_backbone:
-        raise UserError("say which backbone to train: --arch NAME, --backbone FILE.py:FUNCTION, or --from RUN")
+        raise UserError("say which backbone to train: --arch NAME, --backbone FILE.py:FUNCTION or LIBRARY:NAME, "
+                        "or --from RUN")
     return model, state
 
 
@@ -63,7 +64,7 @@ def new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCon
             device: torch.device, dist: DistInfo | None = None, progress: Progress | None = None,
             on_start: Callable[[list[str]], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
             splits: Splits | None = None, extra_config: dict[str, Any] | None = None,
-            require_empty: bool = True) -> list[dict]:
+            require_empty: bool = True, library_weights: bool = False) -> list[dict]:
     """Start a run in ``run_dir`` (which must not hold one yet) and train it.
 
     ``model`` needs no class count or input shape: they come from the data set. Without a backbone,
@@ -73,20 +74,21 @@ def new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCon
     ``splits`` replaces the data ``data`` describes (e.g. a poisoned copy); ``extra_config`` is recorded in the run's config
     beside the rest (e.g. how the data was poisoned). The folder is held by this process until
     training ends; it must be new or empty unless ``require_empty`` is False (a study's own folder).
+    ``library_weights``: a torchvision or timm backbone starts from the library's pretrained weights.
     """
     dist = dist or DistInfo()
     with run_lock(run_dir) if dist.is_main else nullcontext():
         check_new_run_folder(run_dir, require_empty)
         return _new_run(run_dir, data, model, cfg, recipe_changes, pretrained, device, dist, progress, on_start,
-                        on_epoch, splits, extra_config)
+                        on_epoch, splits, extra_config, library_weights)
 
 
 def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainConfig,
              recipe_changes: Mapping[str, Any] | None, pretrained: str | None, device: torch.device,
              dist: DistInfo, progress: Progress | None, on_start: Callable[[list[str]], None] | None,
              on_epoch: Callable[[dict], None] | None, splits: Splits | None,
-             extra_config: dict[str, Any] | None) -> list[dict]:
-    if cfg.mode == "ic-only" and pretrained is None:
+             extra_config: dict[str, Any] | None, library_weights: bool) -> list[dict]:
+    if cfg.mode == "ic-only" and pretrained is None and not library_weights:
         raise UserError("IC-only training needs a trained backbone: pass --from RUN_OR_WEIGHTS")
     model, state = resolve_backbone(model, pretrained)
     if cfg.recipe is None:
@@ -96,7 +98,7 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
     if cfg.mode == "cnn":
         model = replace(model, exits=())
     torch.manual_seed(cfg.seed)  # the initial weights, ICs included
-    net = build_sdn(model, state, f"weights from {pretrained}")
+    net = build_sdn(model, state, f"weights from {pretrained}", library_weights)
     if cfg.mode == "sdn" and not cfg.ic_weights:
         cfg = replace(cfg, ic_weights=[round(f / net.backbone_flops, 4) for f in net.exit_flops[:-1]])
     if dist.is_main:

@@ -18,7 +18,7 @@ def start_summary(net: SDN, splits: Splits, cfg: TrainConfig, device: torch.devi
     lines = [
         f"data: {splits.spec.name}, {len(splits.train)} train / {len(splits.holdout)} holdout / "
         f"{len(splits.test)} test images, {splits.spec.num_classes} classes, {shape}",
-        f"model: {spec.arch or spec.factory}, {net.backbone_flops / 1e6:.1f} MFLOPs per image",
+        f"model: {spec.arch or spec.factory or spec.library}, {net.backbone_flops / 1e6:.1f} MFLOPs per image",
     ]
     if net.ics:
         shares = " ".join(f"{100 * f / net.backbone_flops:.1f}" for f in net.exit_flops[:-1])
