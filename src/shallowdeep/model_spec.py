@@ -38,7 +38,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if sum(map(bool, (self.arch, self.factory, self.library))) > 1:
-            raise UserError("give one backbone: a built-in one (--arch), your own or a library's (--backbone)")
+            raise UserError("give one backbone: a built-in one (--arch) or your own or a library's (--backbone), not both")
         if self.library is not None:
             library, _, name = self.library.partition(":")
             if library not in LIBRARIES or not name:

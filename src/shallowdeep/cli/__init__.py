@@ -61,7 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.trust_code:
         os.environ[TRUST_CODE] = "1"
+    previous = warnings.formatwarning
     warnings.formatwarning = lambda message, *_, **__: f"shallowdeep {args.command}: warning: {message}\n"
+    try:
+        return _dispatch(args)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; a user error, a file-system refusal or user code's ``sys.exit`` is one line (exit 2)."""
     try:
         return int(args._run(args) or 0)
     except SystemExit as exc:  # argparse is done: only user code (a backbone's forward) gets here
