@@ -529,3 +529,22 @@ def test_load_dataset_bad_arguments_are_one_line_user_errors(tmp_path):
         with pytest.raises(UserError) as info:
             load_dataset(case.pop("name"), case.pop("data_dir"), **case)
         assert "\n" not in str(info.value) and str(info.value)
+
+
+def test_image_size_resizes_odd_sized_images_and_is_applied_again_when_evaluating(tmp_path):
+    import json
+
+    from test_cli_errors import cli
+
+    write_imagefolder(tmp_path / "data", per_class=4, size=28)  # Fashion-MNIST's size: no built-in backbone takes it
+    r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+            "--epochs", "1", "--out", str(tmp_path / "refused"))
+    assert r.returncode == 2 and "input_size" in r.stderr
+    r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+            "--image-size", "16", "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert "3x16x16" in r.stdout
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["image_size"] == 16 and config["data_record"]["input_shape"] == [3, 16, 16]
+    r = cli("evaluate", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
