@@ -76,7 +76,11 @@ def attach(
         points = [p for p in points if re.fullmatch(r"stages\.\d+", p.name)]  # between blocks, as in the paper
     if exits is None:
         chosen = place_exits(points, total_flops, fractions)
-        for note in placement_notes(chosen, total_flops, fractions):
+        notes = placement_notes(chosen, total_flops, fractions)
+        if not traces_alike_in_both_modes(model, gm):
+            notes.append(f"{type(model).__name__}'s forward depends on self.training (drop-path or functional "
+                         "dropout, say): the SDN runs its eval-mode graph, so that behaviour is lost in training")
+        for note in notes:
             warnings.warn(note, stacklevel=2)
     else:
         chosen = _resolve_exits(gm, points, exits)
@@ -108,6 +112,21 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
             f"cannot split {type(model).__name__}: torch.fx could not trace its forward ({first}); "
             "data-dependent control flow must be removed or wrapped as a leaf module"
         ) from exc
+
+
+def traces_alike_in_both_modes(model: nn.Module, eval_graph: torch.fx.GraphModule) -> bool:
+    """Whether ``model`` traced in train mode gives the graph ``eval_graph`` traced in eval mode (a model whose
+    code branches on ``self.training`` does not; modules such as dropout and batch norm do, as they check
+    their mode when they run). A model that cannot be traced in train mode counts as alike."""
+    was_training = model.training
+    try:
+        train_graph = torch.fx.symbolic_trace(model.train())
+    except Exception:  # noqa: BLE001 - fx raises many kinds; the eval trace is what attach uses
+        return True
+    finally:
+        model.train(was_training)
+    steps = lambda g: [(n.op, str(n.target), repr(n.args), repr(n.kwargs)) for n in g.graph.nodes]  # noqa: E731
+    return steps(train_graph) == steps(eval_graph)
 
 
 def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.GraphModule, list[CutPoint], int]:
