@@ -149,15 +149,17 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def add_model_arguments(parser, from_help: str) -> None:
-    """The options that say which network to build: a built-in or user backbone, weights, exits."""
+def add_model_arguments(parser, from_help: str | None) -> None:
+    """The options that say which network to build: a built-in or user backbone, weights (``--from``, unless
+    ``from_help`` is None), exits."""
     g = parser.add_argument_group("model")
     g.add_argument("--arch", choices=ARCHS, help="built-in backbone")
     g.add_argument("--backbone", metavar="FILE.py:FUNCTION|LIBRARY:NAME",
                    help="your own backbone (a function returning an nn.Module), or torchvision:NAME / timm:NAME")
     g.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON",
                    help="keyword arguments of a torchvision or timm model, e.g. '{\"drop_path_rate\": 0.1}'")
-    g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS", help=from_help)
+    if from_help is not None:
+        g.add_argument("--from", "--weights", dest="pretrained", metavar="RUN_OR_WEIGHTS", help=from_help)
     g.add_argument("--exits", help="comma-separated module names whose outputs feed the ICs (default: by FLOPs)")
     g.add_argument("--fractions", type=increasing_fractions, default="0.15,0.3,0.45,0.6,0.75,0.9",
                    help="fractions of the FLOPs where ICs go when --exits is not given")

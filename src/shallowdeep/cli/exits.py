@@ -15,7 +15,7 @@ HELP = "list where a backbone can take exits, with their cost and shape"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p, "not used: the cut points do not depend on the weights")
+    add_model_arguments(p, None)  # the cut points do not depend on the weights
     p.add_argument("--input-shape", type=positive_ints, default="3,32,32", metavar="C,H,W",
                    help="shape of one input image")
     p.add_argument("--classes", type=int_range(2), default=10, help="number of classes")
