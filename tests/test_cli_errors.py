@@ -50,6 +50,11 @@ def test_conflicting_and_missing_options(tmp_path):
     assert_one_line_error(r, "--arch", "--backbone", "not both")
     r = cli("train", "--mode", "ic-only", "--arch", "resnet56", "--dataset", "digits", "--out", str(tmp_path / "r"))
     assert_one_line_error(r, "needs a trained backbone", "--from")
+    r = cli("train", "--arch", "resnet56", "--pretrained", "--dataset", "digits", "--out", str(tmp_path / "r"))
+    assert_one_line_error(r, "--pretrained applies to torchvision:NAME and timm:NAME")
+    r = cli("train", "--backbone", "x.py:f", "--model-kwargs", '{"a": 1}', "--dataset", "digits",
+            "--out", str(tmp_path / "r"))
+    assert_one_line_error(r, "--model-kwargs applies to torchvision:NAME and timm:NAME")
 
 
 def test_evaluate_missing_or_damaged_run(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..choices import DATASETS, IC_LOSSES, LIBRARIES, MODES, NORMALIZATIONS, PAPER_RECIPES
+from ..choices import DATASETS, IC_LOSSES, MODES, NORMALIZATIONS, PAPER_RECIPES
 from ..errors import UserError
 from ._common import (add_device_argument, add_model_arguments, fraction, int_range, model_spec, non_negative_float,
                       positive_float, positive_int, positive_ints, progress_bar, random_seed, resolve_device)
@@ -111,11 +111,11 @@ def _start(args: argparse.Namespace, device, dist, log):
 
     if args.mode == "ic-only" and not (args.pretrained or args.library_weights):
         raise UserError("--mode ic-only needs a trained backbone: --from RUN_OR_WEIGHTS (or --pretrained)")
-    if args.library_weights and not (args.backbone or "").startswith(tuple(f"{lib}:" for lib in LIBRARIES)):
-        raise UserError("--pretrained applies to torchvision:NAME and timm:NAME backbones; for others use --from")
     if args.data_dir is None and args.dataset != "digits":
         raise UserError(f"--data-dir is required for --dataset {args.dataset}")
     model = model_spec(args)
+    if args.library_weights and not model.library:
+        raise UserError("--pretrained applies to torchvision:NAME and timm:NAME backbones; for others use --from")
     cfg = TrainConfig(mode=args.mode, seed=args.seed,
                       cache_features=not args.no_cache_features, cache_views=args.cache_views,
                       cache_budget_gb=args.cache_budget_gb, amp=not args.no_amp, compile=args.compile,
