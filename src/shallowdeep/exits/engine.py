@@ -53,20 +53,14 @@ def early_exit(
     if net.training:
         raise UserError("early exit needs the SDN in eval mode (call net.eval())")
     n, device = x.shape[0], x.device
-    cascades, ensemble = any(ic.cascade_classes for ic in net.ics), net.ensemble
+    cascades = any(ic.cascade_classes for ic in net.ics)
     leavers: _Leavers | None = None  # allocated when the first sample leaves
     state = rule.start(n, device)
     h = x
     raw: torch.Tensor | None = None  # the previous IC's logits (read by cascading ICs)
     log_probs: list[torch.Tensor] = []  # with an ensemble: every IC's log-softmax so far
-    for index, (segment, ic) in enumerate(zip(net.segments, net.ics)):  # the final segment comes after
-        h = segment(h)
-        raw = ic(h, raw)
-        logits = raw
-        if ensemble is not None:
-            log_probs.append(torch.log_softmax(raw.float(), dim=1))
-            logits = ensemble.exit_logits(index, log_probs)
-        go_on, state = rule.step(logits, state, index)
+    for index in range(len(net.ics)):  # the final segment comes after
+        h, raw, logits, log_probs, go_on, state = stage_decision(net, rule, index, h, raw, log_probs, state)
         if h.shape[0] == 1 and go_on.item():  # one sample: no index to compute
             continue
         keep = torch.nonzero(go_on).squeeze(1)  # the stage's one synchronisation
@@ -79,7 +73,7 @@ def early_exit(
         leavers.record(logits.argmax(dim=1), index)
         if keep.shape[0] == 0:
             return leavers.answer(net)
-        leavers.alive, h = leavers.alive.index_select(0, keep), _rows(h, keep)
+        leavers.alive, h = leavers.alive.index_select(0, keep), rows(h, keep)
         raw = raw.index_select(0, keep) if cascades else None
         log_probs = [p.index_select(0, keep) for p in log_probs]
         state = tuple(s.index_select(0, keep) for s in state)
@@ -97,7 +91,25 @@ def _everybody(net: SDN, predictions: torch.Tensor, index: int) -> Answer:
             torch.full((n,), net.exit_flops[index], dtype=torch.long, device=device))
 
 
-def _rows(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def stage_decision(net: SDN, rule: ExitPolicy, index: int, h: torch.Tensor, raw: torch.Tensor | None,
+                   log_probs: list[torch.Tensor], state: State
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor, State]:
+    """Stage ``index`` on the running samples: segment ``index`` maps ``h`` (the previous stage's map) to IC
+    ``index``'s input, the IC reads it (and ``raw``, the previous IC's logits, when it cascades), the ensemble
+    (if any) combines it with ``log_probs`` (every earlier IC's log-probabilities), and the policy decides.
+    Returns the new map, the IC's logits, the exit's answer, the log-probabilities so far, whether each
+    sample goes on, and the policy's new state."""
+    h = net.segments[index](h)
+    raw = net.ics[index](h, raw)
+    logits = raw
+    if net.ensemble is not None:
+        log_probs = [*log_probs, torch.log_softmax(raw.float(), dim=1)]
+        logits = net.ensemble.exit_logits(index, log_probs)
+    go_on, state = rule.step(logits, state, index)
+    return h, raw, logits, log_probs, go_on, state
+
+
+def rows(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Rows ``keep`` of the feature map ``h``, in its memory format (``index_select`` alone would make a
     channels-last map contiguous, slowly)."""
     if h.dim() == 4 and not h.is_contiguous() and h.is_contiguous(memory_format=torch.channels_last):
