@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from shallowdeep.classifier import load_classifier
+from shallowdeep.classifier import load
 from shallowdeep.data import load_dataset
 from shallowdeep.errors import UserError
 from shallowdeep.model_spec import ModelSpec
@@ -26,7 +26,7 @@ def sdn_run(tmp_path_factory):
 
 
 def test_a_classifier_answers_raw_images_as_the_stored_outputs_do(sdn_run):
-    clf = load_classifier(sdn_run)
+    clf = load(sdn_run)
     images = load_dataset(**DATA).test.images  # uint8, as read from files
     outputs = load_outputs(open_run(sdn_run), "test")  # the evaluation path: batches, normalisation, all exits
     final = clf.predict(images)
@@ -43,4 +43,4 @@ def test_a_classifier_answers_raw_images_as_the_stored_outputs_do(sdn_run):
 
 def test_images_of_another_shape_are_one_line(sdn_run):
     with pytest.raises(UserError, match=r"images of shape \(3, 32, 32\) given, but this network takes \(3, 16, 16\)"):
-        load_classifier(sdn_run).predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+        load(sdn_run).predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))

@@ -306,13 +306,15 @@ def test_imagefolder_converts_modes_and_resizes(tmp_path):
     write_image(tmp_path / "train" / "a" / "0.png", grey)
     rgba = np.full((8, 8, 4), 200, dtype=np.uint8)
     write_image(tmp_path / "test" / "a" / "0.png", rgba)
-    raw = read_imagefolder(tmp_path)
+    with pytest.warns(UserWarning, match="1 of the 2 images are grey and the others in colour: all are read as RGB"):
+        raw = read_imagefolder(tmp_path)
     assert torch.equal(raw.train.images[0], torch.from_numpy(np.stack([grey] * 3)))
     assert raw.test.images.shape == (1, 3, 8, 8) and int(raw.test.images.max()) == 200
     write_image(tmp_path / "train" / "a" / "1.png", np.zeros((8, 12, 3), np.uint8))
     with pytest.raises(UserError, match="1.png is 12x8"):
         read_imagefolder(tmp_path)
-    resized = read_imagefolder(tmp_path, image_size=4)
+    with pytest.warns(UserWarning, match="all are read as RGB"):
+        resized = read_imagefolder(tmp_path, image_size=4)
     assert resized.train.images.shape == (2, 3, 4, 4)
     expected = np.asarray(Image.fromarray(grey).convert("RGB").resize((4, 4), Image.Resampling.BILINEAR))
     assert torch.equal(resized.train.images[0], torch.from_numpy(expected.transpose(2, 0, 1).copy()))
@@ -536,10 +538,10 @@ def test_image_size_resizes_odd_sized_images_and_is_applied_again_when_evaluatin
 
     from test_cli_errors import cli
 
-    write_imagefolder(tmp_path / "data", per_class=4, size=28)  # Fashion-MNIST's size: no built-in backbone takes it
+    write_imagefolder(tmp_path / "data", per_class=4, size=12)  # smaller than any built-in backbone takes
     r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
             "--epochs", "1", "--out", str(tmp_path / "refused"))
-    assert r.returncode == 2 and "input_size" in r.stderr
+    assert r.returncode == 2 and "input_size must be an integer of at least 16" in r.stderr
     r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
             "--image-size", "16", "--epochs", "1", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr

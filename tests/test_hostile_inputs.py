@@ -152,7 +152,7 @@ def test_an_image_of_another_size_is_refused_before_decoding(tmp_path, monkeypat
     def decoded(*args):
         raise AssertionError("an image was decoded before the sizes were checked")
 
-    monkeypatch.setattr(decode, "_open_rgb", decoded)
+    monkeypatch.setattr(decode, "_open_image", decoded)
     with pytest.raises(UserError, match=r"!huge.png is 200x300 but 4 of the 5 images are 4x4"):
         read_imagefolder(tmp_path)
 
@@ -162,7 +162,7 @@ def test_16_bit_grey_levels_are_scaled_to_8_bits(tmp_path):
         write_image(tmp_path / split / "a" / "0.png", np.array([[0, 257], [32768, 65535]], np.uint16))
     with Image.open(tmp_path / "train" / "a" / "0.png") as image:
         assert image.mode.startswith("I")
-    assert read_imagefolder(tmp_path).train.images[0].tolist() == [[[0, 1], [128, 255]]] * 3
+    assert read_imagefolder(tmp_path).train.images[0].tolist() == [[[0, 1], [128, 255]]]  # grey stays grey
     Image.fromarray(np.array([[0, 70000], [0, 0]], np.int32), "I").save(tmp_path / "train" / "a" / "0.tif")
     with pytest.raises(UserError, match="0.tif has pixel values outside 0..65535"):
         read_imagefolder(tmp_path)

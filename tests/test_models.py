@@ -215,7 +215,8 @@ def test_registry_names_and_weight_decay() -> None:
     [
         lambda: models.create("resnet50", 10),
         lambda: models.default_weight_decay("resnet50"),
-        lambda: models.create("resnet56", 10, 48),
+        lambda: models.create("resnet56", 10, 15),
+        lambda: models.create("resnet56", 10, 32, 0),
         lambda: models.create("vgg16_bn", 10, 32.0),
         lambda: models.create("mobilenet", 0),
         lambda: models.create("wrn32_4", True),
@@ -235,9 +236,9 @@ def test_register_decorator_adds_a_builder(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(registry, "_REGISTRY", {})
 
     @registry.register("tiny", weight_decay=0.25)
-    def tiny(num_classes: int, input_size: int) -> nn.Module:
-        return nn.Linear(input_size, num_classes)
+    def tiny(num_classes: int, input_size: int, in_channels: int) -> nn.Module:
+        return nn.Linear(in_channels * input_size, num_classes)
 
     assert models.available() == ["tiny"]
     assert models.default_weight_decay("tiny") == 0.25
-    assert models.create("tiny", 3, 16).weight.shape == (3, 16)
+    assert models.create("tiny", 3, 16, 1).weight.shape == (3, 16)

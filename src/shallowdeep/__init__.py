@@ -4,10 +4,12 @@ The public API, imported on first use (``import shallowdeep`` itself loads neith
 
 - :func:`attach` (model, input_shape, num_classes, ...): any ``torch.fx``-traceable classifier as an
   :class:`SDN` with internal classifiers placed by FLOPs;
-- :func:`early_exit` (net, x, threshold): batched early exit;
+- :mod:`models`: the paper's four backbones, ``models.create(name, num_classes, input_size, in_channels)``;
+- :func:`early_exit` (net, x, threshold), or ``net.early_exit(x, threshold)``: batched early exit;
 - :func:`calibrate`, :class:`ExitOutputs`, :func:`simulate`, :func:`summarise`: thresholds on stored outputs;
 - :class:`ModelSpec`, :func:`open_run`: a run folder's network and records;
-- :func:`load_classifier` (run folder): its SDN with the preprocessing of its data, for new images.
+- :func:`load` (run folder): a :class:`Classifier`, its trained SDN in eval mode with the preprocessing of its
+  data, for new images (tensors, or files and folders with ``predict_files``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "attach": "surgery", "SDN": "sdn", "ModelSpec": "model_spec", "open_run": "run",
-    "load_classifier": "classifier", "Classifier": "classifier", "ExitOutputs": "exit_outputs",
+    "load": "classifier", "Classifier": "classifier", "ExitOutputs": "exit_outputs",
     "early_exit": "exits", "calibrate": "exits", "simulate": "exits", "summarise": "exits",
 }
-__all__ = sorted(_EXPORTS)
+_SUBPACKAGES = ("models",)
+__all__ = sorted([*_EXPORTS, *_SUBPACKAGES])
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)  # the import makes it an attribute of the package
     if name not in _EXPORTS:
         raise AttributeError(f"module 'shallowdeep' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
@@ -34,4 +39,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted([*globals(), *__all__])

@@ -26,7 +26,8 @@ def build_backbone(spec: ModelSpec, library_weights: bool = False) -> nn.Module:
     """The backbone a model spec describes, freshly initialised (a library model with the library's own
     pretrained weights when ``library_weights``)."""
     if spec.arch:
-        return models.create(spec.arch, num_classes=spec.num_classes, input_size=spec.input_shape[-1])
+        return models.create(spec.arch, num_classes=spec.num_classes, input_size=spec.input_shape[-1],
+                             in_channels=spec.input_shape[0])
     if spec.library:
         return create_library_model(spec.library, spec.num_classes, spec.model_kwargs, library_weights)
     factory = load_factory(spec)

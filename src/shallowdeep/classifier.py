@@ -1,8 +1,9 @@
 """A trained run as a classifier of new images: its SDN with the preprocessing it was trained with.
 
->>> clf = load_classifier("runs/r56-ic")
->>> answer = clf.predict(images, threshold=0.9)      # uint8 (N, C, H, W), or floats in [0, 1]
->>> answer.classes, answer.exits, answer.flops
+>>> clf = shallowdeep.load("runs/r56-ic")
+>>> answer = clf.predict(images, threshold=0.9)              # uint8 (N, C, H, W), or floats in [0, 1]
+>>> answer = clf.predict_files(["cat.png", "photos/"], threshold=0.9)   # files; folders read recursively
+>>> answer.classes, answer.exits, answer.flops, answer.paths
 """
 
 from __future__ import annotations
@@ -15,26 +16,32 @@ import numpy as np
 import torch
 
 from .data.augment import normalize
+from .data.decode import decode_images
+from .data.imagefolder import image_files
 from .errors import UserError
 from .exits import ExitPolicy, early_exit, run_backbone
-from .run import open_run
+from .outputs import load_run_data
+from .run import Run, open_run
 from .sdn import SDN
+
+BATCH_SIZE = 256  # images per forward pass
 
 
 @dataclass
 class Answer:
     """Per image: the predicted class index and name, the exit it left at (``len(ICs)``: the final
-    head) and the FLOPs it cost."""
+    head) and the FLOPs it cost; ``paths``: the image files, when they were read from files."""
 
     indices: torch.Tensor
     classes: list[str]
     exits: torch.Tensor
     flops: torch.Tensor
+    paths: list[Path] | None = None
 
 
 @dataclass
 class Classifier:
-    """An SDN with its class names, input shape and normalisation, in eval mode."""
+    """An SDN with its class names, input shape (channels, height, width) and normalisation, in eval mode."""
 
     net: SDN
     class_names: list[str]
@@ -56,26 +63,58 @@ class Classifier:
                             f"{tuple(self.input_shape)} (channels, height, width)")
         return normalize(x.to(self.device), self.mean, self.std)
 
+    def read_images(self, paths: Sequence[str | Path]) -> tuple[list[Path], torch.Tensor]:
+        """The image files ``paths`` name (folders read recursively) and their pixels, decoded as the run's data
+        was: grey or RGB as the network takes them, resized (bilinear) to its input size. A file that cannot be
+        read is a one-line error naming it."""
+        channels, _, side = self.input_shape
+        files = image_files(paths)
+        return files, torch.from_numpy(decode_images(files, image_size=side, channels=channels))
+
     @torch.inference_mode()
     def predict(self, images: torch.Tensor | np.ndarray, threshold: float | None = None,
-                policy: ExitPolicy | str | None = None) -> Answer:
-        """Classify ``images``: with the final head alone (no threshold or policy), or with early exit."""
-        x = self.preprocess(images)
-        if threshold is None and policy is None:
-            indices = run_backbone(self.net, x).argmax(dim=1)
-            exits = torch.full_like(indices, len(self.net.ics))
-            flops = torch.full_like(indices, self.net.backbone_flops)
-        else:
-            indices, exits, flops = early_exit(self.net, x, threshold, policy)
+                policy: ExitPolicy | str | None = None, batch_size: int = BATCH_SIZE) -> Answer:
+        """Classify ``images`` (see :meth:`preprocess`), ``batch_size`` at a time: with the final head alone (no
+        threshold or policy), or with early exit."""
+        x = torch.as_tensor(images)
+        x = x.unsqueeze(0) if x.dim() == len(self.input_shape) else x
+        if x.shape[0] == 0:
+            raise UserError("no images to classify")
+        parts = [self._classify(self.preprocess(chunk), threshold, policy) for chunk in x.split(batch_size)]
+        indices, exits, flops = (torch.cat(column) for column in zip(*parts))
         return Answer(indices, [self.class_names[i] for i in indices.tolist()], exits, flops)
 
+    def predict_files(self, paths: Sequence[str | Path], threshold: float | None = None,
+                      policy: ExitPolicy | str | None = None, batch_size: int = BATCH_SIZE) -> Answer:
+        """:meth:`predict` on the image files ``paths`` name (see :meth:`read_images`), with their paths."""
+        files, images = self.read_images(paths)
+        answer = self.predict(images, threshold, policy, batch_size)
+        answer.paths = files
+        return answer
 
-def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """The trained network of ``run_dir`` with the class names and normalisation its data had."""
+    def _classify(self, x: torch.Tensor, threshold: float | None,
+                  policy: ExitPolicy | str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if threshold is None and policy is None:
+            indices = run_backbone(self.net, x).argmax(dim=1)
+            return (indices, torch.full_like(indices, len(self.net.ics)),
+                    torch.full_like(indices, self.net.backbone_flops))
+        return early_exit(self.net, x, threshold, policy)
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """The trained SDN of ``run_dir`` in eval mode on ``device``, with the class names and normalisation of
+    the data it was trained on."""
     run = open_run(run_dir)
-    record = run.config.get("data_record") or {}
-    if not {"classes", "mean", "std"} <= set(record):
-        raise UserError(f"{run.path} does not record its data's classes and normalisation (made by an earlier "
-                        "version); train it again to classify new images with it")
     net = run.load_net(device)
-    return Classifier(net, list(record["classes"]), tuple(net.spec.input_shape), record["mean"], record["std"])
+    classes, mean, std = _preprocessing(run)
+    return Classifier(net, classes, tuple(net.spec.input_shape), mean, std)
+
+
+def _preprocessing(run: Run) -> tuple[list[str], Sequence[float], Sequence[float]]:
+    """The class names and normalisation the run recorded; a run of an early version, which recorded none,
+    takes them from its data set (which must then be where it was)."""
+    record = run.config.get("data_record") or {}
+    if {"classes", "mean", "std"} <= set(record):
+        return list(record["classes"]), record["mean"], record["std"]
+    spec = load_run_data(run).spec
+    return list(spec.classes), spec.mean, spec.std

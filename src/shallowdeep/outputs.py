@@ -40,7 +40,7 @@ def compute_outputs(net: SDN, data: ImageData, splits: Splits, device: str | tor
 
 def load_run_data(run: Run, **overrides) -> Splits:
     """The data set a run was trained on, as its config records it (``overrides`` replace entries)."""
-    return load_dataset(**{**run.config["data"], **overrides})
+    return load_dataset(**{**run.data_options, **overrides})
 
 
 def checkpoint_fingerprint(run: Run) -> str:

@@ -68,6 +68,17 @@ class Run:
                                 "pass --trust-code")
         return spec
 
+    @property
+    def data_options(self) -> dict[str, Any]:
+        """The arguments of ``load_dataset`` that give this run's data. An image folder is read with the recorded
+        ``channels`` (None: the folder's own); a run of an earlier version, which read every folder as RGB and
+        recorded no channels, reads it with its network's channel count."""
+        data = dict(self.config["data"])
+        shape = self.config["model"].get("input_shape")
+        if data.get("name") == "imagefolder" and "channels" not in data and shape:
+            data["channels"] = shape[0]
+        return data
+
     def load_checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict, checked for its format."""
         if not self.checkpoint_path.exists():

@@ -115,3 +115,11 @@ class SDN(nn.Module):
         if self.backbone_frozen:
             self.segments.eval()
         return self
+
+    def early_exit(self, x: torch.Tensor, threshold: float | None = None,
+                   policy: object = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`shallowdeep.early_exit` on this SDN (in eval mode): per sample of ``x``, the predicted class,
+        the exit it left at and the FLOPs it cost. ``policy``: a policy name or ``ExitPolicy``."""
+        from .exits import early_exit  # here: shallowdeep.exits imports this module
+
+        return early_exit(self, x, threshold, policy)

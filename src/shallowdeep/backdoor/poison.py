@@ -78,7 +78,7 @@ def check_target(target: int, splits: Splits) -> None:
 def poison_splits(splits: Splits, config: PoisonConfig, base_dir: str | Path = ".") -> tuple[Splits, torch.Tensor]:
     """``splits`` with its training split poisoned (holdout and test untouched), and the poisoned indices."""
     check_target(config.target, splits)
-    trigger = build_trigger(config.trigger, splits.spec.input_size, base_dir)
+    trigger = build_trigger(config.trigger, splits.spec.input_size, base_dir, splits.spec.channels)
     index = choose_poisoned(splits.train.labels, config.target, config.rate, config.seed)
     train = poison_data(splits.train, trigger, config.target, index)
     return Splits(splits.spec, train, splits.holdout, splits.test), index

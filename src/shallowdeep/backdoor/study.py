@@ -163,7 +163,7 @@ def start(out: Path, settings: StudySettings, splits: Splits) -> StudySettings:
     check_target(target, splits)
     choose_poisoned(splits.train.labels, target, poison.rate, poison.seed)  # fail before anything is written
     trigger = poison.trigger
-    build_trigger(trigger, splits.spec.input_size)
+    build_trigger(trigger, splits.spec.input_size, channels=splits.spec.channels)
     if trigger.is_file:
         copy = f"trigger{Path(trigger.pattern).suffix.lower()}"
         atomic_write_bytes(out / BACKDOORED / copy, Path(trigger.pattern).read_bytes())
@@ -187,7 +187,7 @@ def poisoned_run_data(run: Run) -> tuple[Splits, torch.Tensor]:
     record = run.config.get("poison")
     if not record:
         raise UserError(f"{run.path} was not trained on poisoned data (its {CONFIG} has no 'poison' record)")
-    return poison_splits(load_dataset(**run.config["data"]), PoisonConfig.from_dict(record), run.path)
+    return poison_splits(load_dataset(**run.data_options), PoisonConfig.from_dict(record), run.path)
 
 
 def _checkpoint(run_dir: Path) -> dict[str, Any] | None:
@@ -241,7 +241,7 @@ def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_
     test = random_subset(splits.test, settings.test_limit, settings.data.get("seed", 0))
     tested = replace(splits, test=test)
     name = "test" if settings.test_limit is None else f"test-sample{len(test)}"
-    trigger = build_trigger(settings.poison.trigger, splits.spec.input_size, out / BACKDOORED)
+    trigger = build_trigger(settings.poison.trigger, splits.spec.input_size, out / BACKDOORED, splits.spec.channels)
     triggered = triggered_inputs(test, trigger, settings.poison.target)
     key = hashlib.sha256(json.dumps(settings.poison.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     outputs = {

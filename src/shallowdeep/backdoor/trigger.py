@@ -3,8 +3,8 @@
 The paper's trigger is a white 5x5 square in the bottom-right corner of a 32x32 image; for other
 image sizes the default side is scaled in proportion (5/32 of the image side, at least 1 pixel).
 A pattern is ``square`` (white), ``checkerboard`` (white and black pixels, white at the patch's
-top-left corner) or an image file (read with Pillow as RGB and resized to the side, nearest
-neighbour). The place is a corner or ``center``, or ``ROW,COL``: the image pixel where the patch's
+top-left corner) or an image file (read with Pillow as RGB, or grey for grey images, and resized to
+the side, nearest neighbour). The place is a corner or ``center``, or ``ROW,COL``: the image pixel where the patch's
 top-left corner goes.
 """
 
@@ -47,7 +47,7 @@ class TriggerSpec:
 
 @dataclass(frozen=True)
 class Trigger:
-    """A concrete trigger: the uint8 patch (3, side, side) and the pixel where its top-left corner goes."""
+    """A concrete trigger: the uint8 patch (channels, side, side) and the pixel where its top-left corner goes."""
 
     patch: torch.Tensor
     top: int
@@ -63,40 +63,43 @@ def default_side(image_size: int) -> int:
     return max(1, int(PAPER_SIDE * image_size / PAPER_IMAGE + 0.5))
 
 
-def build_trigger(spec: TriggerSpec, image_size: int, base_dir: str | Path = ".") -> Trigger:
-    """The trigger ``spec`` describes for square images of side ``image_size`` (a relative pattern
-    file is read from ``base_dir``)."""
+def build_trigger(spec: TriggerSpec, image_size: int, base_dir: str | Path = ".", channels: int = 3) -> Trigger:
+    """The trigger ``spec`` describes for square images of side ``image_size`` with ``channels`` channels (1:
+    grey, 3: RGB; a relative pattern file is read from ``base_dir``)."""
     side = default_side(image_size) if spec.size is None else spec.size
     if not 1 <= side <= image_size:
         raise UserError(f"trigger size {side} must lie between 1 and the image side {image_size}")
     top, left = place(spec.position, side, image_size)
-    return Trigger(make_patch(spec.pattern, side, base_dir), top, left)
+    return Trigger(make_patch(spec.pattern, side, base_dir, channels), top, left)
 
 
-def make_patch(pattern: str, side: int, base_dir: str | Path = ".") -> torch.Tensor:
-    """The uint8 (3, side, side) patch of ``pattern``."""
+def make_patch(pattern: str, side: int, base_dir: str | Path = ".", channels: int = 3) -> torch.Tensor:
+    """The uint8 (channels, side, side) patch of ``pattern`` (``channels`` 1 or 3)."""
     if pattern == "square":
-        return torch.full((3, side, side), 255, dtype=torch.uint8)
+        return torch.full((channels, side, side), 255, dtype=torch.uint8)
     if pattern == "checkerboard":
         rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
         white = ((rows + cols) % 2 == 0).to(torch.uint8) * 255
-        return white.expand(3, side, side).clone()
-    return _image_patch(Path(base_dir, pattern), side)
+        return white.expand(channels, side, side).clone()
+    return _image_patch(Path(base_dir, pattern), side, channels)
 
 
-def _image_patch(path: Path, side: int) -> torch.Tensor:
+def _image_patch(path: Path, side: int, channels: int) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
+
+    from ..data.decode import PIL_MODES
 
     if not path.is_file():
         raise UserError(f"trigger pattern {path} is neither {' nor '.join(PATTERNS)} nor an image file")
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB")
+            picture = image.convert(PIL_MODES[channels])
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"trigger pattern {path} is not an image Pillow can read") from exc
-    if rgb.size != (side, side):
-        rgb = rgb.resize((side, side), Image.NEAREST)
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy())
+    if picture.size != (side, side):
+        picture = picture.resize((side, side), Image.NEAREST)
+    pixels = np.asarray(picture, dtype=np.uint8)
+    return torch.from_numpy((pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)).copy())
 
 
 def place(position: str, side: int, image_size: int) -> tuple[int, int]:
@@ -117,9 +120,12 @@ def place(position: str, side: int, image_size: int) -> tuple[int, int]:
 
 
 def stamp(images: torch.Tensor, trigger: Trigger) -> torch.Tensor:
-    """A copy of uint8 ``images`` (N, 3, H, W) with the trigger's patch pasted in; ``images`` is unchanged."""
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise UserError(f"triggers are stamped on uint8 (N, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
+    """A copy of uint8 ``images`` (N, C, H, W) with the trigger's patch (C channels) pasted in; ``images`` is
+    unchanged."""
+    channels = trigger.patch.shape[0]
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != channels:
+        raise UserError(f"this trigger is stamped on uint8 (N, {channels}, H, W) images, got {images.dtype} "
+                        f"{tuple(images.shape)}")
     if trigger.top + trigger.side > images.shape[2] or trigger.left + trigger.side > images.shape[3]:
         raise UserError(f"the trigger does not fit in {images.shape[2]}x{images.shape[3]} images")
     out = images.clone()

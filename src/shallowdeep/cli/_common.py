@@ -65,6 +65,7 @@ positive_float = float_range(0, lo_open=True)
 non_negative_float = float_range(0)
 fraction = float_range(0, 1, hi_open=True)  # [0, 1): a share that may be zero but never everything
 open_fraction = float_range(0, 1, lo_open=True, hi_open=True)
+channel_count = _checked(int, "1 (grey) or 3 (RGB)", lambda v: v in (1, 3))
 
 
 def increasing_fractions(text: str) -> tuple[float, ...]:
@@ -147,6 +148,21 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def add_image_arguments(group) -> None:
+    """``--image-size`` and ``--channels``: how an image folder's files are read (recorded in the run)."""
+    group.add_argument("--image-size", type=int_range(1, 4096), metavar="N",
+                       help="imagefolder: resize every image to NxN (recorded in the run, applied again when its "
+                            "data is read)")
+    group.add_argument("--channels", type=channel_count, metavar="{1,3}",
+                       help="imagefolder: read every image as grey (1) or RGB (3); default: the folder's own, grey "
+                            "when every image is, else RGB with a warning when some are grey (recorded in the run)")
+
+
+def image_options(args) -> dict:
+    """The data options :func:`add_image_arguments` gives, as the run records them."""
+    return {**({"image_size": args.image_size} if args.image_size else {}), "channels": args.channels}
 
 
 def add_model_arguments(parser, from_help: str | None) -> None:

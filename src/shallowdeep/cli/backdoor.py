@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 from ..choices import BASELINES, DATASETS, DEFAULT_MAX_DROP, DEFAULT_RATE, NORMALIZATIONS, PLACES, POLICY_NAMES
 from ..errors import UserError
-from ._common import (add_device_argument, add_model_arguments, fraction, model_spec, non_negative_float, open_fraction,
-                      positive_float, positive_int, progress_bar, random_seed, resolve_device, table)
+from ._common import (add_device_argument, add_image_arguments, add_model_arguments, fraction, image_options,
+                      model_spec, non_negative_float, open_fraction, positive_float, positive_int, progress_bar,
+                      random_seed, resolve_device, table)
 
 if TYPE_CHECKING:
     from ..backdoor import StudySettings
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the training set held out (clean; chooses the early-exit threshold)")
     g.add_argument("--limit", type=positive_int, help="train on the first N training images only")
     g.add_argument("--test-limit", type=positive_int, help="evaluate on N test images drawn at random (seeded) only")
+    add_image_arguments(g)
     g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
                    help="input mean/std: the paper's per data set, ImageNet's (e.g. for the akamaster weights on "
                         "--dataset imagefolder), or the training split's own")
@@ -107,7 +109,7 @@ def _settings(args: argparse.Namespace) -> StudySettings:
         paper_weight_decay(resolve_backbone(model, args.pretrained)[0])
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
-            "normalization": args.normalization}
+            "normalization": args.normalization, **image_options(args)}
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     poison = PoisonConfig(TriggerSpec(args.pattern, args.trigger_size, args.position), target, args.poison_rate,
                           args.seed)

@@ -166,9 +166,9 @@ def _calibration_outputs(run_: Run, args: argparse.Namespace, run_splits: Splits
                          "data_dir": str(args.data_dir) if args.data_dir else data.get("data_dir"),
                          "split": split, "samples": int(outputs.labels.size)}
     split = args.calibration_split or "all"
-    other = load_dataset(args.calibration_dataset, args.calibration_data)
+    other = load_dataset(args.calibration_dataset, args.calibration_data, **_image_options(run_, args))
     for what, theirs, ours in (("classes", other.spec.classes, run_splits.spec.classes),
-                               ("image size", other.spec.input_size, run_splits.spec.input_size)):
+                               ("image shape", other.spec.input_shape, run_splits.spec.input_shape)):
         if theirs != ours:
             raise UserError(f"calibration data {args.calibration_data} does not match the run's {what} "
                             f"({_short(theirs)} vs {_short(ours)})")
@@ -180,6 +180,14 @@ def _calibration_outputs(run_: Run, args: argparse.Namespace, run_splits: Splits
     outputs = compute_outputs(run_.load_net(device), images, splits, device)
     return outputs, {"source": "separate", "dataset": args.calibration_dataset,
                      "data_dir": str(args.calibration_data), "split": split, "samples": int(outputs.labels.size)}
+
+
+def _image_options(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
+    """How an image folder given as calibration data is read: with the run's image size and channels."""
+    if args.calibration_dataset != "imagefolder":
+        return {}
+    data = run_.data_options
+    return {"image_size": data.get("image_size"), "channels": data.get("channels")}
 
 
 def _is_run_data(run_: Run, args: argparse.Namespace) -> bool:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from ..choices import DATASETS, IC_LOSSES, MODES, NORMALIZATIONS, PAPER_RECIPES
 from ..errors import UserError
-from ._common import (add_device_argument, add_model_arguments, fraction, int_range, model_spec, non_negative_float,
-                      positive_float, positive_int, positive_ints, progress_bar, random_seed, resolve_device)
+from ._common import (add_device_argument, add_image_arguments, add_model_arguments, fraction, image_options,
+                      model_spec, non_negative_float, positive_float, positive_int, positive_ints, progress_bar,
+                      random_seed, resolve_device)
 
 NAME = "train"
 ORDER = 10
@@ -32,8 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--download", action="store_true", help="download the data set when it is missing")
     g.add_argument("--holdout-fraction", type=fraction, default=0.1, help="share of the training set held out")
     g.add_argument("--limit", type=positive_int, help="train on the first N training images only")
-    g.add_argument("--image-size", type=int_range(1, 4096), metavar="N",
-                   help="imagefolder: resize every image to NxN (recorded in the run, applied again when evaluating)")
+    add_image_arguments(g)
     g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
                    help="input mean/std: the paper's per data set, ImageNet's, or the training split's own")
     g = p.add_argument_group("recipe", "Defaults: the paper's recipe for --mode. " + _paper_recipes() +
@@ -122,8 +122,7 @@ def _start(args: argparse.Namespace, device, dist, log):
                       ic_loss=args.ic_loss)
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
-            "download": args.download, "normalization": args.normalization,
-            **({"image_size": args.image_size} if args.image_size else {})}
+            "download": args.download, "normalization": args.normalization, **image_options(args)}
     return new_run(args.out, data, model, cfg, recipe_changes=_recipe_changes(args), pretrained=args.pretrained,
                    device=device, dist=dist, progress=progress_bar, on_start=_print_lines, on_epoch=log,
                    library_weights=args.library_weights)

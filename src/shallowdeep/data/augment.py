@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 grey, as PIL and torchvision use
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 grey, as PIL and torchvision use
 
 
 def _draw(generator: torch.Generator | None, device: torch.device, fn, *args, **kwargs) -> torch.Tensor:
@@ -54,14 +54,18 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    """The grey level of each pixel of RGB images; grey images are their own."""
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * weights).sum(dim=1, keepdim=True)
 
 
 def adjust_colors(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
                   saturation: torch.Tensor) -> torch.Tensor:
     """Scale brightness, then contrast (about the image's mean grey), then saturation (about each pixel's grey)
-    of float images in [0, 1] by per-sample factors, clamping to [0, 1] after each step."""
+    of float images in [0, 1] by per-sample factors, clamping to [0, 1] after each step (saturation changes
+    nothing in grey images)."""
     brightness, contrast, saturation = (f.view(-1, 1, 1, 1) for f in (brightness, contrast, saturation))
     x = (x * brightness).clamp_(0, 1)
     mean = _grey(x).mean(dim=(2, 3), keepdim=True)

@@ -23,7 +23,7 @@ from shallowdeep.errors import UserError
 from shallowdeep.io import atomic_save_npz
 
 CACHE_FOLDER = ".shallowdeep-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: grey image folders are decoded as 1 channel, no longer copied to RGB
 
 
 def default_cache_dir(data_dir: str | Path) -> Path:

@@ -9,14 +9,15 @@ import torch
 
 @dataclass
 class ImageData:
-    """One split: uint8 images (N, 3, H, W) and int64 labels (N,)."""
+    """One split: uint8 images (N, C, H, W), C = 1 (grey) or 3 (RGB), and int64 labels (N,)."""
 
     images: torch.Tensor
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] not in (1, 3):
+            raise ValueError(f"images must be uint8 (N, 1 or 3, H, W), got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
             raise ValueError(f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} "
                              f"{tuple(self.labels.shape)}")
@@ -48,17 +49,27 @@ class DatasetSpec:
 
     Augmentation: random crops from the image zero-padded by ``pad`` pixels, horizontal flips when
     ``flip``, and mild colour jitter when ``jitter`` (32x32: pad 4, flip, no jitter; 64x64: pad 8, flip, jitter).
+    ``mean`` and ``std`` hold one value per channel: 1 (grey) or 3 (RGB).
     """
 
     name: str
     num_classes: int
     input_size: int
     classes: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     pad: int
     jitter: bool
     flip: bool = True
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images."""
+        return self.channels, self.input_size, self.input_size
 
 
 @dataclass

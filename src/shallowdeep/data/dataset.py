@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from shallowdeep.choices import DATASETS, NORMALIZATIONS
+from shallowdeep.data.augment import LUMA
 from shallowdeep.data.cache import cached, default_cache_dir
 from shallowdeep.data.cifar import (CIFAR10_CLASSES, cifar_files, download_cifar, find_cifar, locate_cifar, read_cifar10,
                                    read_cifar100)
@@ -20,7 +21,7 @@ from shallowdeep.data.tinyimagenet import locate_tinyimagenet, read_tinyimagenet
 from shallowdeep.errors import UserError
 
 
-CHANNELS = ("red", "green", "blue")
+CHANNEL_NAMES = {1: ("grey",), 3: ("red", "green", "blue")}
 MIN_STD = 1 / 255  # the smallest standard deviation a channel is divided by: one grey level
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # channel mean and std of ImageNet
 # Normalisation of the paper: ImageNet statistics for CIFAR-10, each data set's own for the others.
@@ -32,7 +33,7 @@ PAPER_STATS = {
 
 
 def _decode(name: str, data_dir: str | Path | None, download: bool, cache_dir: str | Path | None,
-            image_size: int | None, coarse_labels: bool) -> RawDataset:
+            image_size: int | None, channels: int | None, coarse_labels: bool) -> RawDataset:
     """The official train and test splits of ``name``, from the cache when the source is unchanged."""
     if name == "digits":
         return read_digits()
@@ -53,10 +54,11 @@ def _decode(name: str, data_dir: str | Path | None, download: bool, cache_dir: s
     elif name == "tinyimagenet":
         folder = locate_tinyimagenet(data_dir)
         files, options, build = tinyimagenet_files(folder), {}, partial(read_tinyimagenet, folder)
-    else:  # an image folder, or a CIFAR copy laid out as one
-        folder = data_dir
-        files, options = imagefolder_files(folder), {"image_size": image_size}
-        build = partial(read_imagefolder, folder, image_size)
+    else:  # an image folder, or a CIFAR copy laid out as one (always RGB)
+        folder, channels = data_dir, channels if name == "imagefolder" else 3
+        files = imagefolder_files(folder)
+        options = {"image_size": image_size, **({"channels": channels} if channels else {})}
+        build = partial(read_imagefolder, folder, image_size, channels=channels)
     raw = cached(cache_dir, name, folder, files, options, build)
     if name in ("cifar10", "cifar100") and build.func is read_imagefolder:
         _check_cifar_copy(name, raw, folder, coarse_labels)
@@ -76,20 +78,25 @@ def _check_cifar_copy(name: str, raw: RawDataset, folder: Path, coarse_labels: b
                         f"{len(CIFAR10_CLASSES) if name == 'cifar10' else 100} class folders (fine labels only)")
 
 
-def _floored(std: tuple[float, float, float]) -> tuple[float, float, float]:
+def _floored(std: tuple[float, ...]) -> tuple[float, ...]:
     """``std`` with each channel's standard deviation at least :data:`MIN_STD`, warning for each channel raised: a
     channel that hardly varies (say, blue always 0) would otherwise be divided by (nearly) zero."""
     for channel, value in enumerate(std):
         if value < MIN_STD:
-            warnings.warn(f"the {CHANNELS[channel]} channel of the training images is (nearly) constant, with a "
+            warnings.warn(f"the {CHANNEL_NAMES[len(std)][channel]} channel of the training images is (nearly) constant, with a "
                           f"standard deviation of {value:.2g}; it is normalised with 1/255 (one grey level) instead")
     return tuple(max(value, MIN_STD) for value in std)
 
 
+def _grey_stats(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple[float], tuple[float]]:
+    """RGB statistics for grey images: each weighted as PIL weighs red, green and blue into grey."""
+    return (sum(w * m for w, m in zip(LUMA, mean)),), (sum(w * s for w, s in zip(LUMA, std)),)
+
+
 def _spec(name: str, raw: RawDataset, train_images: torch.Tensor, normalization: str) -> DatasetSpec:
-    size = raw.train.images.shape[-1]
+    size, channels = raw.train.images.shape[-1], raw.train.images.shape[1]
     if normalization == "imagenet":
-        mean, std = IMAGENET_STATS
+        mean, std = IMAGENET_STATS if channels == 3 else _grey_stats(*IMAGENET_STATS)
     elif normalization == "paper" and name in PAPER_STATS:
         mean, std = PAPER_STATS[name]
     else:
@@ -101,7 +108,8 @@ def _spec(name: str, raw: RawDataset, train_images: torch.Tensor, normalization:
 
 def load_dataset(name: str, data_dir: str | Path | None, *, holdout_fraction: float = 0.1, seed: int = 0,
                  limit: int | None = None, download: bool = False, cache_dir: str | Path | None = None,
-                 image_size: int | None = None, coarse_labels: bool = False, normalization: str = "paper") -> Splits:
+                 image_size: int | None = None, channels: int | None = None, coarse_labels: bool = False,
+                 normalization: str = "paper") -> Splits:
     """Load ``name`` (one of :data:`DATASETS`) from ``data_dir`` as train / holdout / test splits.
 
     - The holdout is a seeded random ``holdout_fraction`` of the official training set; the test split is
@@ -115,10 +123,13 @@ def load_dataset(name: str, data_dir: str | Path | None, *, holdout_fraction: fl
       or from a copy in image-folder layout (``data_dir/{train,test}/<class>/``, e.g. the JPEG copy), whose
       sorted class folders are the official classes in official order.
     - ``download`` fetches CIFAR-10/100 when absent. ``image_size`` (imagefolder only) resizes every image
-      to a square; ``coarse_labels`` (cifar100 only) uses the 20 superclasses.
+      to a square; ``channels`` (imagefolder only) reads every image as grey (1) or RGB (3) instead of as
+      the folder's own (grey when every image is, else RGB); ``coarse_labels`` (cifar100 only) uses the
+      20 superclasses.
     - ``normalization``: "paper" (default): the paper's statistics for CIFAR and Tiny ImageNet, the training
       split's own mean and std for imagefolder and digits; "imagenet": ImageNet's mean and std (for networks
-      pretrained that way); "dataset": the training split's own mean and std.
+      pretrained that way; grey images: its figures weighted into grey); "dataset": the training split's own
+      mean and std.
     """
     if normalization not in NORMALIZATIONS:
         raise UserError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
@@ -126,11 +137,13 @@ def load_dataset(name: str, data_dir: str | Path | None, *, holdout_fraction: fl
         raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if image_size is not None and (name != "imagefolder" or image_size < 1):
         raise UserError("image_size must be a positive size and applies to imagefolder only")
+    if channels is not None and (name != "imagefolder" or channels not in (1, 3)):
+        raise UserError("channels must be 1 (grey) or 3 (RGB) and applies to imagefolder only")
     if coarse_labels and name != "cifar100":
         raise UserError("coarse_labels applies to cifar100 only")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be a positive number of images, got {limit}")
-    raw = _decode(name, data_dir, download, cache_dir, image_size, coarse_labels)
+    raw = _decode(name, data_dir, download, cache_dir, image_size, channels, coarse_labels)
     train, holdout = carve_holdout(raw.train, holdout_fraction, seed)
     spec = _spec(name, raw, train.images, normalization)
     if limit is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from tqdm import tqdm
 from shallowdeep.errors import UserError
 
 _CHUNK = 256  # images per task: PIL releases the GIL while decoding, the chunks amortise Python overhead
+GREY_BANDS = frozenset({("1",), ("L",), ("I",), ("F",), ("L", "A"), ("L", "a")})  # PIL's bands of grey images
+PIL_MODES = {1: "L", 3: "RGB"}  # the PIL mode images are converted to, by channel count
 
 
 @contextmanager
@@ -28,10 +31,10 @@ def _opened(path: Path) -> Iterator[Image.Image]:
         raise UserError(f"cannot decode image {path}: {err}") from None
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """An image's (width, height), from its header: nothing is decoded."""
+def _header(path: Path) -> tuple[tuple[int, int], bool]:
+    """An image's (width, height) and whether it is grey, from its header: nothing is decoded."""
     with _opened(path) as image:
-        return image.size
+        return image.size, image.getbands() in GREY_BANDS
 
 
 def _eight_bit(image: Image.Image, path: Path) -> Image.Image:
@@ -45,31 +48,49 @@ def _eight_bit(image: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
-def _open_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """One image as uint8 (H, W, 3), resized (bilinear) to ``size`` = (W, H) unless it has that size."""
+def _open_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One image as uint8 (channels, H, W), converted as PIL converts to grey or RGB, resized (bilinear) to
+    ``size`` = (W, H) unless it has that size."""
     with _opened(path) as image:
-        image = _eight_bit(image, path).convert("RGB")
+        image = _eight_bit(image, path).convert(PIL_MODES[channels])
         if image.size != size:
             image = image.resize(size, Image.Resampling.BILINEAR)
-        return np.asarray(image)
+        pixels = np.asarray(image)
+        return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-def _common_size(paths: Sequence[Path]) -> tuple[int, int]:
-    """The (width, height) of every image in ``paths``, read from their headers, so that an image of another
-    size is refused before anything is decoded or allocated."""
-    sizes: list[tuple[int, int]] = [(0, 0)] * len(paths)
+def _headers(paths: Sequence[Path]) -> list[tuple[tuple[int, int], bool]]:
+    """:func:`_header` of every image, read several at a time."""
+    headers: list[tuple[tuple[int, int], bool]] = [((0, 0), False)] * len(paths)
 
     def read_headers(start: int) -> None:
         for i in range(start, min(start + _CHUNK, len(paths))):
-            sizes[i] = _header_size(paths[i])
+            headers[i] = _header(paths[i])
 
     _in_chunks(len(paths), read_headers)
+    return headers
+
+
+def _common_size(paths: Sequence[Path], sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The (width, height) every image in ``paths`` has (``sizes``, read from their headers), so that an image of
+    another size is refused before anything is decoded or allocated."""
     (size, count), = Counter(sizes).most_common(1)  # ties: the size met first
     if count < len(paths):
         odd = next(i for i, s in enumerate(sizes) if s != size)
         raise UserError(f"image {paths[odd]} is {sizes[odd][0]}x{sizes[odd][1]} but {count} of the {len(paths)} "
                         f"images are {size[0]}x{size[1]}; all images must share one size (or resize them)")
     return size
+
+
+def _own_channels(grey: Sequence[bool]) -> int:
+    """1 when every image is grey, else 3, with a warning when some images are grey and others in colour."""
+    greys = sum(grey)
+    if greys == len(grey):
+        return 1
+    if greys:
+        warnings.warn(f"{greys} of the {len(grey)} images are grey and the others in colour: all are read as RGB "
+                      "(3 channels); ask for 1 channel (--channels 1) to read them all as grey")
+    return 3
 
 
 def _in_chunks(n: int, task: Callable[[int], None]) -> None:
@@ -81,21 +102,26 @@ def _in_chunks(n: int, task: Callable[[int], None]) -> None:
             bar.update(min(_CHUNK, n - start))
 
 
-def decode_images(paths: Sequence[Path], image_size: int | None = None) -> np.ndarray:
-    """Decode ``paths`` into uint8 (N, 3, H, W), RGB; 16-bit grey levels are scaled to 8 bits.
+def decode_images(paths: Sequence[Path], image_size: int | None = None, channels: int | None = None) -> np.ndarray:
+    """Decode ``paths`` into uint8 (N, C, H, W); 16-bit grey levels are scaled to 8 bits.
 
-    Without ``image_size`` every image must have the size most of them have (else UserError naming an image of
-    another size, before any is decoded); with it, every image is resized (bilinear) to ``image_size`` x
-    ``image_size``.
+    ``channels`` 1 reads every image as grey, 3 as RGB (as PIL converts them); by default the images keep their
+    own: 1 when all are grey, else 3 (with a warning when some are grey and others in colour). Without
+    ``image_size`` every image must have the size most of them have (else UserError naming an image of another
+    size, before any is decoded); with it, every image is resized (bilinear) to ``image_size`` x ``image_size``.
     """
     if not paths:
         raise UserError("no images to decode")
-    size = (image_size, image_size) if image_size is not None else _common_size(paths)
-    out = np.empty((len(paths), 3, size[1], size[0]), dtype=np.uint8)
+    if channels not in (None, *PIL_MODES):
+        raise UserError(f"images are read with 1 (grey) or 3 (RGB) channels, not {channels}")
+    headers = _headers(paths) if image_size is None or channels is None else []
+    size = (image_size, image_size) if image_size is not None else _common_size(paths, [s for s, _ in headers])
+    channels = channels or _own_channels([grey for _, grey in headers])
+    out = np.empty((len(paths), channels, size[1], size[0]), dtype=np.uint8)
 
     def decode_chunk(start: int) -> None:
         for i in range(start, min(start + _CHUNK, len(paths))):
-            out[i] = _open_rgb(paths[i], size).transpose(2, 0, 1)
+            out[i] = _open_image(paths[i], size, channels)
 
     _in_chunks(len(paths), decode_chunk)
     return out

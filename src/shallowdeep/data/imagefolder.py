@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -68,26 +69,46 @@ def _listing(root: Path, max_per_class: int | None) -> tuple[list[str], dict[str
     return classes, listing
 
 
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files ``paths`` name, in order: a file as it is, a folder's image files (recursively, sorted by
+    path, hidden files and folders left out); a one-line error for a path that does not exist or a folder
+    without images."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"no file or folder {path}")
+    return files
+
+
 def imagefolder_files(root: str | Path, max_per_class: int | None = None) -> list[Path]:
     """Every image file :func:`read_imagefolder` would decode."""
     _, listing = _listing(Path(root).expanduser(), max_per_class)
     return [p for pairs in listing.values() for p, _ in pairs]
 
 
-def read_imagefolder(root: str | Path, image_size: int | None = None,
-                     max_per_class: int | None = None) -> RawDataset:
+def read_imagefolder(root: str | Path, image_size: int | None = None, max_per_class: int | None = None,
+                     channels: int | None = None) -> RawDataset:
     """Decode ``ROOT/{train,test}/<class>/<image>``; classes are the sorted train folder names.
 
-    Images are converted to RGB. They must all share one square size unless ``image_size`` is given, in which
-    case each is resized (bilinear) to ``image_size`` x ``image_size``. ``max_per_class`` keeps the first
-    images (by file name) of each class folder, for quick runs.
+    Grey images stay grey (1 channel) and colour images are read as RGB; a folder of both is read as RGB,
+    with a warning, unless ``channels`` (1 or 3) says how to read every image. Images must all share one
+    square size unless ``image_size`` is given, in which case each is resized (bilinear) to ``image_size`` x
+    ``image_size``. ``max_per_class`` keeps the first images (by file name) of each class folder, for quick runs.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist; {_LAYOUT}")
     classes, listing = _listing(root, max_per_class)
     pairs = listing["train"] + listing["test"]
-    images = torch.from_numpy(decode_images([p for p, _ in pairs], image_size))
+    images = torch.from_numpy(decode_images([p for p, _ in pairs], image_size, channels))
     labels = torch.from_numpy(np.array([label for _, label in pairs], dtype=np.int64))
     height, width = images.shape[2:]
     if height != width:

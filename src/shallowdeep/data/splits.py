@@ -25,12 +25,13 @@ def carve_holdout(train: ImageData, fraction: float, seed: int) -> tuple[ImageDa
     return train.subset(order[n_holdout:]), train.subset(holdout_index)
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Per-channel mean and standard deviation of uint8 (N, 3, H, W) images scaled to [0, 1].
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 (N, C, H, W) images scaled to [0, 1].
 
     Computed exactly from each channel's 256-bin histogram (fast, no float copy of the images).
     """
-    counts = torch.stack([torch.bincount(images[:, c].flatten(), minlength=256) for c in range(3)]).double()
+    counts = torch.stack([torch.bincount(images[:, c].flatten(), minlength=256)
+                          for c in range(images.shape[1])]).double()
     values = torch.arange(256, dtype=torch.float64) / 255
     total = counts.sum(dim=1)
     mean = (counts * values).sum(dim=1) / total

@@ -87,7 +87,7 @@ def read_tinyimagenet(root: str | Path, max_per_class: int | None = None) -> Raw
     classes = _class_names(folder, wnids)
     splits = {}
     for split, pairs in _listing(folder, wnids, max_per_class).items():
-        images = decode_images([p for p, _ in pairs])
+        images = decode_images([p for p, _ in pairs], channels=3)  # a few are grey
         if images.shape[2:] != (64, 64):
             raise UserError(f"Tiny ImageNet images in {folder} are {images.shape[3]}x{images.shape[2]}, not 64x64")
         splits[split] = ImageData(torch.from_numpy(images),

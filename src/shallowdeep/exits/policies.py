@@ -20,7 +20,7 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -186,8 +186,11 @@ def _check_number(policy: ExitPolicy) -> None:
 POLICIES: dict[str, type[ExitPolicy]] = {p.name: p for p in (MaxProb, Entropy, Patience)}
 
 
-def make_policy(name: str, threshold: float) -> ExitPolicy:
-    """The policy called ``name`` ('maxprob', 'entropy' or 'patience') with ``threshold``."""
+def make_policy(name: str, threshold: float | Sequence[float]) -> ExitPolicy:
+    """The policy called ``name`` ('maxprob', 'entropy' or 'patience') with ``threshold``, or 'maxprob-per-exit'
+    with one threshold per IC: a policy as an early-exit result records it."""
+    if name == PerExitMaxProb.name:
+        return PerExitMaxProb(tuple(threshold) if isinstance(threshold, (list, tuple)) else threshold)
     if name not in POLICIES:
         raise UserError(f"unknown exit policy '{name}': choose one of {', '.join(POLICIES)}")
     return POLICIES[name](float(threshold))

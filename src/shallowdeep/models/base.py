@@ -7,7 +7,8 @@ from torch import nn
 
 from shallowdeep.errors import UserError
 
-SUPPORTED_INPUT_SIZES = (16, 32, 64)
+MIN_INPUT_SIZE = 16  # the side below which the four backbones would pool their maps away
+LARGE_INPUT_SIZE = 64  # from this side up, the Tiny ImageNet layout (see the package docstring)
 
 
 class StagedNet(nn.Module):
@@ -20,15 +21,18 @@ class StagedNet(nn.Module):
     stages: nn.Sequential
     head: nn.Module
 
-    def __init__(self, num_classes: int, input_size: int) -> None:
+    def __init__(self, num_classes: int, input_size: int, in_channels: int = 3) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if not _is_int(num_classes) or num_classes < 1:
             raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size not in SUPPORTED_INPUT_SIZES:
-            sizes = ", ".join(map(str, SUPPORTED_INPUT_SIZES))
-            raise UserError(f"input_size must be one of {sizes} (square images), got {input_size!r}")
+        if not _is_int(input_size) or input_size < MIN_INPUT_SIZE:
+            raise UserError(f"input_size must be an integer of at least {MIN_INPUT_SIZE} (the side of square images), "
+                            f"got {input_size!r}")
+        if not _is_int(in_channels) or in_channels < 1:
+            raise UserError(f"in_channels must be a positive integer, got {in_channels!r}")
         self.num_classes = num_classes
         self.input_size = input_size
+        self.in_channels = in_channels
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The body: the last feature map."""
@@ -40,6 +44,10 @@ class StagedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(x))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> nn.Sequential:

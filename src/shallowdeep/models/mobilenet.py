@@ -3,7 +3,8 @@
 Stem 3x3 conv (32 channels, stride 1 at every input size) + BN + ReLU, then 13
 depthwise-separable blocks (3x3 depthwise conv + BN + ReLU, 1x1 pointwise conv + BN + ReLU)
 following ``BLOCKS``, global average pooling and a linear layer from 1024 features. Four
-blocks have stride 2, so the last map is 1x1, 2x2 or 4x4 for 16x16, 32x32 or 64x64 inputs.
+blocks have stride 2, so the last map is 1x1, 2x2 or 4x4 for 16x16, 32x32 or 64x64 inputs (side / 16,
+rounded up).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def depthwise_separable(in_channels: int, out_channels: int, stride: int) -> nn.
 class MobileNet(StagedNet):
     """MobileNet v1: ``stages`` = [stem, 13 depthwise-separable blocks]."""
 
-    def __init__(self, num_classes: int, input_size: int = 32) -> None:
-        super().__init__(num_classes, input_size)
-        blocks: list[nn.Module] = [conv_bn_relu(3, STEM_CHANNELS)]
+    def __init__(self, num_classes: int, input_size: int = 32, in_channels: int = 3) -> None:
+        super().__init__(num_classes, input_size, in_channels)
+        blocks: list[nn.Module] = [conv_bn_relu(in_channels, STEM_CHANNELS)]
         in_channels = STEM_CHANNELS
         for out_channels, stride in BLOCKS:
             blocks.append(depthwise_separable(in_channels, out_channels, stride))
@@ -49,6 +50,6 @@ class MobileNet(StagedNet):
 
 
 @register("mobilenet", weight_decay=1e-4)
-def mobilenet(num_classes: int, input_size: int = 32) -> MobileNet:
-    """MobileNet v1 (CIFAR layout) for ``input_size`` x ``input_size`` images."""
-    return MobileNet(num_classes, input_size)
+def mobilenet(num_classes: int, input_size: int = 32, in_channels: int = 3) -> MobileNet:
+    """MobileNet v1 (CIFAR layout) for ``in_channels`` x ``input_size`` x ``input_size`` images."""
+    return MobileNet(num_classes, input_size, in_channels)

@@ -9,7 +9,7 @@ from torch import nn
 
 from shallowdeep.errors import UserError
 
-Builder = Callable[[int, int], nn.Module]
+Builder = Callable[[int, int, int], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ _REGISTRY: dict[str, _Entry] = {}
 
 
 def register(name: str, weight_decay: float) -> Callable[[Builder], Builder]:
-    """Decorator: make ``builder(num_classes, input_size)`` available as ``create(name, ...)``."""
+    """Decorator: make ``builder(num_classes, input_size, in_channels)`` available as ``create(name, ...)``."""
 
     def decorator(builder: Builder) -> Builder:
         _REGISTRY[name] = _Entry(builder, weight_decay)
@@ -36,9 +36,10 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, num_classes: int, input_size: int = 32) -> nn.Module:
-    """A freshly initialised backbone; ``UserError`` for an unknown name, class count or input size."""
-    return _entry(name).builder(num_classes, input_size)
+def create(name: str, num_classes: int, input_size: int = 32, in_channels: int = 3) -> nn.Module:
+    """A freshly initialised backbone for square ``in_channels`` x ``input_size`` x ``input_size`` images (any side
+    of at least 16); ``UserError`` for an unknown name, class count, input size or channel count."""
+    return _entry(name).builder(num_classes, input_size, in_channels)
 
 
 def default_weight_decay(name: str) -> float:

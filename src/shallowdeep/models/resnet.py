@@ -2,8 +2,8 @@
 
 Stem 3x3 conv (16 channels) + BN + ReLU, then 3 stages of 9 basic blocks with 16, 32, 64
 channels (stages 2 and 3 start with stride 2), global average pooling and a linear layer.
-A block whose shape changes uses a projection shortcut (1x1 conv + BN). At 64x64 the stem
-has stride 2, so the stages see the same 32x32 maps as on CIFAR; at 16x16 the last map is 4x4.
+A block whose shape changes uses a projection shortcut (1x1 conv + BN). From 64x64 up the stem
+has stride 2, so at 64x64 the stages see the same 32x32 maps as on CIFAR; at 16x16 the last map is 4x4.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import StagedNet, conv_bn_relu, init_weights
+from .base import LARGE_INPUT_SIZE, StagedNet, conv_bn_relu, init_weights
 from .registry import register
 
 STAGE_CHANNELS = (16, 32, 64)
@@ -44,10 +44,10 @@ class BasicBlock(nn.Module):
 class ResNet(StagedNet):
     """CIFAR ResNet of depth 6n+2: ``stages`` = [stem, block 1, ..., block 3n]."""
 
-    def __init__(self, num_classes: int, input_size: int = 32, blocks_per_stage: int = 9) -> None:
-        super().__init__(num_classes, input_size)
-        stem_stride = 2 if input_size == 64 else 1
-        blocks: list[nn.Module] = [conv_bn_relu(3, STAGE_CHANNELS[0], stride=stem_stride)]
+    def __init__(self, num_classes: int, input_size: int = 32, blocks_per_stage: int = 9, in_channels: int = 3) -> None:
+        super().__init__(num_classes, input_size, in_channels)
+        stem_stride = 2 if input_size >= LARGE_INPUT_SIZE else 1
+        blocks: list[nn.Module] = [conv_bn_relu(in_channels, STAGE_CHANNELS[0], stride=stem_stride)]
         in_channels = STAGE_CHANNELS[0]
         for stage, channels in enumerate(STAGE_CHANNELS):
             for index in range(blocks_per_stage):
@@ -60,6 +60,6 @@ class ResNet(StagedNet):
 
 
 @register("resnet56", weight_decay=1e-4)
-def resnet56(num_classes: int, input_size: int = 32) -> ResNet:
-    """ResNet-56 (9 blocks per stage) for ``input_size`` x ``input_size`` images."""
-    return ResNet(num_classes, input_size, blocks_per_stage=9)
+def resnet56(num_classes: int, input_size: int = 32, in_channels: int = 3) -> ResNet:
+    """ResNet-56 (9 blocks per stage) for ``in_channels`` x ``input_size`` x ``input_size`` images."""
+    return ResNet(num_classes, input_size, blocks_per_stage=9, in_channels=in_channels)

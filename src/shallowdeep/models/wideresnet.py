@@ -3,8 +3,8 @@
 Stem 3x3 conv (16 channels, with bias), then 3 stages of 5 pre-activation wide basic blocks
 with 64, 128, 256 channels (stages 2 and 3 start with stride 2, carried by the block's second
 conv), then BN + ReLU, global average pooling and a linear layer. Convolutions have biases;
-a block whose shape changes uses a 1x1 conv shortcut. At 64x64 the stem has stride 2, so the
-stages see 32x32 maps as on CIFAR; at 16x16 the last map is 4x4.
+a block whose shape changes uses a 1x1 conv shortcut. From 64x64 up the stem has stride 2, so at
+64x64 the stages see 32x32 maps as on CIFAR; at 16x16 the last map is 4x4.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import StagedNet, init_weights
+from .base import LARGE_INPUT_SIZE, StagedNet, init_weights
 from .registry import register
 
 STEM_CHANNELS = 16
@@ -51,10 +51,11 @@ class WideResNet(StagedNet):
         blocks_per_stage: int = 5,
         widen_factor: int = 4,
         dropout: float = 0.3,
+        in_channels: int = 3,
     ) -> None:
-        super().__init__(num_classes, input_size)
-        stem_stride = 2 if input_size == 64 else 1
-        blocks: list[nn.Module] = [nn.Conv2d(3, STEM_CHANNELS, 3, stride=stem_stride, padding=1)]
+        super().__init__(num_classes, input_size, in_channels)
+        stem_stride = 2 if input_size >= LARGE_INPUT_SIZE else 1
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, STEM_CHANNELS, 3, stride=stem_stride, padding=1)]
         in_channels = STEM_CHANNELS
         for stage, base_channels in enumerate(STAGE_CHANNELS):
             channels = base_channels * widen_factor
@@ -74,6 +75,8 @@ class WideResNet(StagedNet):
 
 
 @register("wrn32_4", weight_decay=5e-4)
-def wrn32_4(num_classes: int, input_size: int = 32) -> WideResNet:
-    """Wide-ResNet-32-4 (5 blocks per stage, dropout 0.3) for ``input_size`` x ``input_size`` images."""
-    return WideResNet(num_classes, input_size, blocks_per_stage=5, widen_factor=4, dropout=0.3)
+def wrn32_4(num_classes: int, input_size: int = 32, in_channels: int = 3) -> WideResNet:
+    """Wide-ResNet-32-4 (5 blocks per stage, dropout 0.3) for ``in_channels`` x ``input_size`` x ``input_size``
+    images."""
+    return WideResNet(num_classes, input_size, blocks_per_stage=5, widen_factor=4, dropout=0.3,
+                      in_channels=in_channels)

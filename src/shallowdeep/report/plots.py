@@ -121,7 +121,8 @@ def confusion_histogram(histogram: Mapping[str, Sequence[float]], groups: Mappin
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
                captions: Sequence[Sequence[str]]) -> bytes:
-    """Rows of uint8 (3, H, W) images, each row labelled on its left and each image captioned just below it."""
+    """Rows of uint8 (C, H, W) images (grey or RGB), each row labelled on its left and each image captioned just
+    below it."""
     from matplotlib.figure import Figure
 
     columns = max((len(r) for r in rows), default=1) or 1
@@ -133,7 +134,7 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(images):
-                ax.imshow(_hwc(images[c]), interpolation="nearest")
+                _show(ax, images[c])
                 ax.set_xlabel(captions[r][c], fontsize=8, labelpad=2)
             else:
                 ax.axis("off")
@@ -147,7 +148,7 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
 
 
 def image_png(image: np.ndarray, scale: int = 1) -> bytes:
-    """One uint8 (3, H, W) image as PNG, each pixel repeated ``scale`` times along both axes."""
+    """One uint8 (C, H, W) image (grey or RGB) as PNG, each pixel repeated ``scale`` times along both axes."""
     from PIL import Image
 
     pixels = _hwc(image).repeat(scale, axis=0).repeat(scale, axis=1)
@@ -168,9 +169,8 @@ def gradcam_grid(images: Sequence[np.ndarray], ic_maps: np.ndarray, final_maps: 
     fig = Figure(figsize=(6.0, 2.2 * len(images)))
     axes = fig.subplots(len(images), 3, squeeze=False)
     for row, image, ic_map, final_map, texts in zip(axes, images, ic_maps, final_maps, captions):
-        picture = _hwc(image)
         for ax, heat, text in zip(row, (None, ic_map, final_map), texts):
-            ax.imshow(picture, interpolation="nearest")
+            _show(ax, image)
             if heat is not None:
                 ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
             ax.set_xlabel(text, fontsize=8, labelpad=2)
@@ -182,8 +182,17 @@ def gradcam_grid(images: Sequence[np.ndarray], ic_maps: np.ndarray, final_maps: 
     return png_bytes(fig)
 
 
+def _show(ax, image: np.ndarray) -> None:
+    """Draw a uint8 (C, H, W) image on ``ax``, pixel for pixel: grey levels as they are when C is 1."""
+    pixels = _hwc(image)
+    grey = {"cmap": "gray", "vmin": 0, "vmax": 255} if pixels.ndim == 2 else {}
+    ax.imshow(pixels, interpolation="nearest", **grey)
+
+
 def _hwc(image: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(image).transpose(1, 2, 0))
+    """A (C, H, W) image as (H, W, C), or (H, W) when it is grey (C = 1)."""
+    pixels = np.asarray(image)
+    return np.ascontiguousarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
 
 
 def _percent(point: tuple[float, float]) -> tuple[float, float]:

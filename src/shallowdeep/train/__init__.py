@@ -94,7 +94,7 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
     if cfg.recipe is None:
         cfg = replace(cfg, recipe=resolve_recipe(cfg.mode, paper_weight_decay(model), recipe_changes or {}))
     splits = splits or load_dataset(**data)
-    model = model.with_data(splits.spec.num_classes, (3, splits.spec.input_size, splits.spec.input_size))
+    model = model.with_data(splits.spec.num_classes, splits.spec.input_shape)
     if cfg.mode == "cnn":
         model = replace(model, exits=())
     torch.manual_seed(cfg.seed)  # the initial weights, ICs included
@@ -119,7 +119,7 @@ def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.dev
     ensemble_pending = "ensemble.bias" in ckpt.get("model", {}) and not ckpt.get("ensemble_trained")
     if int(ckpt.get("epoch", 0)) >= cfg.recipe.epochs and not ensemble_pending:
         raise UserError(f"{run_dir} has finished all {cfg.recipe.epochs} epochs; nothing to resume")
-    splits = splits or load_dataset(**run.config["data"])
+    splits = splits or load_dataset(**run.data_options)
     check_same_task(run.config.get("data_record"), splits, f"run {run_dir}")
     dist = dist or DistInfo()
     with run_lock(run_dir) if dist.is_main else nullcontext():

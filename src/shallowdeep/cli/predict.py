@@ -1,0 +1,107 @@
+"""Classify image files with a trained run: each image's class, the exit it left at and what it cost.
+
+Files are read as the run's data was: grey or RGB as the network takes them, resized (bilinear) to its
+input size; a folder is read recursively (its image files, sorted by path). A file that cannot be read
+as an image stops the command with one line naming it. The final head answers every image unless
+--threshold (with --policy) or --from-early-exit (the policy and threshold of the run's latest
+early-exit result, RUN/early-exit.json) turns on early exit. Prints one row per image, or writes them
+to --output (F.json or F.csv): path, class, class index, exit (0 = first IC), exit name and FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..choices import POLICY_NAMES
+from ..errors import UserError
+from ._common import add_device_argument, non_negative_float, positive_int, resolve_device, table
+
+if TYPE_CHECKING:
+    from ..classifier import Answer, Classifier
+    from ..exits import ExitPolicy
+    from ..run import Run
+
+NAME = "predict"
+ORDER = 25
+HELP = "classify image files or folders with a run (final head, or early exit)"
+FIELDS = ("path", "class", "class_index", "exit", "exit_name", "flops")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files, or folders read recursively")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--threshold", type=non_negative_float,
+                      help="early exit at this threshold of --policy (default: the final head answers every image)")
+    rule.add_argument("--from-early-exit", action="store_true",
+                      help="early exit with the policy and threshold of the run's latest early-exit result")
+    p.add_argument("--policy", choices=POLICY_NAMES, help="policy of --threshold (default: maxprob)")
+    p.add_argument("--output", type=Path, metavar="F.json|F.csv", help="write the rows to this file instead of "
+                   "printing them")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    add_device_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..classifier import load
+    from ..run import open_run
+
+    if args.policy is not None and args.threshold is None:
+        raise UserError("--policy goes with --threshold")
+    if args.output is not None and args.output.suffix.lower() not in (".json", ".csv"):
+        raise UserError(f"--output {args.output} must end in .json or .csv")
+    run_ = open_run(args.run)
+    policy = _latest_policy(run_) if args.from_early_exit else None
+    classifier = load(run_.path, resolve_device(args.device, args.threads))
+    answer = classifier.predict_files(args.images, args.threshold, policy or args.policy, args.batch_size)
+    rows = _rows(answer, classifier)
+    if args.output is None:
+        print(table(["image", "class", "exit", "MFLOPs"],
+                    [(r["path"], r["class"], r["exit_name"], f"{r['flops'] / 1e6:.2f}") for r in rows]))
+    else:
+        _write(args.output, rows)
+        print(f"{len(rows)} images; wrote {args.output}")
+    return 0
+
+
+def _latest_policy(run_: Run) -> ExitPolicy:
+    """The policy and threshold of the run's latest early-exit result."""
+    from ..exits import make_policy
+    from ..io import read_json
+    from ..report.tradeoff import EARLY_EXIT_JSON
+
+    path = run_.path / EARLY_EXIT_JSON
+    if not path.is_file():
+        raise UserError(f"{run_.path} has no early-exit result ({EARLY_EXIT_JSON}); run shallowdeep early-exit "
+                        f"{run_.path} first, or pass --threshold")
+    result = read_json(path, f"run shallowdeep early-exit {run_.path} again")
+    if not isinstance(result, dict) or "policy" not in result or "threshold" not in result:
+        raise UserError(f"{path} holds no policy and threshold; run shallowdeep early-exit {run_.path} again")
+    return make_policy(result["policy"], result["threshold"])
+
+
+def _rows(answer: Answer, classifier: Classifier) -> list[dict[str, Any]]:
+    """One row per image: its path, class and class index, exit (index and name) and FLOPs."""
+    names = [*classifier.net.exit_names, "final"]
+    return [{"path": str(path), "class": name, "class_index": index, "exit": exit_, "exit_name": names[exit_],
+             "flops": flops}
+            for path, name, index, exit_, flops in zip(answer.paths, answer.classes, answer.indices.tolist(),
+                                                       answer.exits.tolist(), answer.flops.tolist())]
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as a JSON list of objects or as CSV with a header line, by the suffix of ``path``."""
+    from ..io import atomic_write_bytes, atomic_write_json
+
+    if path.suffix.lower() == ".json":
+        atomic_write_json(path, rows)
+        return
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
