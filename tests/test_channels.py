@@ -65,6 +65,7 @@ def test_colour_read_as_grey_is_pils_grey_and_mixed_folders_are_rgb_with_a_warni
         load_dataset("digits", None, channels=1)
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", ["mobilenet", "resnet56", "vgg16_bn", "wrn32_4"])
 def test_built_in_backbones_take_any_side_from_16_and_any_channel_count(name):
     with torch.no_grad():
