@@ -158,29 +158,3 @@ def test_the_exits_command_lists_cut_points_and_marks_the_chosen_ones():
     marked = [line.split()[0] for line in r.stdout.splitlines() if line.rstrip().endswith("IC")]
     assert marked == ["stages.8", "stages.16"] and "2 exits at stages.8,stages.16" in r.stdout
     assert "16x16x16" in r.stdout and "100.0 %" in r.stdout
-
-
-class _Dropping(nn.Module):
-    """Dropout as a module (kept in training) or as ``F.dropout(..., self.training)`` (frozen by the trace)."""
-
-    def __init__(self, functional: bool) -> None:
-        super().__init__()
-        self.functional = functional
-        self.convs = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                                   nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-        self.drop, self.fc = nn.Dropout(0.5), nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = self.convs(x).mean((2, 3))
-        return self.fc(torch.nn.functional.dropout(x, 0.5, self.training) if self.functional else self.drop(x))
-
-
-@pytest.mark.parametrize("functional", [False, True])
-def test_a_forward_that_branches_on_self_training_is_reported(functional):
-    import warnings
-
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        attach(_Dropping(functional), (3, 16, 16), 10, fractions=(0.3, 0.6))
-    said = [str(w.message) for w in seen if "depends on self.training" in str(w.message)]
-    assert len(said) == functional

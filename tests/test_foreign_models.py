@@ -101,8 +101,3 @@ def test_library_weights_offline_and_misnamed_models_are_one_line(tmp_path, monk
         create_library_model("torchvision:no_such_net", 10)
     with pytest.raises(UserError, match="timm cannot build no_such_net"):
         create_library_model("timm:no_such_net", 10)
-
-
-def test_timm_drop_path_is_reported_as_lost_in_training():
-    with pytest.warns(UserWarning, match="ResNet's forward depends on self.training"):
-        attach(timm.create_model("resnet18", num_classes=10, drop_path_rate=0.1), SHAPE, 10)

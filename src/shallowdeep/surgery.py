@@ -64,7 +64,8 @@ def attach(
     names, see :func:`cut_points`); when None, one exit is placed at the cut point closest to each
     fraction of the network's FLOPs (for the built-in backbones, only between two blocks of their
     ``stages``, as in the paper; any other model, ``stages`` or not, at any cut point). The SDN
-    shares ``model``'s parameters, and its final output equals ``model(x)`` exactly.
+    shares ``model``'s parameters, and its final output equals ``model(x)`` exactly, in train mode too
+    from the same random seed (see :mod:`shallowdeep.mode_graphs`).
     """
     gm, points, total_flops = analyse(model, input_shape)
     out_meta = next(n for n in gm.graph.nodes if n.op == "output").args[0]
@@ -77,14 +78,13 @@ def attach(
     if exits is None:
         chosen = place_exits(points, total_flops, fractions)
         notes = placement_notes(chosen, total_flops, fractions)
-        if not traces_alike_in_both_modes(model, gm):
-            notes.append(f"{type(model).__name__}'s forward depends on self.training (drop-path or functional "
-                         "dropout, say): the SDN runs its eval-mode graph, so that behaviour is lost in training")
         for note in notes:
             warnings.warn(note, stacklevel=2)
     else:
         chosen = _resolve_exits(gm, points, exits)
-    segments = split_graph(gm, [p.index for p in chosen])
+    from .mode_graphs import keep_train_mode  # it builds on this module
+
+    segments = keep_train_mode(model, gm, chosen, split_graph(gm, [p.index for p in chosen]))
     design = ICDesign.parse(ic)
     device = next(model.parameters(), torch.zeros(())).device
     heads = [h.to(device) for h in make_heads(design, [p.shape for p in chosen], num_classes)]
@@ -112,21 +112,6 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
             f"cannot split {type(model).__name__}: torch.fx could not trace its forward ({first}); "
             "data-dependent control flow must be removed or wrapped as a leaf module"
         ) from exc
-
-
-def traces_alike_in_both_modes(model: nn.Module, eval_graph: torch.fx.GraphModule) -> bool:
-    """Whether ``model`` traced in train mode gives the graph ``eval_graph`` traced in eval mode (a model whose
-    code branches on ``self.training`` does not; modules such as dropout and batch norm do, as they check
-    their mode when they run). A model that cannot be traced in train mode counts as alike."""
-    was_training = model.training
-    try:
-        train_graph = torch.fx.symbolic_trace(model.train())
-    except Exception:  # noqa: BLE001 - fx raises many kinds; the eval trace is what attach uses
-        return True
-    finally:
-        model.train(was_training)
-    steps = lambda g: [(n.op, str(n.target), repr(n.args), repr(n.kwargs)) for n in g.graph.nodes]  # noqa: E731
-    return steps(train_graph) == steps(eval_graph)
 
 
 def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.GraphModule, list[CutPoint], int]:
