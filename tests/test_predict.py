@@ -89,3 +89,15 @@ def test_an_unreadable_file_is_one_line_naming_it(grey_run, capsys):
     assert lines[0].startswith("shallowdeep predict: error: cannot decode image") and "broken.png" in lines[0]
     assert lines[1:] == [f"shallowdeep predict: error: no file or folder {grey_run / 'absent'}",
                          "shallowdeep predict: error: --policy goes with --threshold"]
+
+
+def test_a_grey_runs_weights_on_colour_images_are_one_line_naming_both_shapes(grey_run, capsys):
+    for split in ("train", "test"):
+        (grey_run / "colour" / split / "a").mkdir(parents=True)
+        pixels = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(grey_run / "colour" / split / "a" / "0.png")
+    assert main(["train", "--mode", "ic-only", "--from", str(grey_run / "run"), "--dataset", "imagefolder",
+                 "--data-dir", str(grey_run / "colour"), "--holdout-fraction", "0", "--out",
+                 str(grey_run / "ic")]) == 2
+    assert capsys.readouterr().err.strip() == (f"shallowdeep train: error: run {grey_run / 'run'} takes 1x28x28 images "
+                                               "but the data's are 3x28x28; read the data with --channels 1")

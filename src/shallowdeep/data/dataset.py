@@ -81,9 +81,9 @@ def _check_cifar_copy(name: str, raw: RawDataset, folder: Path, coarse_labels: b
 def _floored(std: tuple[float, ...]) -> tuple[float, ...]:
     """``std`` with each channel's standard deviation at least :data:`MIN_STD`, warning for each channel raised: a
     channel that hardly varies (say, blue always 0) would otherwise be divided by (nearly) zero."""
-    for channel, value in enumerate(std):
+    for name, value in zip(CHANNEL_NAMES[len(std)], std):
         if value < MIN_STD:
-            warnings.warn(f"the {CHANNEL_NAMES[len(std)][channel]} channel of the training images is (nearly) constant, with a "
+            warnings.warn(f"the {name} channel of the training images is (nearly) constant, with a "
                           f"standard deviation of {value:.2g}; it is normalised with 1/255 (one grey level) instead")
     return tuple(max(value, MIN_STD) for value in std)
 

@@ -94,6 +94,7 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
     if cfg.recipe is None:
         cfg = replace(cfg, recipe=resolve_recipe(cfg.mode, paper_weight_decay(model), recipe_changes or {}))
     splits = splits or load_dataset(**data)
+    _check_channels(pretrained, splits.spec.input_shape)
     model = model.with_data(splits.spec.num_classes, splits.spec.input_shape)
     if cfg.mode == "cnn":
         model = replace(model, exits=())
@@ -106,6 +107,16 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
                     "pretrained": str(pretrained) if pretrained else None, **(extra_config or {})}
         net.spec = create_run(run_dir, net.spec, sections)
     return _run(run_dir, net, splits, cfg, device, None, dist, progress, on_start, on_epoch)
+
+
+def _check_channels(pretrained: str | Path | None, data_shape: tuple[int, ...]) -> None:
+    """A one-line error when the run ``pretrained`` names took images of another channel count than the data's."""
+    if pretrained is None or not Path(pretrained).is_dir():
+        return
+    shape = open_run(pretrained).config["model"].get("input_shape")
+    if shape and shape[0] != data_shape[0]:
+        raise UserError(f"run {pretrained} takes {'x'.join(map(str, shape))} images but the data's are "
+                        f"{'x'.join(map(str, data_shape))}; read the data with --channels {shape[0]}")
 
 
 def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.device, dist: DistInfo | None = None,
