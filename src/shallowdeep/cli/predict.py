@@ -36,10 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files, or folders read recursively")
     rule = p.add_mutually_exclusive_group()
     rule.add_argument("--threshold", type=non_negative_float,
-                      help="early exit at this threshold of --policy (default: the final head answers every image)")
+                      help="early exit at this threshold of --policy; without it or --from-early-exit the final "
+                           "head answers every image")
     rule.add_argument("--from-early-exit", action="store_true",
                       help="early exit with the policy and threshold of the run's latest early-exit result")
-    p.add_argument("--policy", choices=POLICY_NAMES, help="policy of --threshold (default: maxprob)")
+    p.add_argument("--policy", choices=POLICY_NAMES, help="policy of --threshold; maxprob when not given")
     p.add_argument("--output", type=Path, metavar="F.json|F.csv", help="write the rows to this file instead of "
                    "printing them")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
