@@ -7,8 +7,13 @@
   the previous IC's softmax probabilities (detached; *cascading*), and exit k answers with a
   learned weighted geometric mean of the probabilities of ICs 1..k (:class:`GeometricEnsemble`).
 
+Exits on token sequences (a vision transformer's (tokens, dim) blocks, or a channels-last map
+such as Swin's, read as H*W tokens) get a :class:`TokenHead` in every design: the mean token,
+layer norm, one linear layer. ``conv`` has no convolution to add there (its ``width`` is unused on
+token exits); ``ztw``'s token heads cascade and ensemble like its conv heads.
+
 Every head splits its forward pass in two: :meth:`ExitHead.reduce` is a fixed, parameter-free
-reduction of the feature map (what the IC-only feature cache stores), :meth:`ExitHead.classify`
+reduction of its input (what the IC-only feature cache stores), :meth:`ExitHead.classify`
 the learned rest. ``head(x, prev)`` is ``classify(reduce(x), prev)``, where ``prev`` is the
 previous IC's logits (read by cascading heads only).
 """
@@ -71,14 +76,14 @@ class ICDesign:
 
 
 class ExitHead(nn.Module):
-    """An internal classifier reading a (C, H, W) feature map; see the module docstring."""
+    """An internal classifier reading a (C, H, W) feature map or a token sequence; see the module docstring."""
 
     def __init__(self, cascade_classes: int = 0) -> None:
         super().__init__()
         self.cascade_classes = cascade_classes  # > 0: reads the previous IC's logits
 
     def reduce(self, x: torch.Tensor) -> Reduced:
-        """The fixed (parameter-free) reduction of the feature map that :meth:`classify` reads."""
+        """The fixed (parameter-free) reduction of the head's input that :meth:`classify` reads."""
         raise NotImplementedError
 
     def classify(self, reduced: Reduced, prev: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,12 +183,35 @@ class ConvHead(ExitHead):
         return x
 
 
+class TokenHead(ExitHead):
+    """An IC for a token sequence (N, tokens, dim), or a channels-last map (N, H, W, dim) read as H*W tokens:
+    the mean over all tokens (the class token, where there is one, among them), layer norm, one linear layer.
+
+    The mean rather than the class token, as every transformer has tokens to average (Swin has no class
+    token). Pooling comes before the norm (as timm's ``fc_norm`` for average pooling), so :meth:`reduce`, the
+    mean, is parameter-free and the IC-only cache holds one ``dim`` vector per image."""
+
+    def __init__(self, dim: int, num_classes: int, cascade_classes: int = 0) -> None:
+        super().__init__(cascade_classes)
+        self.norm = nn.LayerNorm(dim)
+        self.linear = nn.Linear(dim + cascade_classes, num_classes)
+
+    def reduce(self, x: torch.Tensor) -> Reduced:
+        return (x.flatten(1, -2).mean(1),)
+
+    def classify(self, reduced: Reduced, prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(self._with_previous(self.norm(reduced[0]), prev))
+
+
 def make_heads(design: ICDesign, shapes: Sequence[Sequence[int]], num_classes: int) -> list[ExitHead]:
-    """One head of ``design`` per exit, for feature maps of the given (C, H, W) shapes."""
+    """One head of ``design`` per exit, for inputs of the given shapes: (C, H, W) of a feature map, or
+    (tokens, dim) of a token sequence (a :class:`TokenHead` in every design)."""
     heads: list[ExitHead] = []
     for i, shape in enumerate(shapes):
         cascade = num_classes if design.cascades and i > 0 else 0
-        if design.design == "paper":
+        if len(shape) == 2:
+            heads.append(TokenHead(shape[1], num_classes, cascade_classes=cascade))
+        elif design.design == "paper":
             heads.append(InternalClassifier(*shape, num_classes))
         else:
             heads.append(ConvHead(*shape, num_classes, conv_width=design.width, cascade_classes=cascade))

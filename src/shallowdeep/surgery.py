@@ -3,13 +3,16 @@
 The model is traced with ``torch.fx`` (as ``torchvision.models.feature_extraction`` does).
 A *cut point* is a node after which no earlier value is needed any more, so the graph can be
 split there into two sequential segments: block outputs of a ResNet are cut points, the inside of
-a residual block is not. Exits are placed at cut points, either named by the user (a module name
-of the model, or an fx node name) or chosen automatically as the points whose cumulative FLOPs
-are closest to the given fractions of the whole network's FLOPs.
+a residual block is not, nor the point between a transformer block's attention and its MLP
+(see :func:`_block_boundaries`). An exit reads a CNN's (C, H, W) map or a transformer's token
+sequence (see :mod:`shallowdeep.layouts`). Exits are placed at cut points, either named by the user
+(a module name of the model, or an fx node name) or chosen automatically as the points whose
+cumulative FLOPs are closest to the given fractions of the whole network's FLOPs.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from .errors import UserError, first_line
 from .eval_mode import eval_mode
 from .flops import count_flops
 from .heads import GeometricEnsemble, ICDesign, make_heads
+from .layouts import FEATURE_MAP, exit_input
 from .model_spec import PAPER_FRACTIONS
 from .models.base import StagedNet
 from .sdn import SDN
@@ -39,8 +43,9 @@ class CutPoint:
 
     index: int  # position in the graph's node list
     name: str  # the name attach() accepts for it: a module path, else the fx node name
-    shape: tuple[int, ...]  # (C, H, W) of the value at this point
+    shape: tuple[int, ...]  # what an IC reads there per image: (C, H, W), or (tokens, dim)
     flops: int  # cumulative backbone FLOPs per image up to and including this node
+    layout: str = FEATURE_MAP  # the value's layout (see shallowdeep.layouts): a C,H,W map, tokens, or an H,W,C map
 
 
 def attach(
@@ -105,7 +110,7 @@ def _head_flops(head: nn.Module, shape: Sequence[int], num_classes: int, device:
 def trace(model: nn.Module) -> torch.fx.GraphModule:
     """``torch.fx.symbolic_trace`` with a one-line error for models that cannot be traced."""
     try:
-        return torch.fx.symbolic_trace(model)
+        return torch.fx.symbolic_trace(model, concrete_args=defaulted_arguments(model))
     except Exception as exc:  # fx raises many kinds of errors for untraceable code
         first = first_line(exc)
         raise UserError(
@@ -114,21 +119,92 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
         ) from exc
 
 
+def defaulted_arguments(model: nn.Module) -> dict[str, Any] | None:
+    """The defaults of ``model.forward``'s parameters after its input (timm's ViT takes ``attn_mask=None``), as
+    ``symbolic_trace``'s ``concrete_args``: traced as constants, not as graph inputs that every block reads
+    (which would leave no cut point). None when it has none."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):  # no signature to read
+        return None
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty} or None
+
+
 def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.GraphModule, list[CutPoint], int]:
     """Trace ``model``, find its cut points with their shapes and cumulative FLOPs, and its total FLOPs."""
     with eval_mode(model), torch.no_grad():
         gm = trace(model)
         device = next(model.parameters(), torch.zeros(())).device
-        cumulative = _shapes_and_cumulative_flops(gm, torch.zeros(1, *input_shape, device=device))
-    nodes = list(gm.graph.nodes)
-    names = _module_output_names(nodes)
-    points = []
-    for i in _cut_indices(nodes):
-        meta = nodes[i].meta.get("tensor_meta")
-        shape = tuple(getattr(meta, "shape", ()))
-        if len(shape) == 4:
-            points.append(CutPoint(i, names.get(nodes[i].name, nodes[i].name), shape[1:], cumulative[i]))
+        example = torch.zeros(1, *input_shape, device=device)
+        cumulative = _shapes_and_cumulative_flops(gm, example)
+        nodes = list(gm.graph.nodes)
+        names = _module_output_names(nodes)
+        modules = dict(gm.named_modules())
+        points = []
+        for i in _block_boundaries(nodes, _cut_indices(nodes)):
+            read = exit_input(nodes[i], modules)
+            if read is not None:
+                points.append(CutPoint(i, names.get(nodes[i].name, nodes[i].name), read[0], cumulative[i], read[1]))
+        points = _one_point_per_value(gm, example, points)
     return gm, points, cumulative[-1]
+
+
+def _block_boundaries(nodes: list[torch.fx.Node], cuts: Sequence[int]) -> list[int]:
+    """The ``cuts`` that do not split a block between two of its residual branches.
+
+    A cut lies inside a block when a module computes it without returning it (the innermost such module is
+    the block). Where the block's own forward joins a skip connection (adds or concatenates a value from further
+    back) both before and after the cut, the cut lies between two residual branches: in a transformer block,
+    between the attention and the MLP (pre-norm or post-norm). No exit goes there, in any model, whatever its
+    names. A CNN's residual block joins one skip connection, so a cut after its add stays; a stage joins none
+    itself (its blocks do), so the cuts between its blocks stay. (The attention's inside is never a cut: the
+    block's input is still needed there.)
+    """
+    last = _last_node_of_modules(nodes)
+    owner = [(_enclosing_modules(n) or [None])[-1] for n in nodes]  # the module whose own forward computes it
+    skips = _skip_connections(nodes)
+    kept = []
+    for i in cuts:
+        block = next((m for m in reversed(_enclosing_modules(nodes[i])) if last[m] != i), None)
+        joined = [(start, end) for start, end in skips if owner[end] == block] if block else []
+        if not (any(end <= i for _, end in joined) and any(start >= i for start, _ in joined)):
+            kept.append(i)
+    return kept
+
+
+def _enclosing_modules(node: torch.fx.Node) -> list[str]:
+    """The modules whose forward computes ``node``, outermost first (for a module call, not that module)."""
+    paths = _module_stack_paths(node)
+    return paths[:-1] if node.op == "call_module" and paths and paths[-1] == node.target else paths
+
+
+def _skip_connections(nodes: list[torch.fx.Node]) -> list[tuple[int, int]]:
+    """(from, to) positions of each value read two or more nodes after it is computed (parameters aside)."""
+    position = {n: i for i, n in enumerate(nodes)}
+    return [(position[a], j) for j, node in enumerate(nodes) for a in node.all_input_nodes
+            if a.op != "get_attr" and j - position[a] > 1]
+
+
+def _one_point_per_value(gm: torch.fx.GraphModule, example: torch.Tensor, points: list[CutPoint]) -> list[CutPoint]:
+    """``points`` less each whose value is the very tensor of the next point, passed on by an identity module or
+    eval-mode dropout, or overwritten by an in-place activation: each value is listed once, under the later
+    name (a module's, as a rule)."""
+    at = {p.index for p in points}
+    index = {n: i for i, n in enumerate(gm.graph.nodes)}
+    repeated: set[int] = set()
+    previous: list[Any] = []  # the last point's index and value
+
+    class _Watch(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node):  # noqa: ANN201 - fx signature
+            value = super().run_node(n)
+            if index[n] in at:
+                if previous and previous[1] is value:
+                    repeated.add(previous[0])
+                previous[:] = [index[n], value]
+            return value
+
+    _Watch(gm).run(example)
+    return [p for p in points if p.index not in repeated]
 
 
 def cut_points(model: nn.Module, input_shape: Sequence[int]) -> list[CutPoint]:
@@ -190,8 +266,9 @@ def _resolve_exits(gm: torch.fx.GraphModule, points: Sequence[CutPoint], exits: 
         if index not in by_index:
             raise UserError(
                 f"exit '{name}' is not a point where the model can be split into a sequence "
-                "(a value computed before it, such as a skip connection, is used after it, or its output is not a "
-                "feature map); choose a block output instead"
+                "(a value computed before it, such as a skip connection, is used after it, it lies between two "
+                "residual branches of a block, or its output is neither a feature map nor tokens); choose a block "
+                "output instead"
             )
         if by_index[index] in chosen:
             raise UserError(f"exit '{name}' names the same point as another exit")

@@ -1,5 +1,6 @@
-"""List the points of a backbone where an internal classifier can go, with the shape of the value there
-and the share of the backbone's FLOPs spent up to it, and mark those the SDN would use (placed by
+"""List the points of a backbone where an internal classifier can go, with what an IC there reads (a CNN's
+C x H x W map, or a transformer's tokens x dim, a channels-last map's H*W positions as tokens) and the
+share of the backbone's FLOPs spent up to it, and mark those the SDN would use (placed by
 FLOPs at --fractions, or named with --exits). Nothing is trained or written; choose --exits from
 this list for `shallowdeep train`."""
 
@@ -38,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
         net = build_sdn(spec)
     chosen = set(net.exit_names)
     points = cut_points(build_backbone(spec), spec.input_shape)
-    rows = [(p.name, "x".join(map(str, p.shape)), f"{100 * p.flops / net.backbone_flops:.1f} %",
+    rows = [(p.name, "x".join(map(str, p.shape)), p.layout, f"{100 * p.flops / net.backbone_flops:.1f} %",
              "IC" if p.name in chosen else "") for p in points]
-    print(table(["cut point", "shape", "FLOPs so far", "exit"], rows))
+    print(table(["cut point", "shape", "layout", "FLOPs so far", "exit"], rows))
     for note in notes:
         print(f"note: {note.message}")
     print(f"{len(points)} cut points; {len(chosen)} exits at {','.join(net.exit_names)} "
