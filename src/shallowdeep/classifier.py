@@ -19,7 +19,7 @@ from .data.augment import normalize
 from .data.decode import decode_images
 from .data.imagefolder import image_files
 from .errors import UserError
-from .exits import ExitPolicy, early_exit, run_backbone
+from .exits import ExitPolicy, early_exit_stream, run_backbone
 from .outputs import load_run_data
 from .run import Run, open_run
 from .sdn import SDN
@@ -75,13 +75,17 @@ class Classifier:
     def predict(self, images: torch.Tensor | np.ndarray, threshold: float | None = None,
                 policy: ExitPolicy | str | None = None, batch_size: int = BATCH_SIZE) -> Answer:
         """Classify ``images`` (see :meth:`preprocess`), ``batch_size`` at a time: with the final head alone (no
-        threshold or policy), or with early exit."""
+        threshold or policy), or with early exit (the streaming engine: every stage runs on full batches)."""
         x = torch.as_tensor(images)
         x = x.unsqueeze(0) if x.dim() == len(self.input_shape) else x
         if x.shape[0] == 0:
             raise UserError("no images to classify")
-        parts = [self._classify(self.preprocess(chunk), threshold, policy) for chunk in x.split(batch_size)]
-        indices, exits, flops = (torch.cat(column) for column in zip(*parts))
+        chunks = (self.preprocess(chunk) for chunk in x.split(batch_size))
+        if threshold is None and policy is None:
+            indices = torch.cat([run_backbone(self.net, chunk).argmax(dim=1) for chunk in chunks])
+            exits, flops = torch.full_like(indices, len(self.net.ics)), torch.full_like(indices, self.net.backbone_flops)
+        else:
+            indices, exits, flops = early_exit_stream(self.net, chunks, threshold, policy, batch_size)
         return Answer(indices, [self.class_names[i] for i in indices.tolist()], exits, flops)
 
     def predict_files(self, paths: Sequence[str | Path], threshold: float | None = None,
@@ -91,14 +95,6 @@ class Classifier:
         answer = self.predict(images, threshold, policy, batch_size)
         answer.paths = files
         return answer
-
-    def _classify(self, x: torch.Tensor, threshold: float | None,
-                  policy: ExitPolicy | str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if threshold is None and policy is None:
-            indices = run_backbone(self.net, x).argmax(dim=1)
-            return (indices, torch.full_like(indices, len(self.net.ics)),
-                    torch.full_like(indices, self.net.backbone_flops))
-        return early_exit(self.net, x, threshold, policy)
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
