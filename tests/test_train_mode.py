@@ -143,6 +143,29 @@ def test_timm_drop_path_is_kept_in_training():
     assert not torch.equal(_final(net, x, seed=1), _final(model, x))
 
 
+def test_swin_drop_path_is_kept_with_the_constants_its_train_mode_trace_makes():
+    """timm's Swin makes its attention masks as tensor constants, numbered anew by each trace: the train-mode code
+    gets its own, outside the state dict."""
+    timm = pytest.importorskip("timm")
+
+    def swin() -> nn.Module:
+        torch.manual_seed(0)
+        return timm.create_model("swin_tiny_patch4_window7_224", img_size=32, window_size=4, embed_dim=16,
+                                 depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), num_classes=10, drop_path_rate=0.2)
+
+    model, x = swin(), torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = attach(model, (3, 32, 32), 10)
+    assert not [w for w in caught if "train-mode" in str(w.message)]
+    assert any(isinstance(s, ModeSegment) for s in net.segments)
+    gm, points, _ = analyse(swin(), (3, 32, 32))  # a fresh model: fx numbers constants on from earlier traces
+    plain = nn.ModuleList(split_graph(gm, [p.index for p in points if p.name in net.exit_names]))
+    assert [k for k in net.state_dict() if k.startswith("segments.")] == [f"segments.{k}" for k in plain.state_dict()]
+    assert torch.equal(net.eval()(x)[-1], model.eval()(x))
+    assert _same_draws(model.train(), net.train(), x)
+
+
 def test_distributed_data_parallel_trains_mode_segments(tmp_path):
     import torch.distributed as dist
 

@@ -43,8 +43,28 @@ class ModeSegment(nn.Module):
         for name, buffer in eval_segment.named_buffers(recurse=False):
             self.register_buffer(name, buffer, persistent=name not in eval_segment._non_persistent_buffers_set)
         _check_holds_state_of(self, eval_segment, "eval")
+        self._adopt_trace_constants(train_segment)
         _check_holds_state_of(self, train_segment, "train")
         self.graph_modules = {"eval": eval_segment, "train": train_segment}  # not submodules: only their code runs
+
+    def _adopt_trace_constants(self, train_segment: torch.fx.GraphModule) -> None:
+        """Give the train-mode code the tensor constants fx made while tracing it (attention masks, index
+        tables: ``_tensor_constantN``, numbered per trace) that this segment lacks or holds under that name with
+        another value: each becomes a non-persistent buffer (outside the state dict) under a name of its own."""
+        renamed = False
+        for node in train_segment.graph.nodes:
+            if node.op != "get_attr" or not str(node.target).startswith("_tensor_constant"):
+                continue
+            theirs, mine = _attribute(train_segment, node.target), _attribute(self, node.target)
+            if mine is theirs or (isinstance(mine, torch.Tensor) and mine.shape == theirs.shape
+                                  and torch.equal(mine, theirs)):
+                continue
+            name = f"_train_constant{sum(1 for n, _ in self.named_buffers(recurse=False) if n.startswith('_train_'))}"
+            for holder in (self, train_segment):
+                holder.register_buffer(name, theirs, persistent=False)
+            node.target, renamed = name, True
+        if renamed:
+            train_segment.recompile()
 
     def forward(self, x: torch.Tensor) -> Any:
         code = type(self.graph_modules["train" if self.training else "eval"]).forward  # fx's generated forward
