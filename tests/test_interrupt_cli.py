@@ -14,7 +14,7 @@ import torch
 from conftest import REPO
 
 ARGS = ["train", "--arch", "resnet56", "--mode", "sdn", "--dataset", "digits", "--limit", "192", "--batch-size", "32",
-        "--epochs", "3", "--lr", "0.02"]
+        "--epochs", "3", "--lr", "0.02", "--threads", "1"]  # two runs at once: one core each
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
 
@@ -45,7 +45,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, sig):
     if sig == signal.SIGTERM:
         assert cut.returncode == 130  # saved a checkpoint and stopped cleanly
         assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] > 0
-    resumed = subprocess.run([sys.executable, "-m", "shallowdeep", "train", "--out", str(tmp_path / "cut"), "--resume"],
+    resumed = subprocess.run([sys.executable, "-m", "shallowdeep", "train", "--out", str(tmp_path / "cut"), "--resume",
+                              "--threads", "1"],
                              env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert whole.wait(timeout=600) == 0
