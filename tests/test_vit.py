@@ -195,3 +195,13 @@ def test_exits_command_lists_token_cut_points(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:] if line.strip().startswith("blocks")]
     assert [r[0] for r in rows] == [*[f"blocks.{i}" for i in range(11)], "blocks"]
     assert all(r[1] == "17x32" and r[2] == "tokens" for r in rows)
+
+
+def test_gradcam_on_token_exits_is_one_line_saying_why():
+    from shallowdeep.analysis.gradcam import gradcam, reads_feature_maps
+
+    model, shape = build("timm:vit_tiny_patch16_224")
+    net = quiet_attach(model, shape)
+    assert not reads_feature_maps(net)
+    with pytest.raises(UserError, match="token sequences"):
+        gradcam(net, torch.randn(2, *shape), torch.zeros(2, dtype=torch.long), 0)

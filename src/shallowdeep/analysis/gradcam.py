@@ -26,6 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UserError
 from ..eval_mode import eval_mode
+from ..heads import TokenHead
 
 if TYPE_CHECKING:
     from ..sdn import SDN
@@ -107,6 +108,15 @@ class _ExitModel(nn.Module):
         return self.path(x)
 
 
+GRADCAM_NEEDS_MAPS = ("Grad-CAM explains convolutional feature maps, but this network's ICs read token sequences "
+                      "(a vision transformer)")
+
+
+def reads_feature_maps(net: "SDN") -> bool:
+    """Whether the network's ICs read (C, H, W) feature maps, which Grad-CAM can explain (not token sequences)."""
+    return not any(isinstance(ic, TokenHead) for ic in net.ics)
+
+
 def gradcam(net: "SDN", x: torch.Tensor, targets: torch.Tensor, exit_index: int) -> tuple[np.ndarray, str]:
     """Grad-CAM maps (N, H, W) in [0, 1] of exit ``exit_index`` (``num_exits - 1`` = final head) for ``targets``.
 
@@ -115,6 +125,8 @@ def gradcam(net: "SDN", x: torch.Tensor, targets: torch.Tensor, exit_index: int)
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
+    if not reads_feature_maps(net):
+        raise UserError(GRADCAM_NEEDS_MAPS)
     with eval_mode(net):
         model = _ExitModel(net, exit_index, x[:1])
         with torch.enable_grad():

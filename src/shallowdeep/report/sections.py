@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..analysis import confusion_report
-from ..analysis.gradcam import disagreements, gradcam
+from ..analysis.gradcam import GRADCAM_NEEDS_MAPS, disagreements, gradcam, reads_feature_maps
 from ..data import batches
 from ..exits import earliest_correct_exit
 from . import html, plots
@@ -119,6 +119,9 @@ def gradcam_section(ctx: ReportContext, samples: int) -> str:
         text = "No test sample is right at IC 1 and wrong at the final head." if samples else "Grad-CAM skipped."
         return html.section("Grad-CAM of disagreements", [html.paragraph(text, note=True)], "gradcam")
     net = ctx.run.load_net(ctx.device)
+    if not reads_feature_maps(net):
+        return html.section("Grad-CAM of disagreements", [html.paragraph(GRADCAM_NEEDS_MAPS + ".", note=True)],
+                            "gradcam")
     data = ctx.splits.test.subset(torch.as_tensor(chosen))
     x, _ = next(batches(data, ctx.splits.spec, len(chosen), train=False, shuffle=False, device=ctx.device))
     final_pred = torch.as_tensor(test.predictions[-1, chosen])
