@@ -13,14 +13,17 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from functools import reduce
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.fx
 from torch import nn
 
 from .errors import UserError, first_line
-from .surgery import CutPoint, _cut_indices, split_graph, trace
+from .fx_split import cut_indices, split_graph, trace
+
+if TYPE_CHECKING:
+    from .surgery import CutPoint
 
 
 class _Unmatched(Exception):
@@ -130,7 +133,7 @@ def _matching_cuts(eval_graph: torch.fx.GraphModule, train_graph: torch.fx.Graph
     eval_ids = _identities(list(eval_graph.graph.nodes))
     train_nodes = list(train_graph.graph.nodes)
     position = {identity: i for i, identity in enumerate(_identities(train_nodes))}
-    cuttable = set(_cut_indices(train_nodes))
+    cuttable = set(cut_indices(train_nodes))
     found: list[int] = []
     for cut in cuts:
         index = position.get(eval_ids[cut.index])

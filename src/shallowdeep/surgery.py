@@ -12,7 +12,6 @@ cumulative FLOPs are closest to the given fractions of the whole network's FLOPs
 
 from __future__ import annotations
 
-import inspect
 import re
 import warnings
 from dataclasses import dataclass
@@ -27,8 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import UserError, first_line
 from .eval_mode import eval_mode
 from .flops import count_flops
+from .fx_split import cut_indices, split_graph, trace
 from .heads import GeometricEnsemble, ICDesign, make_heads
 from .layouts import FEATURE_MAP, exit_input
+from .mode_graphs import keep_train_mode
 from .model_spec import PAPER_FRACTIONS
 from .models.base import StagedNet
 from .sdn import SDN
@@ -87,7 +88,6 @@ def attach(
             warnings.warn(note, stacklevel=2)
     else:
         chosen = _resolve_exits(gm, points, exits)
-    from .mode_graphs import keep_train_mode  # it builds on this module
 
     segments = keep_train_mode(model, gm, chosen, split_graph(gm, [p.index for p in chosen]))
     design = ICDesign.parse(ic)
@@ -107,29 +107,6 @@ def _head_flops(head: nn.Module, shape: Sequence[int], num_classes: int, device:
         return count_flops(lambda x: head(x, prev), torch.zeros(1, *shape, device=device))
 
 
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with a one-line error for models that cannot be traced."""
-    try:
-        return torch.fx.symbolic_trace(model, concrete_args=defaulted_arguments(model))
-    except Exception as exc:  # fx raises many kinds of errors for untraceable code
-        first = first_line(exc)
-        raise UserError(
-            f"cannot split {type(model).__name__}: torch.fx could not trace its forward ({first}); "
-            "data-dependent control flow must be removed or wrapped as a leaf module"
-        ) from exc
-
-
-def defaulted_arguments(model: nn.Module) -> dict[str, Any] | None:
-    """The defaults of ``model.forward``'s parameters after its input (timm's ViT takes ``attn_mask=None``), as
-    ``symbolic_trace``'s ``concrete_args``: traced as constants, not as graph inputs that every block reads
-    (which would leave no cut point). None when it has none."""
-    try:
-        parameters = list(inspect.signature(model.forward).parameters.values())[1:]
-    except (TypeError, ValueError):  # no signature to read
-        return None
-    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty} or None
-
-
 def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.GraphModule, list[CutPoint], int]:
     """Trace ``model``, find its cut points with their shapes and cumulative FLOPs, and its total FLOPs."""
     with eval_mode(model), torch.no_grad():
@@ -141,7 +118,7 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.Grap
         names = _module_output_names(nodes)
         modules = dict(gm.named_modules())
         points = []
-        for i in _block_boundaries(nodes, _cut_indices(nodes)):
+        for i in _block_boundaries(nodes, cut_indices(nodes)):
             read = exit_input(nodes[i], modules)
             if read is not None:
                 points.append(CutPoint(i, names.get(nodes[i].name, nodes[i].name), read[0], cumulative[i], read[1]))
@@ -276,22 +253,6 @@ def _resolve_exits(gm: torch.fx.GraphModule, points: Sequence[CutPoint], exits: 
     return sorted(chosen, key=lambda p: p.index)
 
 
-def _cut_indices(nodes: list[torch.fx.Node]) -> list[int]:
-    """Indices of nodes after which only that node's own value is still needed."""
-    position = {n: i for i, n in enumerate(nodes)}
-    cuts = []
-    furthest_use = -1  # the furthest position at which any earlier value is still used
-    for i, node in enumerate(nodes):
-        if node.op in ("output",):
-            break
-        last_use = max((position[u] for u in node.users), default=i)
-        if node.op != "get_attr" and node.op != "placeholder" and furthest_use <= i and last_use > i:
-            cuts.append(i)
-        if node.op != "get_attr":
-            furthest_use = max(furthest_use, last_use)
-    return cuts
-
-
 def _module_stack_paths(node: torch.fx.Node) -> list[str]:
     stack = node.meta.get("nn_module_stack") or {}
     return [v[0] if isinstance(v, tuple) else str(k) for k, v in stack.items()]
@@ -362,33 +323,3 @@ def _shapes_and_cumulative_flops(gm: torch.fx.GraphModule, example: torch.Tensor
     return totals
 
 
-def split_graph(gm: torch.fx.GraphModule, cut_indices: Sequence[int]) -> list[torch.fx.GraphModule]:
-    """Split ``gm`` after each of the given node indices into sequential single-input segments."""
-    nodes = list(gm.graph.nodes)
-    bounds = [-1, *cut_indices, len(nodes) - 1]
-    segments = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        graph = torch.fx.Graph()
-        env: dict[torch.fx.Node, torch.fx.Node] = {}
-        if start >= 0:
-            env[nodes[start]] = graph.placeholder("x")
-
-        def lookup(n: torch.fx.Node, graph: torch.fx.Graph = graph, env: dict = env) -> torch.fx.Node:
-            if n not in env:
-                if n.op != "get_attr":
-                    raise RuntimeError(f"node {n.name} crosses a cut")  # cut detection guarantees this
-                env[n] = graph.node_copy(n, lambda m: env[m])
-            return env[n]
-
-        for node in nodes[start + 1 : end + 1]:
-            if node.op == "get_attr":
-                continue  # copied where it is used
-            if node.op == "output":
-                graph.output(torch.fx.map_arg(node.args[0], lookup))
-                break
-            env[node] = graph.node_copy(node, lookup)
-        else:
-            graph.output(env[nodes[end]])
-        graph.lint()
-        segments.append(torch.fx.GraphModule(gm, graph, class_name=f"Segment{len(segments)}"))
-    return segments

@@ -10,11 +10,15 @@ format (channels-last runs channels-last throughout, which is much faster on CPU
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..errors import UserError
-from ..sdn import SDN
 from .policies import ExitPolicy, resolve_policy
+
+if TYPE_CHECKING:
+    from ..sdn import SDN
 
 Answer = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

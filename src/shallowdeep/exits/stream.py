@@ -11,14 +11,16 @@ of the work changes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
 from ..errors import UserError
-from ..sdn import SDN
 from .engine import Answer, rows, stage_decision
 from .policies import ExitPolicy, resolve_policy
+
+if TYPE_CHECKING:
+    from ..sdn import SDN
 
 
 @dataclass

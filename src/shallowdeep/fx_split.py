@@ -1,0 +1,84 @@
+"""Splitting a traced model into sequential segments: tracing with one-line errors, finding the nodes
+after which only their own value is still needed (cut points), and cutting the graph there."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+from torch import nn
+
+from .errors import UserError, first_line
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with a one-line error for models that cannot be traced."""
+    try:
+        return torch.fx.symbolic_trace(model, concrete_args=defaulted_arguments(model))
+    except Exception as exc:  # fx raises many kinds of errors for untraceable code
+        first = first_line(exc)
+        raise UserError(
+            f"cannot split {type(model).__name__}: torch.fx could not trace its forward ({first}); "
+            "data-dependent control flow must be removed or wrapped as a leaf module"
+        ) from exc
+
+
+def defaulted_arguments(model: nn.Module) -> dict[str, Any] | None:
+    """The defaults of ``model.forward``'s parameters after its input (timm's ViT takes ``attn_mask=None``), as
+    ``symbolic_trace``'s ``concrete_args``: traced as constants, not as graph inputs that every block reads
+    (which would leave no cut point). None when it has none."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):  # no signature to read
+        return None
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty} or None
+
+
+def cut_indices(nodes: list[torch.fx.Node]) -> list[int]:
+    """Indices of nodes after which only that node's own value is still needed."""
+    position = {n: i for i, n in enumerate(nodes)}
+    cuts = []
+    furthest_use = -1  # the furthest position at which any earlier value is still used
+    for i, node in enumerate(nodes):
+        if node.op in ("output",):
+            break
+        last_use = max((position[u] for u in node.users), default=i)
+        if node.op != "get_attr" and node.op != "placeholder" and furthest_use <= i and last_use > i:
+            cuts.append(i)
+        if node.op != "get_attr":
+            furthest_use = max(furthest_use, last_use)
+    return cuts
+
+
+def split_graph(gm: torch.fx.GraphModule, cut_indices: Sequence[int]) -> list[torch.fx.GraphModule]:
+    """Split ``gm`` after each of the given node indices into sequential single-input segments."""
+    nodes = list(gm.graph.nodes)
+    bounds = [-1, *cut_indices, len(nodes) - 1]
+    segments = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        graph = torch.fx.Graph()
+        env: dict[torch.fx.Node, torch.fx.Node] = {}
+        if start >= 0:
+            env[nodes[start]] = graph.placeholder("x")
+
+        def lookup(n: torch.fx.Node, graph: torch.fx.Graph = graph, env: dict = env) -> torch.fx.Node:
+            if n not in env:
+                if n.op != "get_attr":
+                    raise RuntimeError(f"node {n.name} crosses a cut")  # cut detection guarantees this
+                env[n] = graph.node_copy(n, lambda m: env[m])
+            return env[n]
+
+        for node in nodes[start + 1 : end + 1]:
+            if node.op == "get_attr":
+                continue  # copied where it is used
+            if node.op == "output":
+                graph.output(torch.fx.map_arg(node.args[0], lookup))
+                break
+            env[node] = graph.node_copy(node, lookup)
+        else:
+            graph.output(env[nodes[end]])
+        graph.lint()
+        segments.append(torch.fx.GraphModule(gm, graph, class_name=f"Segment{len(segments)}"))
+    return segments
