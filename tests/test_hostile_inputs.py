@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from shallowdeep.build import build_sdn
-from shallowdeep.data import decode, load_dataset
+from shallowdeep import images
+from shallowdeep.data import load_dataset
 from shallowdeep.data.imagefolder import read_imagefolder
 from shallowdeep.data.loader import batches
 from shallowdeep.errors import UserError
@@ -152,7 +153,7 @@ def test_an_image_of_another_size_is_refused_before_decoding(tmp_path, monkeypat
     def decoded(*args):
         raise AssertionError("an image was decoded before the sizes were checked")
 
-    monkeypatch.setattr(decode, "_open_image", decoded)
+    monkeypatch.setattr(images, "_open_image", decoded)
     with pytest.raises(UserError, match=r"!huge.png is 200x300 but 4 of the 5 images are 4x4"):
         read_imagefolder(tmp_path)
 

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from .data.augment import normalize
-from .data.decode import decode_images
-from .data.imagefolder import image_files
+from .images import decode_images, image_files
 from .errors import UserError
 from .exits import ExitPolicy, early_exit_stream, run_backbone
 from .outputs import load_run_data

@@ -87,7 +87,7 @@ def make_patch(pattern: str, side: int, base_dir: str | Path = ".", channels: in
 def _image_patch(path: Path, side: int, channels: int) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
-    from ..data.decode import PIL_MODES
+    from ..images import PIL_MODES
 
     if not path.is_file():
         raise UserError(f"trigger pattern {path} is neither {' nor '.join(PATTERNS)} nor an image file")

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from shallowdeep.data.containers import ImageData, RawDataset
-from shallowdeep.data.decode import decode_images
 from shallowdeep.errors import UserError
+from shallowdeep.images import IMAGE_SUFFIXES, decode_images
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 _LAYOUT = "expected ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
 
 
@@ -67,25 +66,6 @@ def _listing(root: Path, max_per_class: int | None) -> tuple[list[str], dict[str
             raise UserError(f"no images under {root / split}; {_LAYOUT}")
         listing[split] = pairs
     return classes, listing
-
-
-def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The image files ``paths`` name, in order: a file as it is, a folder's image files (recursively, sorted by
-    path, hidden files and folders left out); a one-line error for a path that does not exist or a folder
-    without images."""
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not found:
-                raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"no file or folder {path}")
-    return files
 
 
 def imagefolder_files(root: str | Path, max_per_class: int | None = None) -> list[Path]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from shallowdeep.data.containers import ImageData, RawDataset
-from shallowdeep.data.decode import decode_images
+from shallowdeep.images import decode_images
 from shallowdeep.errors import UserError
 
 FOLDER = "tiny-imagenet-200"

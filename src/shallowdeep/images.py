@@ -1,4 +1,5 @@
-"""Decoding image files into one uint8 array, several files at a time."""
+"""Image files without torch: finding them (:func:`image_files`) and decoding many into one uint8 array, several
+files at a time (:func:`decode_images`). The torch-free runtime reads images through this module too."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from shallowdeep.errors import UserError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 _CHUNK = 256  # images per task: PIL releases the GIL while decoding, the chunks amortise Python overhead
 GREY_BANDS = frozenset({("1",), ("L",), ("I",), ("F",), ("L", "A"), ("L", "a")})  # PIL's bands of grey images
@@ -125,3 +128,22 @@ def decode_images(paths: Sequence[Path], image_size: int | None = None, channels
 
     _in_chunks(len(paths), decode_chunk)
     return out
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files ``paths`` name, in order: a file as it is, a folder's image files (recursively, sorted by
+    path, hidden files and folders left out); a one-line error for a path that does not exist or a folder
+    without images."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"no file or folder {path}")
+    return files
