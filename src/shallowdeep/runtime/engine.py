@@ -1,0 +1,256 @@
+"""Early exit on an export folder with onnxruntime and numpy: one image at a time, or streamed in batches.
+
+- Batch size 1: each image runs the fused graph (see :func:`~shallowdeep.runtime.graphs.fused_early_exit`):
+  one onnxruntime call, and nothing past the exit it leaves at.
+- Larger batches: the streaming engine of :func:`shallowdeep.exits.early_exit_stream`, in numpy. The samples
+  waiting at each stage run once ``batch_size`` of them wait (the rest when the input ends); only those
+  that go on wait at the next stage. The answer of a sample never depends on which others share its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import UserError, first_line
+from ..images import decode_images, image_files
+from .graphs import IMAGE, KEYS, decision_stage, fused_early_exit
+from .manifest import NEXT, Manifest, Policy, read_manifest
+from .policies import start_state
+
+BATCH_SIZE = 256
+
+
+@dataclass
+class Prediction:
+    """Per image: the class index and name, the exit it left at (``num_ics``: the final head) with its name,
+    the largest softmax probability of that exit's answer, the FLOPs it cost, and the answer's logits."""
+
+    indices: np.ndarray
+    classes: list[str]
+    exits: np.ndarray
+    exit_names: list[str]
+    confidence: np.ndarray
+    flops: np.ndarray
+    logits: np.ndarray
+    paths: list[Path] | None = None
+
+
+class Runtime:
+    """An export folder loaded into onnxruntime sessions (made on first use), with an exit policy."""
+
+    def __init__(self, folder: str | Path, policy: Policy | None = None, threads: int | None = None) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.policy = policy or self.manifest.policy
+        self.keys = np.asarray(self.policy.keys(self.manifest.num_ics), np.float32)
+        self.threads = threads
+        self._graphs = [self._load_graph(stage.file) for stage in self.manifest.stages]
+        self._stages: list[ort.InferenceSession] | None = None
+        self._fused: ort.InferenceSession | None = None
+
+    @property
+    def num_ics(self) -> int:
+        return self.manifest.num_ics
+
+    # -- inputs ------------------------------------------------------------------------------------------------
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """Normalised float32 inputs for uint8 images ``(N, C, H, W)`` (or one ``(C, H, W)``) as read from files,
+        or floats already in [0, 1]; a one-line error for another shape or kind of array."""
+        x = np.asarray(images)
+        x = x[None] if x.ndim == len(self.manifest.input_shape) else x
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.manifest.input_shape:
+            raise UserError(f"images of shape {tuple(x.shape[1:])} given, but this export takes "
+                            f"{self.manifest.input_shape} (channels, height, width)")
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / np.float32(255)
+        elif np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32)
+        else:
+            raise UserError(f"images of type {x.dtype} given: pass uint8 pixels (0..255) or floats in [0, 1]")
+        mean = np.asarray(self.manifest.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.manifest.std, np.float32).reshape(1, -1, 1, 1)
+        return np.ascontiguousarray((x - mean) / std)
+
+    def read_images(self, paths: Sequence[str | Path]) -> tuple[list[Path], np.ndarray]:
+        """The image files ``paths`` name (folders read recursively) and their pixels, read as the run's data was
+        (grey or RGB as the network takes them, resized bilinearly to its input size)."""
+        channels, _, side = self.manifest.input_shape
+        files = image_files(paths)
+        return files, decode_images(files, image_size=side, channels=channels)
+
+    # -- answers -----------------------------------------------------------------------------------------------
+    def predict(self, images: np.ndarray, batch_size: int = BATCH_SIZE) -> Prediction:
+        """Classify ``images`` (see :meth:`preprocess`) with early exit: batch size 1 runs each image through the
+        fused graph, larger batches stream (every stage runs on ``batch_size`` waiting samples)."""
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        x = self.preprocess(images)
+        if x.shape[0] == 0:
+            raise UserError("no images to classify")
+        if batch_size == 1:
+            logits, exits, confidence = self._one_by_one(x)
+        else:
+            logits, exits, confidence = self.stream((x[i:i + batch_size] for i in range(0, len(x), batch_size)),
+                                                    batch_size)
+        return self._prediction(logits, exits, confidence)
+
+    def predict_files(self, paths: Sequence[str | Path], batch_size: int = BATCH_SIZE) -> Prediction:
+        """:meth:`predict` on the image files ``paths`` name (see :meth:`read_images`), with their paths."""
+        files, images = self.read_images(paths)
+        answer = self.predict(images, batch_size)
+        answer.paths = files
+        return answer
+
+    def stream(self, batches: Iterable[np.ndarray], batch_size: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Early exit over normalised ``batches``, each stage run on ``batch_size`` waiting samples (default: the
+        first batch's size); per sample in stream order: the answering exit's logits, its index and confidence."""
+        sessions = self._stage_sessions()
+        waiting: list[list[dict[str, np.ndarray]]] = [[] for _ in sessions]
+        done: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]] = []
+        total = 0
+        for x in batches:
+            if len(x) == 0:
+                continue
+            batch_size = batch_size or len(x)
+            ids = np.arange(total, total + len(x))
+            waiting[0].append({"ids": ids, IMAGE: x, **start_state(self.policy.name, len(x))})
+            total += len(x)
+            self._run_full_stages(sessions, waiting, done, batch_size)
+        if not total:
+            raise UserError("early exit got no samples")
+        self._run_full_stages(sessions, waiting, done, batch_size, flush=True)
+        logits = np.empty((total, len(self.manifest.classes)), np.float32)
+        exits, confidence = np.empty(total, np.int64), np.empty(total, np.float32)
+        for ids, answer, index, conf in done:
+            logits[ids], exits[ids], confidence[ids] = answer, index, conf
+        return logits, exits, confidence
+
+    def exit_logits(self, images: np.ndarray) -> list[np.ndarray]:
+        """What every exit answers on ``images`` (see :meth:`preprocess`), the final head last: every stage runs
+        on every image (as ``SDN.exit_logits``)."""
+        feeds = {IMAGE: self.preprocess(images), **start_state(self.policy.name, len(images))}
+        answers = []
+        for index, session in enumerate(self._stage_sessions()):
+            out = self._run(session, index, feeds, np.full_like(self.keys, np.inf))
+            answers.append(out["logits"])
+            feeds = {name.removesuffix(NEXT): v for name, v in out.items() if name.endswith(NEXT)}
+        return answers
+
+    # -- engines -----------------------------------------------------------------------------------------------
+    def _run_full_stages(self, sessions: list[ort.InferenceSession], waiting: list[list[dict[str, np.ndarray]]],
+                         done: list, batch_size: int, flush: bool = False) -> None:
+        """Run every stage, shallowest first, on each full batch of its waiting samples (all of them when
+        ``flush``); the survivors wait at the next stage."""
+        for index, queue in enumerate(waiting):
+            while queue and (flush or sum(len(g["ids"]) for g in queue) >= batch_size):
+                group = _concat(queue)
+                queue.clear()
+                if len(group["ids"]) > batch_size:
+                    queue.append({name: v[batch_size:] for name, v in group.items()})
+                    group = {name: v[:batch_size] for name, v in group.items()}
+                out = self._run(sessions[index], index, group, self.keys)
+                if index == self.num_ics:
+                    done.append((group["ids"], out["logits"], index, out["confidence"]))
+                    continue
+                go_on = out["go_on"]
+                if not go_on.all():
+                    leave = ~go_on
+                    done.append((group["ids"][leave], out["logits"][leave], index, out["confidence"][leave]))
+                if go_on.any():
+                    survivors = {name.removesuffix(NEXT): v for name, v in out.items() if name.endswith(NEXT)}
+                    survivors["ids"] = group["ids"]
+                    waiting[index + 1].append(survivors if go_on.all() else
+                                              {name: v[go_on] for name, v in survivors.items()})
+
+    def _run(self, session: ort.InferenceSession, index: int, values: dict[str, np.ndarray],
+             keys: np.ndarray) -> dict[str, np.ndarray]:
+        """One decision stage on ``values`` (the inputs it takes are picked by name); its outputs by name."""
+        feeds = {i.name: (keys if i.name == KEYS else values[i.name]) for i in session.get_inputs()}
+        try:
+            outputs = session.run(None, feeds)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise UserError(f"stage {index} of {self.folder} failed in onnxruntime: {first_line(exc)}") from None
+        return {o.name: v for o, v in zip(session.get_outputs(), outputs)}
+
+    def _one_by_one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each image of ``x`` through the fused graph."""
+        session = self._fused_session()
+        logits = np.empty((len(x), len(self.manifest.classes)), np.float32)
+        exits, confidence = np.empty(len(x), np.int64), np.empty(len(x), np.float32)
+        feeds = {KEYS: self.keys}
+        for i in range(len(x)):
+            feeds[IMAGE] = x[i:i + 1]
+            logits[i:i + 1], exits[i:i + 1], confidence[i:i + 1] = session.run(None, feeds)
+        return logits, exits, confidence
+
+    def _prediction(self, logits: np.ndarray, exits: np.ndarray, confidence: np.ndarray) -> Prediction:
+        indices = logits.argmax(axis=1)
+        names = self.manifest.exit_names
+        return Prediction(indices, [self.manifest.classes[i] for i in indices], exits, [names[e] for e in exits],
+                          confidence, np.asarray(self.manifest.exit_flops, np.int64)[exits], logits)
+
+    # -- sessions ----------------------------------------------------------------------------------------------
+    def fused_graph(self) -> onnx.ModelProto:
+        """The whole early exit of one image under this runtime's policy, as one ONNX graph."""
+        return fused_early_exit(self.manifest, self._graphs, self.policy.name, self.keys)
+
+    def _stage_sessions(self) -> list[ort.InferenceSession]:
+        if self._stages is None:
+            self._stages = [self._session(decision_stage(self.manifest, graph, k, self.policy.name), f"stage {k}")
+                            for k, graph in enumerate(self._graphs)]
+        return self._stages
+
+    def _fused_session(self) -> ort.InferenceSession:
+        if self._fused is None:
+            self._fused = self._session(self.fused_graph(), "the fused early-exit graph")
+        return self._fused
+
+    def _session(self, model: onnx.ModelProto, what: str) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or 0
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise UserError(f"onnxruntime cannot load {what} of {self.folder}: {first_line(exc)}") from None
+
+    def _load_graph(self, name: str) -> onnx.ModelProto:
+        path = self.folder / name
+        try:
+            model = onnx.load(str(path))
+            onnx.checker.check_model(model)
+        except Exception as exc:  # onnx raises its own types (DecodeError, ValidationError)
+            raise UserError(f"{path} is not a valid ONNX graph ({first_line(exc)}); export the run again") from None
+        return model
+
+
+def _concat(groups: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(groups) == 1:
+        return groups[0]
+    return {name: np.concatenate([g[name] for g in groups]) for name in groups[0]}
+
+
+def load(folder: str | Path, threshold: float | Sequence[float] | None = None, policy: str | None = None,
+         threads: int | None = None) -> Runtime:
+    """The export folder ``folder`` ready to classify, with the manifest's exit policy, or ``policy`` (a name;
+    default the manifest's) at ``threshold``; ``threads``: onnxruntime's threads per call (default: its own)."""
+    if threads is not None and threads < 1:
+        raise UserError(f"threads must be at least 1, got {threads}")
+    chosen = None
+    if threshold is not None or policy is not None:
+        manifest_policy = read_manifest(folder).policy
+        if threshold is None:
+            raise UserError("a policy for an export needs its threshold")
+        name = policy or ("maxprob-per-exit" if isinstance(threshold, (list, tuple)) else
+                          manifest_policy.name if manifest_policy.name != "maxprob-per-exit" else "maxprob")
+        chosen = Policy(name, tuple(threshold) if isinstance(threshold, (list, tuple)) else threshold,
+                        {"override": "given when loading"})
+    return Runtime(folder, chosen, threads)
