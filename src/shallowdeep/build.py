@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import pickle
 import warnings
-import zipfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -88,6 +87,11 @@ def load_checkpoint_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive; before PyTorch 1.6 (and with _use_new_zipfile_serialization=False), a pickle
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise UserError(f"checkpoint {path} is {f'not a PyTorch file (it starts with {head!r})' if head else 'empty'}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about old pickle protocols before refusing them
@@ -96,8 +100,11 @@ def load_checkpoint_file(path: str | Path) -> Any:
         raise UserError(
             f"checkpoint {path} holds objects other than tensors and plain values; refusing to unpickle it as code"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} is damaged or not a PyTorch file ({first_line(exc)})") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # weights_only runs no code: anything else it raises means a damaged file
+        raise UserError(f"checkpoint {path} is damaged or not a PyTorch file ({type(exc).__name__}: "
+                        f"{first_line(exc)})") from exc
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:

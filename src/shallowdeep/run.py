@@ -19,7 +19,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -88,12 +88,13 @@ class Run:
         if not isinstance(ckpt, dict) or "format" not in ckpt:
             raise UserError(f"{self.checkpoint_path} is not a shallowdeep checkpoint")
         _check_format(self.checkpoint_path, ckpt["format"], CHECKPOINT_FORMAT)
+        _check_checkpoint(self.checkpoint_path, ckpt)
         return ckpt
 
     def load_net(self, device: str | torch.device = "cpu") -> SDN:
         """The trained SDN of this run, in eval mode on ``device``."""
         ckpt = self.load_checkpoint()
-        check_finite_weights(ckpt.get("model", {}), f"the weights in {self.checkpoint_path}")
+        check_finite_weights(ckpt["model"], f"the weights in {self.checkpoint_path}")
         net = build_sdn(self.model)
         try:
             net.load_state_dict(ckpt["model"])
@@ -182,6 +183,27 @@ def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any], metrics: list[di
     """Write the checkpoint with its format tag, then the metrics log (each atomically)."""
     atomic_torch_save({"format": CHECKPOINT_FORMAT, **checkpoint, "metrics": metrics}, run_dir / CHECKPOINT)
     atomic_write_bytes(run_dir / METRICS, "".join(strict_json(m) + "\n" for m in metrics).encode())
+
+
+def _check_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
+    """A one-line error naming what of a shallowdeep checkpoint is damaged: its weights, progress counters,
+    optimiser state, random state or metrics."""
+    model = ckpt.get("model")
+    if not isinstance(model, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in model.items()):
+        what = "has no 'model'" if model is None else f"has a 'model' of type {type(model).__name__}"
+        raise UserError(f"{path} is damaged: it {what}, not a state dict of tensors")
+    for key in ("epoch", "step"):
+        if key in ckpt and not (type(ckpt[key]) is int and ckpt[key] >= 0):
+            raise UserError(f"{path} is damaged: its '{key}' is {ckpt[key]!r:.40}, not a whole number >= 0")
+    kinds = {"optimizer": dict, "metrics": list, "ensemble_trained": bool}
+    for key, kind in kinds.items():
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise UserError(f"{path} is damaged: its '{key}' is of type {type(ckpt[key]).__name__}, "
+                            f"not {kind.__name__}")
+    rng = ckpt.get("rng")
+    if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.dim() == 1):
+        raise UserError(f"{path} is damaged: its 'rng' is not a random generator state")
 
 
 def _check_format(path: Path, found: Any, expected: str) -> None:

@@ -118,7 +118,8 @@ def restore(ckpt: dict[str, Any], net: SDN, optimizer: torch.optim.Optimizer) ->
         optimizer.load_state_dict(ckpt["optimizer"])
     except (KeyError, ValueError, RuntimeError) as exc:
         raise UserError(f"the checkpoint does not fit this run's model or optimiser ({exc!s:.200})") from exc
-    return State(int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt.get("metrics", [])), ckpt.get("rng"),
+    # the counters' types were checked when the checkpoint was read (shallowdeep.run.Run.load_checkpoint)
+    return State(ckpt.get("epoch", 0), ckpt.get("step", 0), list(ckpt.get("metrics", [])), ckpt.get("rng"),
                  bool(ckpt.get("ensemble_trained", False)))
 
 
@@ -159,6 +160,9 @@ def train(
             weights = exit_weights(cfg, len(net.ics), epoch)
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout
             stream, steps, info = source.epoch(epoch)
+            if state.step > steps:
+                raise UserError(f"the checkpoint is at batch {state.step} of epoch {epoch + 1}, which has only "
+                                f"{steps} batches; it does not belong to this run's data or recipe")
             if progress is not None and dist.is_main:
                 stream = progress(stream, steps, f"epoch {epoch + 1}/{cfg.recipe.epochs}")
             net.train()

@@ -1,0 +1,95 @@
+"""No surprises, part two: a user-named output never lands on a run's files or silently on an existing file, a
+folder of the user's is never taken for a failed start, damaged checkpoints and edited outputs are caught,
+impossible sizes and lists are refused, and the temporary files a killed process leaves are cleaned up. Each
+bad input is one line (exit code 2 through the CLI) and destroys nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shallowdeep.cli import main
+from shallowdeep.errors import UserError
+from shallowdeep.model_spec import ModelSpec
+from shallowdeep.outputs import load_outputs
+from shallowdeep.run import CHECKPOINT_FORMAT, open_run
+from shallowdeep.train import Recipe, TrainConfig, config_to_dict, new_run, resume_run
+
+from test_analysis import shared_tiny_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = torch.device("cpu")
+DATA = {"name": "digits", "data_dir": None, "holdout_fraction": 0.1, "seed": 0, "limit": 64}
+
+
+@pytest.fixture
+def run_dir(tmp_path_factory, tmp_path) -> Path:
+    """A copy of the session's tiny trained run (digits, 3x16x16, three ICs), with its format tag."""
+    path = tmp_path / "run"
+    shutil.copytree(shared_tiny_run(tmp_path_factory), path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({"format": "shallowdeep-run-1", **config}))
+    return path
+
+
+def one_line_error(capsys, code: int, *words: str) -> str:
+    """Assert exit code 2 and one line of stderr holding every one of ``words``; return that line."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert all(word in err for word in words), err
+    return err
+
+
+# 3. damaged checkpoints
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("link to text", "checkpoint.pt is not a PyTorch file"),
+    ("no model", "has no 'model', not a state dict of tensors"),
+    ("model list", "has a 'model' of type list"),
+    ("epoch abc", "its 'epoch' is 'abc', not a whole number >= 0"),
+    ("negative step", "its 'step' is -4, not a whole number >= 0"),
+])
+def test_a_damaged_checkpoint_is_one_line(run_dir, damage, words):
+    path = run_dir / "checkpoint.pt"
+    weights = open_run(run_dir).load_checkpoint()["model"]
+    path.unlink()
+    if damage == "link to text":
+        path.symlink_to(run_dir / "backbone.py")
+    else:
+        content = {"no model": {}, "model list": {"model": [1, 2]}, "epoch abc": {"model": weights, "epoch": "abc"},
+                   "negative step": {"model": weights, "epoch": 2, "step": -4}}[damage]
+        torch.save({"format": CHECKPOINT_FORMAT, **content}, path)
+    for use in (lambda: open_run(run_dir).load_net(), lambda: resume_run(run_dir, device=CPU)):
+        with pytest.raises(UserError, match=words) as err:
+            use()
+        assert "\n" not in str(err.value)
+
+
+def test_a_text_file_as_weights_is_one_line(tmp_path, capsys):
+    (tmp_path / "weights.txt").write_text("these are not weights\n")
+    code = main(["train", "--mode", "ic-only", "--arch", "resnet56", "--from", str(tmp_path / "weights.txt"),
+                 "--dataset", "digits", "--out", str(tmp_path / "run")])
+    one_line_error(capsys, code, "weights.txt is not a PyTorch file")
+    assert (tmp_path / "weights.txt").read_text() == "these are not weights\n"
+
+
+def test_a_checkpoint_past_the_end_of_its_epoch_is_refused(run_dir):
+    """A checkpoint's batch counter beyond the batches of an epoch never resumes (nothing would be trained)."""
+    ckpt = open_run(run_dir).load_checkpoint()
+    net = open_run(run_dir).load_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    config = json.loads((run_dir / "config.json").read_text())
+    cfg = TrainConfig("sdn", Recipe("sgd", 0.01, 2, [], batch_size=64), ic_weights=[1.0, 1.0, 1.0])
+    (run_dir / "config.json").write_text(json.dumps({**config, "train": config_to_dict(cfg)}))
+    torch.save({**ckpt, "optimizer": optimizer.state_dict(), "epoch": 0, "step": 1000}, run_dir / "checkpoint.pt")
+    with pytest.raises(UserError, match="at batch 1000 of epoch 1, which has only"):
+        resume_run(run_dir, device=CPU)
