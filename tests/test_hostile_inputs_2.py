@@ -93,3 +93,27 @@ def test_a_checkpoint_past_the_end_of_its_epoch_is_refused(run_dir):
     torch.save({**ckpt, "optimizer": optimizer.state_dict(), "epoch": 0, "step": 1000}, run_dir / "checkpoint.pt")
     with pytest.raises(UserError, match="at batch 1000 of epoch 1, which has only"):
         resume_run(run_dir, device=CPU)
+
+
+# 4. damaged or edited per-exit outputs
+
+
+@pytest.mark.parametrize("tamper", ["truncated", "reversed logits", "shrunk exit flops"])
+def test_truncated_or_edited_outputs_with_their_stamps_are_computed_again(run_dir, tamper):
+    run = open_run(run_dir)
+    true = load_outputs(run, "test")
+    path = run_dir / "outputs" / "test.npz"
+    if tamper == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = dict(f)  # the stamps (checkpoint and data fingerprints, content hash) are kept
+        if tamper == "reversed logits":
+            arrays["logits"] = arrays["logits"][:, ::-1].copy()
+        else:
+            arrays["exit_flops"] = arrays["exit_flops"] // 2
+        np.savez(path, **arrays)
+    again = load_outputs(run, "test")
+    assert np.array_equal(again.logits, true.logits) and np.array_equal(again.exit_flops, true.exit_flops)
+    with np.load(path, allow_pickle=False) as f:  # and stored again, whole
+        assert np.array_equal(f["logits"], true.logits)

@@ -1,14 +1,16 @@
 """Per-exit outputs: the logits of every exit on a data split, computed once per checkpoint.
 
 Stored as ``RUN/outputs/<split>.npz`` (plain arrays, read with ``allow_pickle=False``) together
-with fingerprints of the checkpoint and of the data they came from; a newer checkpoint, changed data or
-a damaged or edited file makes them computed again (one process at a time; another waits and reads
+with fingerprints of the checkpoint and of the data they came from and a hash of the arrays themselves; a newer
+checkpoint, changed data or a damaged, truncated or edited file makes them computed again (one process at a time; another waits and reads
 them), and data of other classes or image shape than the run's is refused.
 Every analysis reads these instead of running the network again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -76,26 +78,41 @@ def load_outputs(run: Run, split: str, device: str | torch.device = "cpu", split
         if cached is not None:
             return cached
         outputs = compute_outputs(run.load_net(device), data, splits, device)
-        atomic_save_npz(path, logits=outputs.logits, labels=outputs.labels, exit_flops=outputs.exit_flops,
-                        backbone_flops=np.int64(outputs.backbone_flops),
-                        **{k: np.str_(v) for k, v in stamp.items()})
+        arrays = {"logits": outputs.logits, "labels": outputs.labels, "exit_flops": outputs.exit_flops,
+                  "backbone_flops": np.int64(outputs.backbone_flops)}
+        atomic_save_npz(path, **arrays, **{k: np.str_(v) for k, v in stamp.items()},
+                        content_sha256=np.str_(_content_hash(arrays)))
     return outputs
+
+
+def _content_hash(arrays: dict[str, np.ndarray]) -> str:
+    """The sha256 of the cached arrays: each one's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
 
 
 def _read_cached(path: Path, stamp: dict[str, str], shape: tuple[int | None, int, int],
                  labels: np.ndarray) -> ExitOutputs | None:
     """The outputs cached in ``path`` when they were computed from this checkpoint and data and still hold
     what that gives (logits of ``shape``, exits None when unknown; these ``labels``; finite values); None
-    otherwise (recompute)."""
+    otherwise (recompute). The arrays must still have the hash written with them: an edit is a change too."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
             if any(str(f[key]) != value for key, value in stamp.items()):
                 return None
-            outputs = ExitOutputs(f["logits"], f["labels"], f["exit_flops"], int(f["backbone_flops"]))
-    except (OSError, ValueError, KeyError, TypeError, UserError):
-        return None  # damaged: recompute
+            arrays = {key: f[key] for key in ("logits", "labels", "exit_flops", "backbone_flops")}
+            if str(f["content_sha256"]) != _content_hash(arrays):
+                return None
+            outputs = ExitOutputs(arrays["logits"], arrays["labels"], arrays["exit_flops"],
+                                  int(arrays["backbone_flops"]))
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, UserError):
+        return None  # damaged or truncated: recompute
     exits, samples, classes = shape
     intact = (outputs.logits.shape[1:] == (samples, classes) and exits in (None, outputs.logits.shape[0])
               and np.array_equal(outputs.labels, labels)
