@@ -117,3 +117,39 @@ def test_truncated_or_edited_outputs_with_their_stamps_are_computed_again(run_di
     assert np.array_equal(again.logits, true.logits) and np.array_equal(again.exit_flops, true.exit_flops)
     with np.load(path, allow_pickle=False) as f:  # and stored again, whole
         assert np.array_equal(f["logits"], true.logits)
+
+
+# 6. sizes and lists that cannot be
+
+
+def test_an_impossible_input_shape_is_one_line_before_anything_is_allocated(run_dir, capsys):
+    code = main(["exits", "--arch", "resnet56", "--input-shape", "3,100000,100000"])
+    one_line_error(capsys, code, "input shape 3x100000x100000 is too large")
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model"]["input_shape"] = [3, 100000, 100000]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="is too large"):
+        open_run(run_dir).load_net()
+
+
+@pytest.mark.parametrize("mode", ["ic-only", "sdn"])
+def test_exits_naming_no_module_are_refused(tmp_path, capsys, mode):
+    code = main(["train", "--mode", mode, "--arch", "resnet56", "--from", str(tmp_path / "w.pt"), "--exits", ",",
+                 "--dataset", "digits", "--out", str(tmp_path / "run")])
+    one_line_error(capsys, code, "--exits ',' names no module")
+    with pytest.raises(UserError, match=f"--mode {mode} trains internal classifiers, but no exit"):
+        new_run(tmp_path / "run", DATA, ModelSpec(arch="resnet56", exits=()), TrainConfig(mode), device=CPU)
+    assert not (tmp_path / "run").exists()
+
+
+def test_more_threads_than_cores_are_capped_with_a_warning():
+    from shallowdeep.cli._common import resolve_device
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match=f"--threads 10000 is more than the {cores} cores"):
+            resolve_device("cpu", 10000)
+        assert torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)

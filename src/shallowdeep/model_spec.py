@@ -10,9 +10,10 @@ heads. ``base_dir`` is where the spec was read from and is not saved.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .choices import LIBRARIES
 from .errors import UserError
@@ -53,6 +54,8 @@ class ModelSpec:
             raise UserError(f"the number of classes must be a positive integer, got {self.num_classes!r}")
         if self.input_shape is not None and not all(_positive_int(n) for n in self.input_shape):
             raise UserError(f"the input shape must be positive integers, got {list(self.input_shape)}")
+        if self.input_shape is not None:
+            check_input_size(self.input_shape)
         if self.exits is not None and not all(isinstance(e, str) for e in self.exits):
             raise UserError(f"exits must be module names, got {list(self.exits)}")
         if not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.fractions):
@@ -96,6 +99,18 @@ class ModelSpec:
                        base_dir=Path(base_dir))
         except (AttributeError, TypeError, ValueError, UserError) as exc:
             raise UserError(f"the model description is damaged ({exc})") from exc
+
+
+MAX_INPUT_VALUES = 2**26  # values in one input image (256 MiB as float32; 3x4096x4096 is 50 million)
+
+
+def check_input_size(shape: Sequence[int]) -> None:
+    """A one-line error when one image of ``shape`` holds more than :data:`MAX_INPUT_VALUES` values: tracing the
+    network on it would try to allocate that much memory, and more for every layer."""
+    values = math.prod(shape)
+    if values > MAX_INPUT_VALUES:
+        raise UserError(f"the input shape {'x'.join(map(str, shape))} is too large: {values:,} values per image, "
+                        f"at most {MAX_INPUT_VALUES:,}")
 
 
 def _positive_int(value: Any) -> bool:

@@ -30,7 +30,7 @@ from .fx_split import cut_indices, split_graph, trace
 from .heads import GeometricEnsemble, ICDesign, make_heads
 from .layouts import FEATURE_MAP, exit_input
 from .mode_graphs import keep_train_mode
-from .model_spec import PAPER_FRACTIONS
+from .model_spec import PAPER_FRACTIONS, check_input_size
 from .models.base import StagedNet
 from .sdn import SDN
 
@@ -109,6 +109,7 @@ def _head_flops(head: nn.Module, shape: Sequence[int], num_classes: int, device:
 
 def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.GraphModule, list[CutPoint], int]:
     """Trace ``model``, find its cut points with their shapes and cumulative FLOPs, and its total FLOPs."""
+    check_input_size(input_shape)
     with eval_mode(model), torch.no_grad():
         gm = trace(model)
         device = next(model.parameters(), torch.zeros(())).device

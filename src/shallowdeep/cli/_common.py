@@ -107,7 +107,7 @@ def resolve_device(name: str, threads: int | None = None) -> torch.device:
     import torch
 
     if threads is not None:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cap_threads(threads))
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -118,6 +118,17 @@ def resolve_device(name: str, threads: int | None = None) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name} asked for, but PyTorch sees no MPS device")
     return device
+
+
+def cap_threads(threads: int) -> int:
+    """``--threads``, at most one per core this process may use (a warning says when it asked for more)."""
+    import warnings
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > cores:
+        warnings.warn(f"--threads {threads} is more than the {cores} cores this process may use; using {cores}")
+        return cores
+    return threads
 
 
 def require_samples(outputs: ExitOutputs, split: str, remedy: str) -> None:
@@ -191,7 +202,10 @@ def model_spec(args) -> ModelSpec:
     from ..heads import ICDesign
     from ..model_spec import ModelSpec
 
-    exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits else None
+    exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits is not None else None
+    if exits == ():
+        raise UserError(f"--exits '{args.exits}' names no module; give comma-separated names of the points where "
+                        "the ICs go (shallowdeep exits lists them)")
     library = args.backbone if args.backbone and args.backbone.partition(":")[0] in LIBRARIES else None
     if args.model_kwargs and not library:
         raise UserError("--model-kwargs applies to torchvision:NAME and timm:NAME backbones")

@@ -88,6 +88,8 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
              dist: DistInfo, progress: Progress | None, on_start: Callable[[list[str]], None] | None,
              on_epoch: Callable[[dict], None] | None, splits: Splits | None,
              extra_config: dict[str, Any] | None, library_weights: bool) -> list[dict]:
+    if cfg.mode != "cnn" and model.exits == ():
+        raise UserError(f"--mode {cfg.mode} trains internal classifiers, but no exit is given for one (exits=())")
     if cfg.mode == "ic-only" and pretrained is None and not library_weights:
         raise UserError("IC-only training needs a trained backbone: pass --from RUN_OR_WEIGHTS")
     model, state = resolve_backbone(model, pretrained)
@@ -100,6 +102,8 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
         model = replace(model, exits=())
     torch.manual_seed(cfg.seed)  # the initial weights, ICs included
     net = build_sdn(model, state, f"weights from {pretrained}", library_weights)
+    if cfg.mode != "cnn" and not len(net.ics):
+        raise UserError(f"--mode {cfg.mode} trains internal classifiers, but the network has none")
     if cfg.mode == "sdn" and not cfg.ic_weights:
         cfg = replace(cfg, ic_weights=[round(f / net.backbone_flops, 4) for f in net.exit_flops[:-1]])
     if dist.is_main:
