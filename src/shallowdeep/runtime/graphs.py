@@ -81,14 +81,14 @@ def fused_early_exit(manifest: Manifest, stages: Sequence[onnx.ModelProto], poli
     """The whole early exit of one image under ``policy`` as one graph. Input ``h``: the normalised image
     ``(1, C, H, W)``; ``keys`` (default: the given ones) and the policy's start state are inputs with defaults.
     Outputs: ``logits`` (what the exit that answers answers), ``exit`` (its index) and ``confidence``."""
-    initializers: list[onnx.TensorProto] = []
     classes = len(manifest.classes)
 
-    def chain(index: int, values: dict[str, str]) -> tuple[list[NodeProto], tuple[str, str, str]]:
+    def chain(index: int, values: dict[str, str]) -> tuple[list[NodeProto], list[onnx.TensorProto], tuple[str, str, str]]:
+        """Stage ``index`` and, in an ``If`` branch taken by those that go on, every stage after it; the stage's
+        weights stay in its own (sub)graph, where onnxruntime optimises them."""
         prefix = f"s{index}/"
         graph = stages[index].graph
         nodes, inits, outputs = _inline(graph, prefix, {v.name: values[v.name] for v in graph.input})
-        initializers.extend(inits)
         is_ic = index < manifest.num_ics
         state = {name: values[name] for name, _ in state_inputs(policy)}
         more, roles = decision_nodes(policy, index if is_ic else None, outputs["logits"], values[KEYS], state,
@@ -97,21 +97,21 @@ def fused_early_exit(manifest: Manifest, stages: Sequence[onnx.ModelProto], poli
         exit_here = _constant(nodes, f"{prefix}exit", np.array([index], np.int64))
         answer = (outputs["logits"], exit_here, roles["confidence"])
         if not is_ic:
-            return nodes, answer
+            return nodes, inits, answer
         following = {name.removesuffix(NEXT): value for name, value in outputs.items() if name.endswith(NEXT)}
         following.update({name: roles[name + NEXT] for name in state})
         following[KEYS] = values[KEYS]
-        deeper, deeper_answer = chain(index + 1, following)
-        go_on_branch = _branch(f"{prefix}go_on", deeper, deeper_answer, classes)
-        stop_branch = _branch(f"{prefix}stop", [], answer, classes)
+        deeper, deeper_inits, deeper_answer = chain(index + 1, following)
+        go_on_branch = _branch(f"{prefix}go_on", deeper, deeper_inits, deeper_answer, classes)
+        stop_branch = _branch(f"{prefix}stop", [], [], answer, classes)
         condition = helper.make_node("Squeeze", [roles["go_on"]], [f"{prefix}cond"], name=f"{prefix}cond/node")
         result = tuple(f"{prefix}answer/{name}" for name in OUTPUTS)
         nodes += [condition, helper.make_node("If", [f"{prefix}cond"], list(result), name=f"{prefix}if",
                                               then_branch=go_on_branch, else_branch=stop_branch)]
-        return nodes, result
+        return nodes, inits, result
 
     values = {IMAGE: IMAGE, KEYS: KEYS, **{name: name for name, _ in state_inputs(policy)}}
-    nodes, answer = chain(0, values)
+    nodes, initializers, answer = chain(0, values)
     nodes += [helper.make_node("Identity", [value], [name], name=f"{name}/out") for value, name in zip(answer, OUTPUTS)]
     image = stages[0].graph.input[0]
     defaults = {KEYS: np.asarray(keys, np.float32), **start_state(policy, 1)}
@@ -128,12 +128,13 @@ def _constant(nodes: list[NodeProto], name: str, value: np.ndarray) -> str:
     return name
 
 
-def _branch(name: str, nodes: list[NodeProto], answer: tuple[str, str, str], classes: int) -> GraphProto:
-    """A subgraph of an ``If``: ``nodes``, then ``answer`` copied to the branch's outputs."""
+def _branch(name: str, nodes: list[NodeProto], initializers: list[onnx.TensorProto], answer: tuple[str, str, str],
+            classes: int) -> GraphProto:
+    """A subgraph of an ``If``: ``nodes`` (with their ``initializers``), then ``answer`` copied to its outputs."""
     outs = _answer_infos(f"{name}/", classes)
     copies = [helper.make_node("Identity", [value], [info.name], name=f"{info.name}/node")
               for value, info in zip(answer, outs)]
-    return helper.make_graph([*nodes, *copies], name, [], outs)
+    return helper.make_graph([*nodes, *copies], name, [], outs, initializer=initializers)
 
 
 def _answer_infos(prefix: str, classes: int) -> list[onnx.ValueInfoProto]:
