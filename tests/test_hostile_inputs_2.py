@@ -20,7 +20,7 @@ from shallowdeep.cli import main
 from shallowdeep.errors import UserError
 from shallowdeep.model_spec import ModelSpec
 from shallowdeep.outputs import load_outputs
-from shallowdeep.run import CHECKPOINT_FORMAT, open_run
+from shallowdeep.run import CHECKPOINT_FORMAT, NEW_RUN, check_new_run_folder, create_run, open_run
 from shallowdeep.train import Recipe, TrainConfig, config_to_dict, new_run, resume_run
 
 from test_analysis import shared_tiny_run
@@ -46,6 +46,25 @@ def one_line_error(capsys, code: int, *words: str) -> str:
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert all(word in err for word in words), err
     return err
+
+
+# 2. a folder of the user's is not a failed start
+
+
+def test_a_folder_of_the_users_own_config_and_backbone_is_never_taken_over(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"my": "settings"}')
+    (folder / "backbone.py").write_text("# my network\n")
+    with pytest.raises(UserError, match=r"is not empty \(backbone.py, config.json\)"):
+        new_run(folder, DATA, ModelSpec(arch="resnet56"), TrainConfig("cnn", Recipe("sgd", 0.01, 1, [])), device=CPU)
+    assert (folder / "config.json").read_text() == '{"my": "settings"}'
+    assert (folder / "backbone.py").read_text() == "# my network\n"
+    # a start of ours writes its marker before anything else, and only such a folder is taken over
+    (tmp_path / "net.py").write_text("def make():\n    pass\n")
+    create_run(tmp_path / "ours", ModelSpec(factory="net.py:make", base_dir=tmp_path), {"data": {}})
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [NEW_RUN, "backbone.py", "config.json"]
+    check_new_run_folder(tmp_path / "ours")
 
 
 # 3. damaged checkpoints

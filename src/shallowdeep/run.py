@@ -7,6 +7,8 @@ Layout::
     RUN/checkpoint.pt    the latest state (model, optimiser, progress), written atomically
     RUN/metrics.jsonl    one JSON line per finished epoch
     RUN/backbone.py      a copy of the user's backbone file, when one was given
+    RUN/.new-run         written first when a run starts, removed with its first checkpoint: a folder holding
+                         it is a start of ours that failed, which a new run may take over
     RUN/outputs/*.npz    per-exit logits of each split (see shallowdeep.outputs)
     RUN/*.json, *.png    what the analysis commands write
 """
@@ -36,6 +38,7 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 BACKBONE_COPY = "backbone.py"
 LOCK = ".lock"
+NEW_RUN = ".new-run"
 RUN_FORMAT = "shallowdeep-run-1"
 CHECKPOINT_FORMAT = "shallowdeep-checkpoint-1"
 
@@ -146,19 +149,22 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            if created and [p.name for p in run_dir.iterdir()] == [LOCK]:  # a start that wrote nothing
-                (run_dir / LOCK).unlink()
+            left = {p.name for p in run_dir.iterdir()}
+            if created and left <= {LOCK, NEW_RUN}:  # a start that wrote nothing but its marker
+                for name in left:
+                    (run_dir / name).unlink()
                 run_dir.rmdir()
 
 
 def check_new_run_folder(run_dir: Path, require_empty: bool = True) -> None:
     """A one-line error unless ``run_dir`` can take a new run: no run in it yet and, with
     ``require_empty``, nothing else either (so no file of the user's is ever overwritten). A folder
-    becomes a run with its first checkpoint: the config of a start that failed before is replaced."""
-    if (run_dir / CHECKPOINT).exists():
+    becomes a run with its first checkpoint: the config and backbone copy of a start that failed before are
+    replaced, when the folder holds that start's marker (:data:`NEW_RUN`), which only :func:`create_run` writes."""
+    if (run_dir / CHECKPOINT).exists() or (run_dir / CHECKPOINT).is_symlink():
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    failed_start = (run_dir / CONFIG).is_file()
-    ours = {LOCK, CONFIG, BACKBONE_COPY} if failed_start else {LOCK}
+    failed_start = (run_dir / NEW_RUN).is_file()
+    ours = {LOCK, NEW_RUN, CONFIG, BACKBONE_COPY} if failed_start else {LOCK}
     others = sorted(p.name for p in run_dir.iterdir() if p.name not in ours) if run_dir.is_dir() else []
     if require_empty and others:
         shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
@@ -167,8 +173,11 @@ def check_new_run_folder(run_dir: Path, require_empty: bool = True) -> None:
 
 def create_run(run_dir: Path, model: ModelSpec, sections: dict[str, Any]) -> ModelSpec:
     """Write the config of a new run: its format tag, ``model`` and the other ``sections`` (data,
-    train, ...). A user's backbone file is copied into the run; returns the spec as the run reads it."""
+    train, ...). A user's backbone file is copied into the run; returns the spec as the run reads it. The
+    folder's marker of a new run is written first (see :func:`check_new_run_folder`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / CHECKPOINT).exists():
+        atomic_write_json(run_dir / NEW_RUN, {"pid": os.getpid()})
     saved = replace(model, base_dir=run_dir)
     if model.factory:
         if model.factory_path.resolve() != (run_dir / BACKBONE_COPY).resolve():
@@ -183,6 +192,7 @@ def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any], metrics: list[di
     """Write the checkpoint with its format tag, then the metrics log (each atomically)."""
     atomic_torch_save({"format": CHECKPOINT_FORMAT, **checkpoint, "metrics": metrics}, run_dir / CHECKPOINT)
     atomic_write_bytes(run_dir / METRICS, "".join(strict_json(m) + "\n" for m in metrics).encode())
+    (run_dir / NEW_RUN).unlink(missing_ok=True)  # the folder is a run now
 
 
 def _check_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
