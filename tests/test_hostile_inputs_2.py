@@ -48,6 +48,34 @@ def one_line_error(capsys, code: int, *words: str) -> str:
     return err
 
 
+# 1. a user-named output file
+
+
+def test_predict_output_never_lands_on_a_runs_files_nor_replaces_a_file_unasked(run_dir, tmp_path, capsys):
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(image)
+    predict = ["predict", str(run_dir), str(image), "--output"]
+    (run_dir / "early-exit.json").write_text('{"policy": "maxprob", "threshold": 0.9}')
+    owned = {name: (run_dir / name).read_bytes() for name in ("config.json", "early-exit.json")}
+    for name in owned:
+        for force in ([], ["--force"]):
+            one_line_error(capsys, main([*predict, str(run_dir / name), *force]), "lies in the run folder")
+    one_line_error(capsys, main([*predict, str(run_dir / "outputs" / "new.csv")]), "lies in the run folder")
+    (tmp_path / "link.json").symlink_to(run_dir / "config.json")  # through a link, too
+    one_line_error(capsys, main([*predict, str(tmp_path / "link.json"), "--force"]), "lies in the run folder")
+    assert owned == {name: (run_dir / name).read_bytes() for name in owned}
+    assert not (run_dir / "outputs" / "new.csv").exists()
+
+    (tmp_path / "folder.json").mkdir()
+    one_line_error(capsys, main([*predict, str(tmp_path / "folder.json")]), "folder.json is a folder")
+    mine = tmp_path / "mine.json"
+    mine.write_text("my notes")
+    one_line_error(capsys, main([*predict, str(mine)]), "mine.json exists; pass --force")
+    assert mine.read_text() == "my notes"
+    assert main([*predict, str(mine), "--force"]) == 0
+    assert json.loads(mine.read_text())[0]["path"] == str(image)
+
+
 # 2. a folder of the user's is not a failed start
 
 

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="early exit with the policy and threshold of the run's latest early-exit result")
     p.add_argument("--policy", choices=POLICY_NAMES, help="policy of --threshold; maxprob when not given")
     p.add_argument("--output", type=Path, metavar="F.json|F.csv", help="write the rows to this file instead of "
-                   "printing them")
+                   "printing them; never a file in a run folder")
+    p.add_argument("--force", action="store_true", help="replace --output when it exists")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     add_device_argument(p)
 
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--policy goes with --threshold")
     if args.output is not None and args.output.suffix.lower() not in (".json", ".csv"):
         raise UserError(f"--output {args.output} must end in .json or .csv")
+    if args.output is not None:
+        from ..run import check_output_file
+        check_output_file(args.output, args.force)
     run_ = open_run(args.run)
     policy = _latest_policy(run_) if args.from_early_exit else None
     classifier = load(run_.path, resolve_device(args.device, args.threads))
