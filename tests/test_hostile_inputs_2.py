@@ -18,6 +18,7 @@ from PIL import Image
 
 from shallowdeep.cli import main
 from shallowdeep.errors import UserError
+from shallowdeep.io import _HOST, STALE_AFTER_S, atomic_write_bytes
 from shallowdeep.model_spec import ModelSpec
 from shallowdeep.outputs import load_outputs
 from shallowdeep.run import CHECKPOINT_FORMAT, NEW_RUN, check_new_run_folder, create_run, open_run
@@ -200,3 +201,39 @@ def test_more_threads_than_cores_are_capped_with_a_warning():
         assert torch.get_num_threads() == cores
     finally:
         torch.set_num_threads(before)
+
+
+# 13. temporary files left by a killed process
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_nothing_else(run_dir):
+    pid = os.fork()
+    if pid == 0:  # a writer killed between writing its temporary file and renaming it
+        try:
+            os.replace = lambda *args: os._exit(9)
+            atomic_write_bytes(run_dir / "checkpoint.pt", b"half of a checkpoint")
+        finally:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] != 0
+    killed = [p.name for p in run_dir.glob(".checkpoint.pt.*.tmp")]
+    assert len(killed) == 1 and f".sd-{_HOST}-{pid}-" in killed[0]
+    (run_dir / "outputs").mkdir(exist_ok=True)
+    old = time.time() - STALE_AFTER_S - 60
+    names = {
+        f".metrics.jsonl.sd-{_HOST}-{os.getpid()}-live1234.tmp": (None, True),  # a writer that still runs
+        ".checkpoint.pt.sd-0badc0de-17-x.tmp": (None, True),  # another machine's, recent
+        "outputs/.test.npz.sd-0badc0de-17-y.tmp": (old, False),  # another machine's, long ago
+        ".checkpoint.pt.abc_12.tmp": (old, True),  # not mkstemp's 8 characters
+        "outputs/.test.npz.ab12cd34.tmp": (old, False),  # an earlier version's, long ago
+        ".config.json.ab12cd34.tmp": (None, True),  # an earlier version's, recent
+        ".notes.tmp": (old, True),  # the user's
+        "outputs/.x.ab12cd34.tmp": (old, True),  # not a kind of file shallowdeep writes
+    }
+    for name, (mtime, _) in names.items():
+        (run_dir / name).write_text("x")
+        if mtime:
+            os.utime(run_dir / name, (mtime, mtime))
+    open_run(run_dir)
+    assert not (run_dir / killed[0]).exists()
+    assert {name for name in names if (run_dir / name).exists()} == {n for n, (_, kept) in names.items() if kept}
+    assert (run_dir / "checkpoint.pt").read_bytes()[:2] == b"PK"  # the real checkpoint is untouched

@@ -9,7 +9,10 @@ import io
 import json
 import math
 import os
+import re
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,10 +24,12 @@ from .errors import UserError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename. The temporary file,
+    ``.<name>.sd-<host>-<pid>-<random>.tmp``, names its writer, so one a killed process left behind is known as
+    ours and removed later (:func:`remove_stale_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.sd-{_HOST}-{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -36,6 +41,59 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # the machine, in a file name
+# ours: ``.<name>.sd-<host>-<pid>-<random>.tmp``; earlier versions wrote ``.<name>.<random>.tmp`` (8 characters)
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.sd-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[a-z0-9_]+\.tmp")
+_OLD_TEMPORARY = re.compile(r"\.(?P<name>.+\.(?:pt|json|jsonl|npz|png|html|csv))\.[a-z0-9_]{8}\.tmp")
+STALE_AFTER_S = 3600  # a temporary of another machine's process, or of an older version, counts as left behind
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write_bytes` in ``folder`` whose writer is gone: a process of
+    this machine that no longer runs or, for one of another machine (a shared file system) or of an earlier
+    version, files older than :data:`STALE_AFTER_S`. Nothing else is touched; a file that cannot be removed is left.
+    Returns the files removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and _is_stale(entry):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _is_stale(entry: os.DirEntry) -> bool:
+    ours = _TEMPORARY.fullmatch(entry.name)
+    if ours and ours["host"] == _HOST:
+        return not _process_runs(int(ours["pid"]))
+    if ours or _OLD_TEMPORARY.fullmatch(entry.name):
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+    return False
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process: leave its files alone
+    except OSError:
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -29,7 +29,7 @@ from .build import build_sdn, check_finite_weights, load_checkpoint_file
 from .choices import TRUST_CODE
 from .errors import UserError, first_line
 from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock, file_sha256, read_json,
-                 strict_json)
+                 remove_stale_temporaries, strict_json)
 from .model_spec import ModelSpec
 from .sdn import SDN
 
@@ -133,7 +133,19 @@ def open_run(path: str | Path) -> Run:
     if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("model", "data")):
         raise UserError(f"{config_path} lacks the 'model' or 'data' section")
     _check_format(config_path, config.get("format", RUN_FORMAT), RUN_FORMAT)  # 0.1 runs had no tag
+    remove_left_behind(path)
     return Run(path, config)
+
+
+def remove_left_behind(run_dir: Path) -> None:
+    """Remove the temporary files that a killed process of ours left in ``run_dir`` and its sub-folders."""
+    remove_stale_temporaries(run_dir)
+    try:
+        folders = [p for p in run_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return
+    for folder in folders:
+        remove_stale_temporaries(folder)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -202,6 +214,8 @@ def check_new_run_folder(run_dir: Path, require_empty: bool = True) -> None:
     replaced, when the folder holds that start's marker (:data:`NEW_RUN`), which only :func:`create_run` writes."""
     if (run_dir / CHECKPOINT).exists() or (run_dir / CHECKPOINT).is_symlink():
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if run_dir.is_dir():
+        remove_left_behind(run_dir)
     failed_start = (run_dir / NEW_RUN).is_file()
     ours = {LOCK, NEW_RUN, CONFIG, BACKBONE_COPY} if failed_start else {LOCK}
     others = sorted(p.name for p in run_dir.iterdir() if p.name not in ours) if run_dir.is_dir() else []
