@@ -77,6 +77,16 @@ def test_predict_output_never_lands_on_a_runs_files_nor_replaces_a_file_unasked(
     assert json.loads(mine.read_text())[0]["path"] == str(image)
 
 
+def test_the_output_check_and_atomic_writes_need_no_torch():
+    """predict on an export folder runs without PyTorch, --output included."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from shallowdeep.run_folder import check_output_file; import shallowdeep.io; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 # 2. a folder of the user's is not a failed start
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from .errors import UserError
 
@@ -104,6 +103,8 @@ def _umask() -> int:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` made atomic; ``obj`` must be loadable with ``weights_only=True``."""
+    import torch  # here only: the rest of this module serves the torch-free runtime too
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())

@@ -31,16 +31,10 @@ from .errors import UserError, first_line
 from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock, file_sha256, read_json,
                  remove_stale_temporaries, strict_json)
 from .model_spec import ModelSpec
+from .run_folder import (BACKBONE_COPY, CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, LOCK, METRICS, NEW_RUN,
+                         RUN_FORMAT)
 from .sdn import SDN
 
-CONFIG = "config.json"
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-BACKBONE_COPY = "backbone.py"
-LOCK = ".lock"
-NEW_RUN = ".new-run"
-RUN_FORMAT = "shallowdeep-run-1"
-CHECKPOINT_FORMAT = "shallowdeep-checkpoint-1"
 
 
 @dataclass
@@ -146,45 +140,6 @@ def remove_left_behind(run_dir: Path) -> None:
         return
     for folder in folders:
         remove_stale_temporaries(folder)
-
-
-def is_run_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder of ours: it holds shallowdeep's ``config.json`` (with the run format tag, or
-    the 'model' and 'data' sections of an untagged first-version run) or a new run's marker."""
-    if (path / NEW_RUN).is_file():
-        return True
-    config_path = path / CONFIG
-    if not config_path.is_file():
-        return False
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(config, dict):
-        return False
-    found = config.get("format")
-    if found is None:
-        return isinstance(config.get("model"), dict) and isinstance(config.get("data"), dict)
-    return isinstance(found, str) and found.startswith(RUN_FORMAT.rpartition("-")[0] + "-")
-
-
-def check_output_file(path: Path, force: bool = False, option: str = "--output") -> None:
-    """A one-line error unless a command may write the user-named file ``path`` (given as ``option``): never a
-    folder, never anything inside a run folder (its files are the run's), and an existing file only with
-    ``force``. Every command that writes a file the user names calls this first."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option} {path} is a folder; name a file")
-    for candidate in dict.fromkeys((path.absolute(), path.resolve())):
-        for folder in candidate.parents:
-            if is_run_folder(folder):
-                raise UserError(f"{option} {path} lies in the run folder {folder}, whose files are the run's; "
-                                "write it elsewhere")
-    if path.exists() or path.is_symlink():
-        if not force:
-            raise UserError(f"{option} {path} exists; pass --force to replace it")
-        if not path.is_file():
-            raise UserError(f"{option} {path} is not a regular file; it is not replaced")
 
 
 @contextmanager

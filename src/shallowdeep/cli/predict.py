@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None and args.output.suffix.lower() not in (".json", ".csv"):
         raise UserError(f"--output {args.output} must end in .json or .csv")
     if args.output is not None:
-        from ..run import check_output_file
+        from ..run_folder import check_output_file
         check_output_file(args.output, args.force)
     run_ = open_run(args.run)
     policy = _latest_policy(run_) if args.from_early_exit else None
