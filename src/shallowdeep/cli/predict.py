@@ -1,11 +1,15 @@
-"""Classify image files with a trained run: each image's class, the exit it left at and what it cost.
+"""Classify image files with a trained run or an export folder: each image's class, the exit it left at and
+what it cost.
 
 Files are read as the run's data was: grey or RGB as the network takes them, resized (bilinear) to its
 input size; a folder is read recursively (its image files, sorted by path). A file that cannot be read
-as an image stops the command with one line naming it. The final head answers every image unless
---threshold (with --policy) or --from-early-exit (the policy and threshold of the run's latest
-early-exit result, RUN/early-exit.json) turns on early exit. Prints one row per image, or writes them
-to --output (F.json or F.csv): path, class, class index, exit (0 = first IC), exit name and FLOPs.
+as an image stops the command with one line naming it. With a run folder the final head answers every image
+unless --threshold (with --policy) or --from-early-exit (the policy and threshold of the run's latest
+early-exit result, RUN/early-exit.json) turns on early exit. With an export folder (shallowdeep export)
+onnxruntime runs it without PyTorch, with the export's policy and threshold unless --threshold gives another;
+--batch-size 1 runs each image through the fused early-exit graph, larger batches stream. Prints one row per
+image, or writes them to --output (F.json or F.csv): path, class, class index, exit (0 = first IC), exit name
+and FLOPs (and, for an export, the answer's confidence: its largest softmax probability).
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ NAME = "predict"
 ORDER = 25
 HELP = "classify image files or folders with a run (final head, or early exit)"
 FIELDS = ("path", "class", "class_index", "exit", "exit_name", "flops")
+EXPORT_FIELDS = (*FIELDS, "confidence")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("run", type=Path, help="run folder, or export folder (shallowdeep export)")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files, or folders read recursively")
     rule = p.add_mutually_exclusive_group()
     rule.add_argument("--threshold", type=non_negative_float,
@@ -49,9 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..classifier import load
-    from ..run import open_run
-
     if args.policy is not None and args.threshold is None:
         raise UserError("--policy goes with --threshold")
     if args.output is not None and args.output.suffix.lower() not in (".json", ".csv"):
@@ -59,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         from ..run_folder import check_output_file
         check_output_file(args.output, args.force)
+    from ..runtime.manifest import is_export
+
+    if is_export(args.run):
+        return _predict_export(args)
+    from ..classifier import load
+    from ..run import open_run
+
     run_ = open_run(args.run)
     policy = _latest_policy(run_) if args.from_early_exit else None
     classifier = load(run_.path, resolve_device(args.device, args.threads))
@@ -68,7 +77,36 @@ def run(args: argparse.Namespace) -> int:
         print(table(["image", "class", "exit", "MFLOPs"],
                     [(r["path"], r["class"], r["exit_name"], f"{r['flops'] / 1e6:.2f}") for r in rows]))
     else:
-        _write(args.output, rows)
+        _write(args.output, rows, FIELDS)
+        print(f"{len(rows)} images; wrote {args.output}")
+    return 0
+
+
+def _predict_export(args: argparse.Namespace) -> int:
+    """``predict`` on an export folder, in onnxruntime: torch is never imported."""
+    from ..runtime import load
+
+    if args.from_early_exit:
+        raise UserError(f"{args.run} is an export: it applies its own policy and threshold (pass --threshold "
+                        "to apply another)")
+    if args.device not in ("auto", "cpu"):
+        raise UserError("an export runs in onnxruntime on the CPU; leave out --device")
+    runtime = load(args.run, args.threshold, args.policy, args.threads)
+    answer = runtime.predict_files(args.images, args.batch_size)
+    rows = [{"path": str(path), "class": name, "class_index": int(index), "exit": int(exit_), "exit_name": exit_name,
+             "flops": int(flops), "confidence": float(confidence)}
+            for path, name, index, exit_, exit_name, flops, confidence in zip(
+                answer.paths, answer.classes, answer.indices, answer.exits, answer.exit_names, answer.flops,
+                answer.confidence)]
+    policy = runtime.policy
+    print(f"policy: {policy.name} at {policy.threshold} "
+          f"({policy.source.get('early_exit_result') or policy.source.get('chosen_by') or policy.source.get('override', '')})")
+    if args.output is None:
+        print(table(["image", "class", "exit", "confidence", "MFLOPs"],
+                    [(r["path"], r["class"], r["exit_name"], f"{r['confidence']:.3f}", f"{r['flops'] / 1e6:.2f}")
+                     for r in rows]))
+    else:
+        _write(args.output, rows, EXPORT_FIELDS)
         print(f"{len(rows)} images; wrote {args.output}")
     return 0
 
@@ -98,7 +136,7 @@ def _rows(answer: Answer, classifier: Classifier) -> list[dict[str, Any]]:
                                                        answer.exits.tolist(), answer.flops.tolist())]
 
 
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:
     """``rows`` as a JSON list of objects or as CSV with a header line, by the suffix of ``path``."""
     from ..io import atomic_write_bytes, atomic_write_json
 
@@ -106,7 +144,7 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
         atomic_write_json(path, rows)
         return
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=FIELDS)
+    writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, text.getvalue().encode())

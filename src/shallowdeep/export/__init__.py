@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..exit_outputs import exit_names
 from ..io import atomic_write_json, file_sha256
 from ..runtime.graphs import fused_early_exit
+from ..run_folder import is_run_folder
 from ..runtime.manifest import FUSED_GRAPH, MANIFEST, Manifest, Policy, Stage, is_export
 from ..sdn import SDN
 from .stages import OPSET, StageModule, export_stage
@@ -79,7 +80,7 @@ def export_run(run_dir: str | Path, out: str | Path, early_exit_key: str | None 
 
     run = open_run(run_dir)
     chosen = run_policy(run.path, early_exit_key, threshold, policy)
-    _check_destination(Path(out), run.path)
+    _check_destination(Path(out))
     classifier = load(run.path)
     made_from = {"run": str(run.path.resolve()), "checkpoint_sha256": file_sha256(run.checkpoint_path)}
     return export_sdn(classifier.net, out, classes=classifier.class_names, mean=classifier.mean,
@@ -159,12 +160,14 @@ def _check_against_torch(path: Path, example: dict[str, torch.Tensor], expected:
             raise UserError(f"{what} exported, but onnxruntime's '{output.name}' differs from PyTorch's by {gap:.3g}")
 
 
-def _check_destination(out: Path, run_path: Path | None = None) -> None:
-    """A one-line error unless ``out`` is new, an empty folder or an earlier export (which is replaced)."""
+def _check_destination(out: Path) -> None:
+    """A one-line error unless ``out`` is new, an empty folder or an earlier export (which is replaced), outside
+    every run folder."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; exports go to a folder")
-    if run_path is not None and out.resolve() == run_path.resolve():
-        raise UserError(f"{out} is the run folder itself; export to another folder")
+    inside = next((p for p in (out.resolve(), *out.resolve().parents) if is_run_folder(p)), None)
+    if inside is not None:
+        raise UserError(f"{out} lies in the run folder {inside}; export to a folder outside it")
     if out.is_dir() and any(out.iterdir()) and not is_export(out):
         raise UserError(f"{out} is not empty and holds no export; exporting replaces only an earlier export")
 

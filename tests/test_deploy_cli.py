@@ -1,0 +1,96 @@
+"""From a run to an export and back as a user would: ``train``, ``early-exit``, ``export``, then ``predict`` on the
+export in a process where torch cannot be imported, answering as ``predict RUN --from-early-exit`` does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shallowdeep.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BACKBONE = '''
+from torch import nn
+
+
+def small():
+    def block(i, o, stride):
+        return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+    return nn.Sequential(block(3, 16, 1), block(16, 16, 1), block(16, 32, 2), block(32, 32, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+'''
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # import torch now fails
+from shallowdeep.cli import main
+code = main(sys.argv[1:])
+assert "torch" not in [name.split(".")[0] for name, module in sys.modules.items() if module is not None], "torch loaded"
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, one_thread):
+    """A small CNN trained for two epochs on the digits with two ICs, calibrated, exported; some digits as files."""
+    root = tmp_path_factory.mktemp("deploy")
+    (root / "net.py").write_text(BACKBONE)
+    run = root / "run"
+    assert main(["train", "--mode", "sdn", "--backbone", f"{root / 'net.py'}:small", "--dataset", "digits",
+                 "--exits", "1,2", "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--out", str(run)]) == 0
+    assert main(["early-exit", str(run), "--budget", "0.75"]) == 0
+    assert main(["export", str(run), "--out", str(root / "export")]) == 0
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    (root / "images").mkdir()
+    for i in range(24):
+        pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels, "L").resize((16, 16)).save(root / "images" / f"{i:02d}.png")
+    return root
+
+
+def test_predict_on_an_export_runs_without_torch_and_answers_as_the_run(exported, capsys):
+    root = exported
+    assert main(["predict", str(root / "run"), str(root / "images"), "--from-early-exit",
+                 "--output", str(root / "run.json")]) == 0
+    expected = json.loads((root / "run.json").read_text())
+    for batch in ("1", "8"):
+        out = root / f"export-{batch}.json"
+        done = subprocess.run([sys.executable, "-c", NO_TORCH, "predict", str(root / "export"), str(root / "images"),
+                               "--batch-size", batch, "--output", str(out), "--threads", "1"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        rows = json.loads(out.read_text())
+        assert len({r["exit"] for r in rows}) > 1  # the calibrated threshold sends images out at several exits
+        for ours, theirs in zip(rows, expected, strict=True):
+            assert {k: ours[k] for k in theirs} == theirs
+            assert 0 < ours["confidence"] <= 1
+    manifest = json.loads((root / "export" / "manifest.json").read_text())
+    result = json.loads((root / "run" / "early-exit.json").read_text())
+    assert manifest["policy"]["threshold"] == result["threshold"]
+    assert manifest["policy"]["source"]["early_exit_result"] == result["key"]
+    assert manifest["policy"]["source"]["calibrated_on"] == result["calibrated_on"]
+
+
+def test_export_errors_are_one_line(exported, capsys):
+    root = exported
+    capsys.readouterr()
+    for argv, message in (
+            (["export", str(root / "run"), "--out", str(root / "run" / "deploy")], "lies in the run folder"),
+            (["export", str(root / "run"), "--out", str(root / "images")], "not empty and holds no export"),
+            (["export", str(root / "run"), "--out", str(root / "x"), "--early-exit", "nope"], "no early-exit result 'nope'"),
+            (["predict", str(root / "export"), str(root / "images"), "--from-early-exit"], "applies its own policy")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert len(list((root / "images").iterdir())) == 24
+    assert main(["export", str(root / "run"), "--out", str(root / "export"), "--threshold", "0.5",
+                 "--policy", "entropy"]) == 0  # an earlier export is replaced
+    manifest = json.loads((root / "export" / "manifest.json").read_text())
+    assert manifest["policy"]["name"] == "entropy" and manifest["policy"]["threshold"] == 0.5
