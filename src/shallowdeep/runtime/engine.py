@@ -181,7 +181,7 @@ class Runtime:
 
     def _one_by_one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each image of ``x`` through the fused graph."""
-        session = self._fused_session()
+        session = self.fused_session()
         logits = np.empty((len(x), len(self.manifest.classes)), np.float32)
         exits, confidence = np.empty(len(x), np.int64), np.empty(len(x), np.float32)
         feeds = {KEYS: self.keys}
@@ -207,7 +207,8 @@ class Runtime:
                             for k, graph in enumerate(self._graphs)]
         return self._stages
 
-    def _fused_session(self) -> ort.InferenceSession:
+    def fused_session(self) -> ort.InferenceSession:
+        """The onnxruntime session of :meth:`fused_graph` (inputs ``h``, one normalised image, and ``keys``)."""
         if self._fused is None:
             self._fused = self._session(self.fused_graph(), "the fused early-exit graph")
         return self._fused
