@@ -20,14 +20,13 @@ early-exit result chosen with ``--calibrate-on test-half --max-drop 0.01``. On t
   and cost on the evaluation half against the early-exit result's (computed by PyTorch on stored outputs).
 
 The backbone is the SDN's segments without any IC (identical to the original network), exported the same way.
-Writes benchmarks/results/deploy.json. Run it on a quiet machine with a high priority (``nice -n -20``).
+Every onnxruntime session shares the runtime's thread pool (``make_session``). Writes benchmarks/results/deploy.json. Run it on a quiet machine with a high priority (``nice -n -20``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import shlex
 import statistics
@@ -45,10 +44,11 @@ import torch
 import shallowdeep
 from shallowdeep.data.augment import normalize
 from shallowdeep.exits import early_exit_stream, make_policy, run_backbone, split_halves
-from shallowdeep.io import atomic_write_json
+from shallowdeep.io import atomic_write_json, strict_json
 from shallowdeep.outputs import load_run_data
 from shallowdeep.run import open_run
 from shallowdeep.runtime import load as load_export
+from shallowdeep.runtime.engine import make_session
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "deploy.json"
@@ -70,18 +70,18 @@ class Backbone(torch.nn.Module):
 
 
 def onnx_backbone(net: shallowdeep.SDN, shape: tuple[int, ...], threads: int, folder: Path) -> ort.InferenceSession:
+    """The backbone exported as the stages are, in a session on the runtime's thread pool."""
     path = folder / "backbone.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Backbone(net).eval(), (torch.randn(2, *shape),), str(path), input_names=["x"],
                           output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
                           dynamo=True, verbose=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return make_session(path, threads, "the backbone")
 
 
 def timed(fn: Callable[[], object]) -> float:
+    time.sleep(0.05)  # the previous method's threads stop spinning
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -245,8 +245,8 @@ def main() -> None:
         "met": {k: (v is not None and (v <= TARGETS[k] if k == "final_head_slowdown" else v >= TARGETS[k]))
                 for k, v in measures.items()},
     }
-    print(json.dumps({k: result[k] for k in ("batch1", "final_head", "batch128", "answers", "evaluation_half",
-                                             "measures", "met")}, indent=2))
+    print(strict_json({k: result[k] for k in ("batch1", "final_head", "batch128", "answers", "evaluation_half",
+                                              "measures", "met")}, indent=2))
     atomic_write_json(args.output, result)
     print(f"wrote {args.output}")
 

@@ -26,6 +26,7 @@ from .. import __version__
 from ..errors import UserError
 from ..exit_outputs import exit_names
 from ..io import atomic_write_json, file_sha256
+from ..runtime.engine import make_session
 from ..runtime.graphs import fused_early_exit
 from ..run_folder import is_run_folder
 from ..runtime.manifest import FUSED_GRAPH, MANIFEST, Manifest, Policy, Stage, is_export
@@ -150,9 +151,7 @@ def _export_stages(net: SDN, shape: tuple[int, ...], folder: Path) -> tuple[list
 def _check_against_torch(path: Path, example: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
                          what: str) -> None:
     """onnxruntime's outputs of the exported stage equal PyTorch's on ``example`` (within CHECK_TOLERANCE)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = make_session(path, what=f"{what} as exported")
     got = session.run(None, {name: v.numpy() for name, v in example.items()})
     for output, value in zip(session.get_outputs(), got):
         gap = float(np.max(np.abs(value - expected[output.name].float().numpy()), initial=0.0))

