@@ -127,7 +127,7 @@ def main() -> None:
 
     # batch 1, the whole test split, methods taking turns on chunks
     print("batch 1 ...", flush=True)
-    answers = runtime.predict(images[:8], batch_size=1)  # warm-up, sessions made
+    runtime.predict(images[:8], batch_size=1)  # warm-up, sessions made
     ort_backbone(x_np[:1])
     seconds = {"ort_early_exit": 0.0, "ort_backbone": 0.0, "torch_backbone": 0.0, "torch_backbone_channels_last": 0.0}
     torch_images = min(n, args.torch_batch1_images)

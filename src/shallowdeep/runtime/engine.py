@@ -21,8 +21,9 @@ import onnxruntime as ort
 from ..errors import UserError, first_line
 from ..images import decode_images, image_files
 from .graphs import IMAGE, KEYS, decision_stage, fused_early_exit
-from .manifest import NEXT, Manifest, Policy, read_manifest
+from .manifest import NEXT, Policy, read_manifest
 from .policies import start_state
+from .stream import Answered, StageQueues
 
 BATCH_SIZE = 256
 
@@ -112,26 +113,36 @@ class Runtime:
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Early exit over normalised ``batches``, each stage run on ``batch_size`` waiting samples (default: the
         first batch's size); per sample in stream order: the answering exit's logits, its index and confidence."""
-        sessions = self._stage_sessions()
-        waiting: list[list[dict[str, np.ndarray]]] = [[] for _ in sessions]
-        done: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]] = []
+        queues: StageQueues | None = None
+        done: list[Answered] = []
         total = 0
         for x in batches:
             if len(x) == 0:
                 continue
-            batch_size = batch_size or len(x)
-            ids = np.arange(total, total + len(x))
-            waiting[0].append({"ids": ids, IMAGE: x, **start_state(self.policy.name, len(x))})
+            queues = queues or self.queues(batch_size or len(x))
+            queues.add(self.entering(x, np.arange(total, total + len(x))))
             total += len(x)
-            self._run_full_stages(sessions, waiting, done, batch_size)
-        if not total:
+            done += queues.run()
+        if queues is None:
             raise UserError("early exit got no samples")
-        self._run_full_stages(sessions, waiting, done, batch_size, flush=True)
+        done += queues.run(flush=True)
         logits = np.empty((total, len(self.manifest.classes)), np.float32)
         exits, confidence = np.empty(total, np.int64), np.empty(total, np.float32)
-        for ids, answer, index, conf in done:
-            logits[ids], exits[ids], confidence[ids] = answer, index, conf
+        for answered in done:
+            ids = answered.ids
+            logits[ids], exits[ids], confidence[ids] = answered.logits, answered.exit, answered.confidence
         return logits, exits, confidence
+
+    def queues(self, batch_size: int) -> StageQueues:
+        """An empty streaming engine over this runtime's stages (see :class:`~shallowdeep.runtime.stream.StageQueues`)."""
+        sessions = self._stage_sessions()
+        return StageQueues(len(sessions), lambda index, values: self._run(sessions[index], index, values, self.keys),
+                           batch_size)
+
+    def entering(self, x: np.ndarray, ids: np.ndarray, since: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """What the first stage reads of the normalised images ``x``, with their ``ids`` and arrival times."""
+        since = np.zeros(len(x)) if since is None else since
+        return {"ids": ids, "since": since, IMAGE: x, **start_state(self.policy.name, len(x))}
 
     def exit_logits(self, images: np.ndarray) -> list[np.ndarray]:
         """What every exit answers on ``images`` (see :meth:`preprocess`), the final head last: every stage runs
@@ -145,31 +156,6 @@ class Runtime:
         return answers
 
     # -- engines -----------------------------------------------------------------------------------------------
-    def _run_full_stages(self, sessions: list[ort.InferenceSession], waiting: list[list[dict[str, np.ndarray]]],
-                         done: list, batch_size: int, flush: bool = False) -> None:
-        """Run every stage, shallowest first, on each full batch of its waiting samples (all of them when
-        ``flush``); the survivors wait at the next stage."""
-        for index, queue in enumerate(waiting):
-            while queue and (flush or sum(len(g["ids"]) for g in queue) >= batch_size):
-                group = _concat(queue)
-                queue.clear()
-                if len(group["ids"]) > batch_size:
-                    queue.append({name: v[batch_size:] for name, v in group.items()})
-                    group = {name: v[:batch_size] for name, v in group.items()}
-                out = self._run(sessions[index], index, group, self.keys)
-                if index == self.num_ics:
-                    done.append((group["ids"], out["logits"], index, out["confidence"]))
-                    continue
-                go_on = out["go_on"]
-                if not go_on.all():
-                    leave = ~go_on
-                    done.append((group["ids"][leave], out["logits"][leave], index, out["confidence"][leave]))
-                if go_on.any():
-                    survivors = {name.removesuffix(NEXT): v for name, v in out.items() if name.endswith(NEXT)}
-                    survivors["ids"] = group["ids"]
-                    waiting[index + 1].append(survivors if go_on.all() else
-                                              {name: v[go_on] for name, v in survivors.items()})
-
     def _run(self, session: ort.InferenceSession, index: int, values: dict[str, np.ndarray],
              keys: np.ndarray) -> dict[str, np.ndarray]:
         """One decision stage on ``values`` (the inputs it takes are picked by name); its outputs by name."""
@@ -264,12 +250,6 @@ def _shared_thread_pool(threads: int | None) -> bool:
         warnings.warn(f"onnxruntime's thread pool is shared by every runtime of this process and has "
                       f"{_POOL['threads'] or 'one per core'} threads (set by the first one made), not {threads}")
     return bool(_POOL["shared"])
-
-
-def _concat(groups: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if len(groups) == 1:
-        return groups[0]
-    return {name: np.concatenate([g[name] for g in groups]) for name in groups[0]}
 
 
 def load(folder: str | Path, threshold: float | Sequence[float] | None = None, policy: str | None = None,
