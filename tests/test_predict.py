@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -101,3 +104,51 @@ def test_a_grey_runs_weights_on_colour_images_are_one_line_naming_both_shapes(gr
                  str(grey_run / "ic")]) == 2
     assert capsys.readouterr().err.strip() == (f"shallowdeep train: error: run {grey_run / 'run'} takes 1x28x28 images "
                                                "but the data's are 3x28x28; read the data with --channels 1")
+
+
+def test_from_early_exit_names_the_result_it_applies_and_refuses_an_edited_one(grey_run, capsys):
+    run, image = grey_run / "run", str(grey_run / "data" / "test" / "dark" / "0.png")
+    latest = run / "early-exit.json"
+    try:
+        for threshold in (None, {"q": 0.5}, [0.5, 0.5]):  # edited: no number, a dict, a list for 2 of 6 ICs
+            latest.write_text(json.dumps({"policy": "maxprob-per-exit" if isinstance(threshold, list) else "maxprob",
+                                          "threshold": threshold}))
+            assert main(["predict", str(run), image, "--from-early-exit"]) == 2
+            err = capsys.readouterr().err
+            assert len(err.strip().splitlines()) == 1 and err.strip().endswith(f"run shallowdeep early-exit {run} again")
+        (run / "early-exit").mkdir()
+        for q, key in ((0.0, "max-drop=0.01 maxprob holdout"), (2.0, "budget=0.5 maxprob holdout")):
+            result = {"key": key, "policy": "maxprob", "threshold": q}
+            (run / "early-exit" / f"{key.replace(' ', '_')}.json").write_text(json.dumps(result))
+        latest.write_text(json.dumps(result))
+        assert main(["predict", str(run), image, "--from-early-exit"]) == 0  # the latest: nothing exits early
+        out = capsys.readouterr().out
+        assert out.startswith("early exit: maxprob at 2 (early-exit result 'budget=0.5 maxprob holdout')\n")
+        assert "final" in out
+        assert main(["predict", str(run), image, "--early-exit", "max-drop=0.01 maxprob holdout"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("early exit: maxprob at 0 (early-exit result 'max-drop=0.01 maxprob holdout')\n")
+        assert "final" not in out
+        assert main(["predict", str(run), image, "--early-exit", "nope"]) == 2
+        assert main(["predict", str(run), image, "--early-exit", "nope", "--threshold", "0.5"]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"shallowdeep predict: error: {run} has no early-exit result 'nope'; it has: "
+            "'budget=0.5 maxprob holdout'; 'max-drop=0.01 maxprob holdout'",
+            "shallowdeep predict: error: --early-exit applies that result's threshold; leave out --threshold"]
+    finally:
+        latest.unlink(missing_ok=True)
+        shutil.rmtree(run / "early-exit", ignore_errors=True)
+
+
+def test_a_file_name_that_is_not_utf8_is_written_escaped(grey_run, capsys):
+    folder = grey_run / "odd-names"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1, not UTF-8
+    (folder / name).write_bytes((grey_run / "data" / "test" / "dark" / "0.png").read_bytes())
+    for output in ("odd.csv", "odd.json"):
+        assert main(["predict", str(grey_run / "run"), str(folder), "--output", str(grey_run / output)]) == 0
+        text = (grey_run / output).read_text(encoding="utf-8")
+        rows = json.loads(text) if output.endswith(".json") else list(csv.DictReader(io.StringIO(text)))
+        assert rows[0]["path"] == str(folder / "caf\\xe9.png") and text.endswith("\n")
+    assert main(["predict", str(grey_run / "run"), str(folder)]) == 0
+    assert "caf\\xe9.png" in capsys.readouterr().out

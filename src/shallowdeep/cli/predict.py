@@ -4,8 +4,9 @@ what it cost.
 Files are read as the run's data was: grey or RGB as the network takes them, resized (bilinear) to its
 input size; a folder is read recursively (its image files, sorted by path). A file that cannot be read
 as an image stops the command with one line naming it. With a run folder the final head answers every image
-unless --threshold (with --policy) or --from-early-exit (the policy and threshold of the run's latest
-early-exit result, RUN/early-exit.json) turns on early exit. With an export folder (shallowdeep export)
+unless --threshold (with --policy), --from-early-exit (the policy and threshold of the run's latest
+early-exit result) or --early-exit KEY (those of the result KEY, as shallowdeep early-exit prints it) turns on
+early exit; it prints the result's key, policy and threshold. With an export folder (shallowdeep export)
 onnxruntime runs it without PyTorch, with the export's policy and threshold unless --threshold gives another;
 --batch-size 1 runs each image through the fused early-exit graph, larger batches stream. Prints one row per
 image, or writes them to --output (F.json or F.csv): path, class, class index, exit (0 = first IC), exit name
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            "head answers every image")
     rule.add_argument("--from-early-exit", action="store_true",
                       help="early exit with the policy and threshold of the run's latest early-exit result")
+    p.add_argument("--early-exit", metavar="KEY",
+                   help="early exit with the policy and threshold of this early-exit result of the run (its key "
+                        "as shallowdeep early-exit prints it; run folders only)")
     p.add_argument("--policy", choices=POLICY_NAMES, help="policy of --threshold; maxprob when not given")
     p.add_argument("--output", type=Path, metavar="F.json|F.csv", help="write the rows to this file instead of "
                    "printing them; never a file in a run folder")
@@ -56,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.policy is not None and args.threshold is None:
         raise UserError("--policy goes with --threshold")
+    if args.early_exit is not None and args.threshold is not None:
+        raise UserError("--early-exit applies that result's threshold; leave out --threshold")
     if args.output is not None and args.output.suffix.lower() not in (".json", ".csv"):
         raise UserError(f"--output {args.output} must end in .json or .csv")
     if args.output is not None:
@@ -69,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
     from ..run import open_run
 
     run_ = open_run(args.run)
-    policy = _latest_policy(run_) if args.from_early_exit else None
     classifier = load(run_.path, resolve_device(args.device, args.threads))
+    policy = None
+    if args.from_early_exit or args.early_exit is not None:
+        key, policy = _chosen_policy(run_, args.early_exit, len(classifier.net.ics))
+        print(f"early exit: {policy.name} at {_threshold(policy.threshold)} (early-exit result '{key}')")
     answer = classifier.predict_files(args.images, args.threshold, policy or args.policy, args.batch_size)
     rows = _rows(answer, classifier)
     if args.output is None:
@@ -86,15 +96,15 @@ def _predict_export(args: argparse.Namespace) -> int:
     """``predict`` on an export folder, in onnxruntime: torch is never imported."""
     from ..runtime import load
 
-    if args.from_early_exit:
+    if args.from_early_exit or args.early_exit is not None:
         raise UserError(f"{args.run} is an export: it applies its own policy and threshold (pass --threshold "
                         "to apply another)")
     if args.device not in ("auto", "cpu"):
         raise UserError("an export runs in onnxruntime on the CPU; leave out --device")
     runtime = load(args.run, args.threshold, args.policy, args.threads)
     answer = runtime.predict_files(args.images, args.batch_size)
-    rows = [{"path": str(path), "class": name, "class_index": int(index), "exit": int(exit_), "exit_name": exit_name,
-             "flops": int(flops), "confidence": float(confidence)}
+    rows = [{"path": _shown(path), "class": name, "class_index": int(index), "exit": int(exit_),
+             "exit_name": exit_name, "flops": int(flops), "confidence": float(confidence)}
             for path, name, index, exit_, exit_name, flops, confidence in zip(
                 answer.paths, answer.classes, answer.indices, answer.exits, answer.exit_names, answer.flops,
                 answer.confidence)]
@@ -111,29 +121,40 @@ def _predict_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latest_policy(run_: Run) -> ExitPolicy:
-    """The policy and threshold of the run's latest early-exit result."""
+def _chosen_policy(run_: Run, key: str | None, num_ics: int) -> tuple[str, ExitPolicy]:
+    """The key of the run's early-exit result named ``key`` (default: the latest) and its policy with its
+    threshold; a one-line error saying to run early-exit again when the result does not hold a usable one."""
     from ..exits import make_policy
-    from ..io import read_json
-    from ..report.tradeoff import EARLY_EXIT_JSON
+    from ..report.tradeoff import find_early_exit
+    from ..runtime.manifest import Policy
 
-    path = run_.path / EARLY_EXIT_JSON
-    if not path.is_file():
-        raise UserError(f"{run_.path} has no early-exit result ({EARLY_EXIT_JSON}); run shallowdeep early-exit "
-                        f"{run_.path} first, or pass --threshold")
-    result = read_json(path, f"run shallowdeep early-exit {run_.path} again")
-    if not isinstance(result, dict) or "policy" not in result or "threshold" not in result:
-        raise UserError(f"{path} holds no policy and threshold; run shallowdeep early-exit {run_.path} again")
-    return make_policy(result["policy"], result["threshold"])
+    found = find_early_exit(run_.path, key)
+    name, threshold = found.get("policy"), found.get("threshold")
+    try:
+        Policy(str(name), threshold).keys(num_ics)
+        return found["key"], make_policy(str(name), threshold)
+    except (UserError, TypeError, ValueError, OverflowError) as exc:
+        raise UserError(f"the early-exit result '{found['key']}' of {run_.path} holds no usable policy and "
+                        f"threshold ({exc}); run shallowdeep early-exit {run_.path} again") from None
+
+
+def _threshold(value: float | tuple[float, ...]) -> str:
+    return ", ".join(f"{v:.4g}" for v in value) if isinstance(value, tuple) else f"{value:.4g}"
 
 
 def _rows(answer: Answer, classifier: Classifier) -> list[dict[str, Any]]:
     """One row per image: its path, class and class index, exit (index and name) and FLOPs."""
     names = [*classifier.net.exit_names, "final"]
-    return [{"path": str(path), "class": name, "class_index": index, "exit": exit_, "exit_name": names[exit_],
+    return [{"path": _shown(path), "class": name, "class_index": index, "exit": exit_, "exit_name": names[exit_],
              "flops": flops}
             for path, name, index, exit_, flops in zip(answer.paths, answer.classes, answer.indices.tolist(),
                                                        answer.exits.tolist(), answer.flops.tolist())]
+
+
+def _shown(path: Path) -> str:
+    """A file's path as text that can be printed and saved: bytes that are not UTF-8 are written as escapes (a
+    name holding the byte 0xff reads ``\\xff``), as the data's class names are."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _write(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:

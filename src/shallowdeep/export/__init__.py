@@ -92,7 +92,7 @@ def run_policy(run_path: Path, key: str | None, threshold: float | Sequence[floa
                policy: str | None) -> Policy:
     """The exit policy an export of the run at ``run_path`` applies: ``threshold`` (of ``policy``) when given,
     else that of the early-exit result named ``key`` (default: the latest), with where it came from."""
-    from ..report.tradeoff import EARLY_EXIT_JSON, read_early_exits
+    from ..report.tradeoff import find_early_exit
 
     if threshold is not None:
         if key is not None:
@@ -102,20 +102,8 @@ def run_policy(run_path: Path, key: str | None, threshold: float | Sequence[floa
                       {"chosen_by": "given at export (not calibrated by shallowdeep)"})
     if policy is not None:
         raise UserError("a policy for the export needs its threshold")
-    results = read_early_exits(run_path)
-    if not results:
-        raise UserError(f"{run_path} has no early-exit result; run shallowdeep early-exit {run_path} first, "
-                        "or give a threshold")
-    if key is None:
-        from ..io import read_json
-
-        latest = read_json(run_path / EARLY_EXIT_JSON, f"run shallowdeep early-exit {run_path} again")
-        key = latest.get("key") if isinstance(latest, dict) else None
-        key = key if key in {r["key"] for r in results} else results[-1]["key"]
-    found = next((r for r in results if r["key"] == key), None)
-    if found is None:
-        raise UserError(f"{run_path} has no early-exit result '{key}'; it has: "
-                        + "; ".join(repr(r["key"]) for r in results))
+    found = find_early_exit(run_path, key)
+    key = found["key"]
     raw = found.get("threshold")
     try:
         chosen = Policy(str(found.get("policy")), tuple(raw) if isinstance(raw, list) else raw, {})

@@ -58,6 +58,24 @@ def read_early_exits(run_path: Path) -> list[dict[str, Any]]:
     return [{**found[key], "key": key} for key in sorted(found)]
 
 
+def find_early_exit(run_path: Path, key: str | None = None) -> dict[str, Any]:
+    """The early-exit result named ``key`` (as ``shallowdeep early-exit`` prints it), or the latest, with its
+    ``key``; a one-line error when the run has none or none of that name."""
+    results = read_early_exits(run_path)
+    if not results:
+        raise UserError(f"{run_path} has no early-exit result; run shallowdeep early-exit {run_path} first")
+    if key is None:
+        latest = Path(run_path) / EARLY_EXIT_JSON
+        data = read_json(latest, f"run shallowdeep early-exit {run_path} again") if latest.is_file() else None
+        key = data.get("key") if isinstance(data, dict) else None
+        key = key if key in {r["key"] for r in results} else results[-1]["key"]
+    found = next((r for r in results if r["key"] == key), None)
+    if found is None:
+        raise UserError(f"{run_path} has no early-exit result '{key}'; it has: "
+                        + "; ".join(repr(r["key"]) for r in results))
+    return found
+
+
 def read_earlier_result(run_path: Path) -> dict[str, Any] | None:
     """The single result an earlier version wrote to ``early-exit.json`` (no ``key``), with its key; None when
     there is none or the file is this version's copy of the latest result."""
