@@ -101,3 +101,54 @@ def test_library_weights_offline_and_misnamed_models_are_one_line(tmp_path, monk
         create_library_model("torchvision:no_such_net", 10)
     with pytest.raises(UserError, match="timm cannot build no_such_net"):
         create_library_model("timm:no_such_net", 10)
+
+
+def test_torchvision_weights_for_1000_classes_load_then_the_classifier_is_replaced(monkeypatch):
+    from shallowdeep.library_models import create_library_model
+
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18().state_dict()  # stands in for the download: no network here
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", lambda self, *a, **k: state)
+    with pytest.warns(UserWarning, match=r"classify 1000 classes: loaded them, then replaced its classifier \(fc\) "
+                                         r"by a new one with 10 outputs"):
+        net = create_library_model("torchvision:resnet18", 10, pretrained=True)
+    assert torch.equal(net.conv1.weight, state["conv1.weight"]) and net.fc.out_features == 10
+
+
+def test_timm_weights_for_1000_classes_say_the_classifier_is_new(tmp_path):
+    from shallowdeep.library_models import create_library_model
+
+    state = timm.create_model("resnet18").state_dict()
+    torch.save(state, tmp_path / "r18.pth")  # timm reads a local file in place of the download
+    with pytest.warns(UserWarning, match="classify 1000 classes: loaded them all but the classifier, which is new"):
+        net = create_library_model("timm:resnet18", 10, {"pretrained_cfg_overlay": {"file": str(tmp_path / "r18.pth")}},
+                                   pretrained=True)
+    assert torch.equal(net.conv1.weight, state["conv1.weight"]) and net.fc.out_features == 10
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "fcn_resnet50", "lraspp_mobilenet_v3_large"])
+def test_detection_and_segmentation_models_are_refused_before_any_download(monkeypatch, name):
+    from shallowdeep.library_models import create_library_model
+
+    def no_download(*args, **kwargs):
+        raise OSError("downloading")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", no_download)
+    for pretrained in (True, False):
+        with pytest.raises(UserError, match=f"torchvision:{name} is not a classification model"):
+            create_library_model(f"torchvision:{name}", 10, pretrained=pretrained)
+
+
+@pytest.mark.parametrize("returned, said", [(lambda y: {"out": y, "aux": y}, "a dict (keys 'out', 'aux')"),
+                                            (lambda y: (y, y), "a tuple of 2 values")])
+def test_a_model_returning_a_dict_or_tuple_is_told_what_it_returned(returned, said):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            return returned(self.fc(self.conv(x).mean((2, 3))))
+
+    with pytest.raises(UserError, match=re.escape(f"the model returns {said}, not one tensor of logits [batch, 10]")):
+        attach(Net(), (3, 8, 8), 10)

@@ -114,8 +114,8 @@ def test_from_early_exit_names_the_result_it_applies_and_refuses_an_edited_one(g
             latest.write_text(json.dumps({"policy": "maxprob-per-exit" if isinstance(threshold, list) else "maxprob",
                                           "threshold": threshold}))
             assert main(["predict", str(run), image, "--from-early-exit"]) == 2
-            err = capsys.readouterr().err
-            assert len(err.strip().splitlines()) == 1 and err.strip().endswith(f"run shallowdeep early-exit {run} again")
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and err.endswith(f"run shallowdeep early-exit {run} again")
         (run / "early-exit").mkdir()
         for q, key in ((0.0, "max-drop=0.01 maxprob holdout"), (2.0, "budget=0.5 maxprob holdout")):
             result = {"key": key, "policy": "maxprob", "threshold": q}

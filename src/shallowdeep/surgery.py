@@ -75,7 +75,10 @@ def attach(
     """
     gm, points, total_flops = analyse(model, input_shape)
     out_meta = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    out_shape = tuple(getattr(out_meta.meta.get("tensor_meta"), "shape", ())) if isinstance(out_meta, torch.fx.Node) else ()
+    if not isinstance(out_meta, torch.fx.Node):
+        raise UserError(f"the model returns {_returned(out_meta)}, not one tensor of logits [batch, {num_classes}] "
+                        f"for the data set's {num_classes} classes")
+    out_shape = tuple(getattr(out_meta.meta.get("tensor_meta"), "shape", ()))
     if len(out_shape) != 2 or out_shape[1] != num_classes:
         raise UserError(f"the model's output has shape {list(out_shape)} per batch, not [batch, {num_classes}] "
                         f"for the data set's {num_classes} classes")
@@ -98,6 +101,15 @@ def attach(
     exit_flops.append(total_flops + sum(head_flops))
     ensemble = GeometricEnsemble(len(heads), num_classes).to(device) if design.ensembles and heads else None
     return SDN(segments, heads, [p.name for p in chosen], exit_flops, total_flops, ensemble, design)
+
+
+def _returned(value: Any) -> str:
+    """What a traced model returns, when not one tensor: 'a dict (keys 'out', 'aux')', 'a tuple of 2 values'."""
+    if isinstance(value, dict):
+        return f"a dict (keys {', '.join(repr(k) for k in value)})"
+    if isinstance(value, (tuple, list)):
+        return f"a {'tuple' if isinstance(value, tuple) else 'list'} of {len(value)} values"
+    return repr(value)
 
 
 def _head_flops(head: nn.Module, shape: Sequence[int], num_classes: int, device: torch.device) -> int:
