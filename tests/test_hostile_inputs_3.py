@@ -85,3 +85,45 @@ def test_a_truncated_image_is_refused_naming_the_file(run_dir, tmp_path, capsys,
     assert grid.tolist() == [[1, 7, 3, 8, 2], [11, 12, 13, 14, 15], [4, 9, 5, 10, 6]]
     with pytest.raises(UserError, match="21 of the 22 bytes"):
         decode_images([png(tmp_path / "short.png", 5, 3, rows[:-1], interlaced=True)])
+
+
+# 11. the Python API's inputs
+
+
+def test_predict_scales_unambiguous_pixels_and_refuses_the_rest_naming_the_fix(run_dir, tmp_path):
+    from shallowdeep.classifier import load
+
+    clf = load(run_dir)
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 3, 16, 16), np.uint8))
+    expected = clf.predict(pixels).indices.tolist()
+    for same in (pixels.long(), pixels.numpy().astype(np.int32), pixels.tolist(), list(pixels.numpy()),
+                 pixels.float() / 255, pixels.numpy()[:, :, ::-1, ::-1][:, :, ::-1, ::-1]):
+        assert clf.predict(same, batch_size=2).indices.tolist() == expected
+    wide = pixels.long()
+    wide[0, 0, 0, :2] = torch.tensor([-3, 1000])
+    refused = {
+        r"float images must be in \[0, 1\], these go from 0 to 255; divide pixel values of 0..255 by 255":
+            pixels.float(),
+        "integer images must hold pixel values 0..255, these go from -3 to 1000": wide,
+        "NaN or infinite": torch.full((2, 3, 16, 16), float("nan")),
+        "infinite": torch.full((2, 3, 16, 16), float("inf")),
+        "of type bool": pixels > 100,
+        r"images of shape \(16, 16\) given, but this network takes \(3, 16, 16\)": pixels[0, 0],
+        r"images of shape \(16, 16, 3\) given.*transpose\(0, 3, 1, 2\)": pixels.permute(0, 2, 3, 1),
+        "call predict_files": "x.png",
+        "predict_files": [tmp_path / "x.png"],
+    }
+    for message, images in refused.items():
+        with pytest.raises(UserError, match=message):
+            clf.predict(images)
+    for batch_size in (0, -1, 2.5, True):
+        with pytest.raises(UserError, match="batch_size must be a whole number >= 1"):
+            clf.predict(pixels, batch_size=batch_size)
+        with pytest.raises(UserError, match="batch_size must be a whole number >= 1"):
+            clf.predict_files([tmp_path], batch_size=batch_size)
+
+    one = tmp_path / "one.png"
+    Image.fromarray(pixels[0].permute(1, 2, 0).numpy()).save(one)
+    for paths in (str(one), one, [one]):  # one path alone is one file, not a list of characters
+        answer = clf.predict_files(paths)
+        assert answer.paths == [one] and answer.indices.tolist() == expected[:1]
