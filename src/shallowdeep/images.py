@@ -3,6 +3,7 @@ files at a time (:func:`decode_images`). The torch-free runtime reads images thr
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -11,7 +12,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -25,14 +26,16 @@ _CHUNK = 256  # images per task: PIL releases the GIL while decoding, the chunks
 GREY_BANDS = frozenset({("1",), ("L",), ("I",), ("F",), ("L", "A"), ("L", "a")})  # PIL's bands of grey images
 PIL_MODES = {1: "L", 3: "RGB"}  # the PIL mode images are converted to, by channel count
 PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each PNG colour type
-ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))  # x, y, dx, dy
+# the (x, y) of the first pixel and the steps (dx, dy) of each pass of Adam7 interlacing
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
 @contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
-    """The image at ``path``, opened lazily (only its header is read); a UserError naming it when unreadable."""
+def _opened(path: Path | str, source: Path | BinaryIO | None = None) -> Iterator[Image.Image]:
+    """The image at ``path`` (or in ``source``, named ``path``), opened lazily (only its header is read); a
+    UserError naming it when unreadable."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path if source is None else source) as image:
             yield image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UserError(f"cannot decode image {path}: {err}") from None
@@ -78,10 +81,9 @@ def _png_data_size(width: int, height: int, depth: int, colour: int, interlaced:
     return sum(rows((width - x + dx - 1) // dx, (height - y + dy - 1) // dy) for x, y, dx, dy in ADAM7)
 
 
-def _check_png_data(path: Path) -> None:
-    """A UserError naming ``path`` when its PNG image data inflates to fewer bytes than its header's size needs:
+def _check_png_data(path: Path | str, data: bytes) -> None:
+    """A UserError naming ``path`` when its PNG image ``data`` inflates to fewer bytes than its header's size needs:
     PIL fills the missing rows with zeros, without complaint, when the compressed stream ends early."""
-    data = path.read_bytes()
     pos, header, compressed = 8, None, []
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
@@ -108,12 +110,17 @@ def _check_png_data(path: Path) -> None:
                         f"its {width}x{height} size needs)")
 
 
-def _open_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
+def _open_image(path: Path | str, size: tuple[int, int], channels: int, data: bytes | None = None,
+                max_pixels: int | None = None) -> np.ndarray:
     """One image as uint8 (channels, H, W), converted as PIL converts to grey or RGB, resized (bilinear) to
-    ``size`` = (W, H) unless it has that size; a truncated file is refused."""
-    with _opened(path) as image:
+    ``size`` = (W, H) unless it has that size; a truncated file is refused. The file is read from ``path``, or
+    from ``data`` (its bytes, ``path`` naming it); with ``max_pixels`` a larger image is refused from its header,
+    before anything is decoded."""
+    with _opened(path, None if data is None else io.BytesIO(data)) as image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise UserError(f"image {path} has {image.width}x{image.height} pixels, more than the {max_pixels} allowed")
         if image.format == "PNG":
-            _check_png_data(path)
+            _check_png_data(path, Path(path).read_bytes() if data is None else data)
         image = _eight_bit(image, path).convert(PIL_MODES[channels])
         if image.size != size:
             image = image.resize(size, Image.Resampling.BILINEAR)
@@ -208,3 +215,16 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
         else:
             raise UserError(f"no file or folder {path}")
     return files
+
+
+def decode_image_bytes(data: bytes, image_size: int, channels: int, name: str = "the image",
+                       max_pixels: int | None = None) -> np.ndarray:
+    """One image file's bytes ``data`` as uint8 (channels, image_size, image_size), read exactly as
+    :func:`decode_images` reads files; a UserError naming ``name`` when it is not a readable image, is truncated,
+    or has more than ``max_pixels`` pixels (judged from its header: a decompression bomb is never decoded)."""
+    if channels not in PIL_MODES:
+        raise UserError(f"images are read with 1 (grey) or 3 (RGB) channels, not {channels}")
+    if not data:
+        raise UserError(f"cannot decode image {name}: it is empty (0 bytes)")
+    with _truncation_refused():
+        return _open_image(name, (image_size, image_size), channels, data, max_pixels)

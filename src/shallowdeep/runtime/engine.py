@@ -96,7 +96,7 @@ class Runtime:
         if x.shape[0] == 0:
             raise UserError("no images to classify")
         if batch_size == 1:
-            logits, exits, confidence = self._one_by_one(x)
+            logits, exits, confidence = self.fused(x)
         else:
             logits, exits, confidence = self.stream((x[i:i + batch_size] for i in range(0, len(x), batch_size)),
                                                     batch_size)
@@ -166,8 +166,9 @@ class Runtime:
             raise UserError(f"stage {index} of {self.folder} failed in onnxruntime: {first_line(exc)}") from None
         return {o.name: v for o, v in zip(session.get_outputs(), outputs)}
 
-    def _one_by_one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each image of ``x`` through the fused graph."""
+    def fused(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each normalised image of ``x`` through the fused graph: the answering exit's logits, index and
+        confidence."""
         session = self.fused_session()
         logits = np.empty((len(x), len(self.manifest.classes)), np.float32)
         exits, confidence = np.empty(len(x), np.int64), np.empty(len(x), np.float32)
