@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rule.add_argument("--threshold", type=non_negative_float,
                       help="export this threshold of --policy instead of a calibrated one")
     p.add_argument("--policy", choices=POLICY_NAMES, help="policy of --threshold; maxprob when not given")
+    p.add_argument("--no-exits", action="store_true",
+                   help="export the backbone alone (one stage, no IC), to measure early exit against")
     p.add_argument("--threads", type=positive_int, help="CPU threads PyTorch uses while exporting")
 
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--policy goes with --threshold")
     if args.threads:
         torch.set_num_threads(args.threads)
-    manifest = export_run(args.run, args.out, args.early_exit, args.threshold, args.policy)
+    manifest = export_run(args.run, args.out, args.early_exit, args.threshold, args.policy, args.no_exits)
     policy = manifest.policy
     source = policy.source.get("early_exit_result") or policy.source.get("chosen_by", "")
     print(f"exits: {', '.join(f'{n} ({f / manifest.backbone_flops:.0%})' for n, f in zip(manifest.exit_names, manifest.exit_flops))}")

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
 from .. import __version__
 from ..errors import UserError
@@ -73,19 +74,32 @@ def export_sdn(net: SDN, out: str | Path, *, classes: Sequence[str], mean: Seque
 
 
 def export_run(run_dir: str | Path, out: str | Path, early_exit_key: str | None = None,
-               threshold: float | Sequence[float] | None = None, policy: str | None = None) -> Manifest:
+               threshold: float | Sequence[float] | None = None, policy: str | None = None,
+               no_exits: bool = False) -> Manifest:
     """Export the trained SDN of ``run_dir`` to ``out`` with the policy and threshold of one of its early-exit
-    results (``early_exit_key``; default the latest), or ``threshold`` (of ``policy``, default maxprob)."""
+    results (``early_exit_key``; default the latest), or ``threshold`` (of ``policy``, default maxprob); with
+    ``no_exits``, its backbone alone (one stage, no IC: what early exit is measured against)."""
     from ..classifier import load
     from ..run import open_run
 
     run = open_run(run_dir)
-    chosen = run_policy(run.path, early_exit_key, threshold, policy)
+    if no_exits and (early_exit_key is not None or threshold is not None or policy is not None):
+        raise UserError("an export without exits has no policy or threshold")
+    chosen = NO_EXITS if no_exits else run_policy(run.path, early_exit_key, threshold, policy)
     _check_destination(Path(out))
     classifier = load(run.path)
     made_from = {"run": str(run.path.resolve()), "checkpoint_sha256": file_sha256(run.checkpoint_path)}
-    return export_sdn(classifier.net, out, classes=classifier.class_names, mean=classifier.mean,
-                      std=classifier.std, policy=chosen, made_from=made_from)
+    net = backbone_only(classifier.net) if no_exits else classifier.net
+    return export_sdn(net, out, classes=classifier.class_names, mean=classifier.mean, std=classifier.std,
+                      policy=chosen, input_shape=classifier.input_shape, made_from=made_from)
+
+
+NO_EXITS = Policy("maxprob", 1.0, {"chosen_by": "none: the export has no exit but the final head"})
+
+
+def backbone_only(net: SDN) -> SDN:
+    """``net``'s backbone as an SDN of one stage and no IC (sharing its parameters)."""
+    return SDN([nn.Sequential(*net.segments)], [], [], [net.backbone_flops], net.backbone_flops).eval()
 
 
 def run_policy(run_path: Path, key: str | None, threshold: float | Sequence[float] | None,
