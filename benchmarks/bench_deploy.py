@@ -15,7 +15,9 @@ early-exit result chosen with ``--calibrate-on test-half --max-drop 0.01``. On t
 - batch 128: onnxruntime's streaming early exit, the onnxruntime backbone, the PyTorch backbone
   (channels-last) and PyTorch's streaming engine, each over the whole test split, fastest of --repeats passes;
 - the realised speed-up (backbone seconds / early-exit seconds) against the one the FLOPs predict (backbone
-  FLOPs / the average FLOPs of the exits taken), with the targets of the issue;
+  FLOPs / the average FLOPs of the exits taken), with the targets of the issue; at batch 128 also against the
+  one the stages' own times predict (each stage timed alone on 128 images, weighted by the share of images
+  reaching it): realised / that isolates the engine's overhead from what each stage costs per FLOP;
 - the runtime's answers against PyTorch's streaming engine, sample by sample, and its accuracy, exit shares
   and cost on the evaluation half against the early-exit result's (computed by PyTorch on stored outputs).
 
@@ -188,6 +190,15 @@ def main() -> None:
         for name, fn in b128.items():
             best128[name] = min(best128[name], timed(fn))
     images_per_s = {k: n / v for k, v in best128.items()}
+    # what the stages' own times predict: each stage timed on 128 real inputs, weighted by the share reaching it
+    values = runtime.entering(x_np[:batch], np.arange(batch))
+    stage_seconds = []
+    for index in range(runtime.num_ics + 1):
+        stage_seconds.append(fastest(lambda: runtime.run_stage(index, values, never_stop=True), args.repeats + 2))
+        out = runtime.run_stage(index, values, never_stop=True)
+        values = {name.removesuffix("_next"): v for name, v in out.items() if name.endswith("_next")}
+    reaching = [(stream_out["exits"] >= k).mean() for k in range(runtime.num_ics + 1)]
+    time_predicted_128 = (best128["ort_backbone"] * batch / n) / float(np.dot(reaching, stage_seconds))
     faster_backbone = min(best128["ort_backbone"], best128["torch_backbone_channels_last"])
     predicted_128 = manifest.backbone_flops / flops[stream_out["exits"]].mean()
     realised_128 = faster_backbone / best128["ort_early_exit"]
@@ -232,6 +243,10 @@ def main() -> None:
         "final_head": {"median_ratio": measures["final_head_slowdown"],
                        "quartiles": np.percentile(ratios, [25, 75]).tolist() if ratios else None},
         "batch128": {"images_per_second": images_per_s, "flops_predicted_speedup": predicted_128,
+                     "stage_ms": [1e3 * s for s in stage_seconds], "share_reaching_stage": reaching,
+                     "stage_time_predicted_speedup_over_ort_backbone": time_predicted_128,
+                     "realised_over_stage_time_predicted": best128["ort_backbone"] / best128["ort_early_exit"]
+                     / time_predicted_128,
                      "realised_speedup_over_faster_backbone": realised_128,
                      "faster_backbone": min(("ort_backbone", "torch_backbone_channels_last"), key=best128.get),
                      "ort_backbone_over_torch_channels_last": best128["torch_backbone_channels_last"]

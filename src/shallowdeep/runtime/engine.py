@@ -135,9 +135,7 @@ class Runtime:
 
     def queues(self, batch_size: int) -> StageQueues:
         """An empty streaming engine over this runtime's stages (see :class:`~shallowdeep.runtime.stream.StageQueues`)."""
-        sessions = self._stage_sessions()
-        return StageQueues(len(sessions), lambda index, values: self._run(sessions[index], index, values, self.keys),
-                           batch_size)
+        return StageQueues(self.manifest.num_ics + 1, self.run_stage, batch_size)
 
     def entering(self, x: np.ndarray, ids: np.ndarray, since: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """What the first stage reads of the normalised images ``x``, with their ``ids`` and arrival times."""
@@ -149,16 +147,19 @@ class Runtime:
         on every image (as ``SDN.exit_logits``)."""
         feeds = {IMAGE: self.preprocess(images), **start_state(self.policy.name, len(images))}
         answers = []
-        for index, session in enumerate(self._stage_sessions()):
-            out = self._run(session, index, feeds, np.full_like(self.keys, np.inf))
+        for index in range(self.num_ics + 1):
+            out = self.run_stage(index, feeds, never_stop=True)
             answers.append(out["logits"])
             feeds = {name.removesuffix(NEXT): v for name, v in out.items() if name.endswith(NEXT)}
         return answers
 
     # -- engines -----------------------------------------------------------------------------------------------
-    def _run(self, session: ort.InferenceSession, index: int, values: dict[str, np.ndarray],
-             keys: np.ndarray) -> dict[str, np.ndarray]:
-        """One decision stage on ``values`` (the inputs it takes are picked by name); its outputs by name."""
+    def run_stage(self, index: int, values: dict[str, np.ndarray], never_stop: bool = False) -> dict[str, np.ndarray]:
+        """Decision stage ``index`` on ``values`` (the inputs it takes are picked by name; see
+        :func:`~shallowdeep.runtime.graphs.decision_stage`); its outputs by name. ``never_stop``: every sample
+        goes on (keys of infinity)."""
+        session = self._stage_sessions()[index]
+        keys = np.full_like(self.keys, np.inf) if never_stop else self.keys
         feeds = {i.name: (keys if i.name == KEYS else values[i.name]) for i in session.get_inputs()}
         try:
             outputs = session.run(None, feeds)
