@@ -127,3 +127,53 @@ def test_predict_scales_unambiguous_pixels_and_refuses_the_rest_naming_the_fix(r
     for paths in (str(one), one, [one]):  # one path alone is one file, not a list of characters
         answer = clf.predict_files(paths)
         assert answer.paths == [one] and answer.indices.tolist() == expected[:1]
+
+
+# 9. an interrupted ZTW run
+
+
+TINY_BACKBONE = '''
+from torch import nn
+
+
+def make():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+'''
+
+
+def test_an_interrupted_ztw_ensemble_fit_says_resume_and_is_never_used_unfitted(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    import shallowdeep.train.trainer as trainer
+
+    (tmp_path / "tiny.py").write_text(TINY_BACKBONE)
+    run, image = tmp_path / "ztw", tmp_path / "digit.png"
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(image)
+    fit = trainer.fit_ensemble
+
+    def fit_and_be_interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the ensemble is fitted
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit_ensemble", fit_and_be_interrupted)
+    train = ["train", "--backbone", f"{tmp_path / 'tiny.py'}:make", "--exits", "1,3", "--ic", "ztw", "--ic-width", "4",
+             "--mode", "sdn", "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
+             "--out", str(run)]
+    assert main(train) == 130
+    assert "stopped before the exit ensemble was fitted, after the last epoch; checkpoint saved; continue with " \
+           "--resume" in capsys.readouterr().out
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and not checkpoint["ensemble_trained"]
+
+    for command in (["evaluate", str(run)], ["report", str(run)], ["predict", str(run), str(image)]):
+        one_line_error(capsys, main(command), "exit ensemble", "not fitted yet", f"train --out {run} --resume")
+    assert not list(run.glob("outputs/*.npz")) and not (run / "report").exists()
+
+    monkeypatch.setattr(trainer, "fit_ensemble", fit)
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming after the last epoch (1): fitting the exit ensemble" in out and "epoch 2" not in out
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["ensemble_trained"]
+    assert main(["evaluate", str(run)]) == 0

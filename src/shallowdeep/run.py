@@ -71,6 +71,9 @@ class Run:
         ``channels`` (None: the folder's own); a run of an earlier version, which read every folder as RGB and
         recorded no channels, reads it with its network's channel count."""
         data = dict(self.config["data"])
+        if "name" not in data:
+            raise UserError(f"{self.path} was trained from Python on your own loader and names no data set; pass "
+                            "data={'name': ..., 'data_dir': ...} to train_sdn so that its commands can read one")
         shape = self.config["model"].get("input_shape")
         if data.get("name") == "imagefolder" and "channels" not in data and shape:
             data["channels"] = shape[0]
@@ -89,8 +92,12 @@ class Run:
         return ckpt
 
     def load_net(self, device: str | torch.device = "cpu") -> SDN:
-        """The trained SDN of this run, in eval mode on ``device``."""
+        """The trained SDN of this run, in eval mode on ``device``; a ZTW run whose ensemble is not fitted yet is
+        refused."""
         ckpt = self.load_checkpoint()
+        if not ckpt.get("ensemble_trained", True) and any(k.startswith("ensemble.") for k in ckpt["model"]):
+            raise UserError(f"the exit ensemble of {self.path} is not fitted yet (its training has not ended), so its "
+                            f"exits would answer wrongly; finish it with shallowdeep train --out {self.path} --resume")
         check_finite_weights(ckpt["model"], f"the weights in {self.checkpoint_path}")
         net = build_sdn(self.model)
         try:

@@ -27,6 +27,8 @@ def start_summary(net: SDN, splits: Splits, cfg: TrainConfig, device: torch.devi
     lines.append(f"mode: {cfg.mode}; recipe: {describe_recipe(cfg.recipe)}")
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     lines.append(f"device: {device}{threads}; batches: {source}")
-    if resumed_at is not None:
+    if resumed_at is not None and resumed_at[0] >= cfg.recipe.epochs:  # ZTW: only the ensemble is left
+        lines.append(f"resuming after the last epoch ({cfg.recipe.epochs}): fitting the exit ensemble")
+    elif resumed_at is not None:
         lines.append(f"resuming at epoch {resumed_at[0] + 1}, batch {resumed_at[1] + 1}")
     return lines

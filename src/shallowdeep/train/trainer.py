@@ -103,6 +103,25 @@ def stop_on_signals() -> Iterator[dict[str, bool]]:
             signal.signal(s, h)
 
 
+@contextmanager
+def stop_at_once(message: str, enabled: bool = True) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT raise :class:`Interrupted` with ``message`` at once (when
+    ``enabled``): for work that saves nothing until it ends, so that it may stop anywhere."""
+    if not enabled:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(message)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def save_checkpoint(run_dir: Path, net: SDN, optimizer: torch.optim.Optimizer, state: State) -> None:
     """Write where the run stands into its folder (see :func:`shallowdeep.run.write_checkpoint`)."""
     write_checkpoint(run_dir, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
@@ -200,11 +219,15 @@ def train(
                 if on_epoch is not None:
                     on_epoch(row)
     if needs_ensemble(net, state, cfg.recipe.epochs):
+        stopped = "stopped before the exit ensemble was fitted, after the last epoch; checkpoint saved"
+        if flag["stop"]:  # a signal came after the last batch
+            raise Interrupted(stopped)
         started = time.perf_counter()
-        logits, labels = source.ensemble_inputs()
+        with stop_at_once(stopped, run_dir is not None):
+            logits, labels = source.ensemble_inputs()
+            loss = fit_ensemble(net, logits, labels)
         state.ensemble_trained = True
-        state.metrics[-1].update(ensemble_loss=fit_ensemble(net, logits, labels),
-                                 ensemble_seconds=round(time.perf_counter() - started, 2))
+        state.metrics[-1].update(ensemble_loss=loss, ensemble_seconds=round(time.perf_counter() - started, 2))
         if dist.is_main:
             save_checkpoint(run_dir, net, optimizer, state)
     return state.metrics
