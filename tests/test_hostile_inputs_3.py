@@ -177,3 +177,39 @@ def test_an_interrupted_ztw_ensemble_fit_says_resume_and_is_never_used_unfitted(
     assert "resuming after the last epoch (1): fitting the exit ensemble" in out and "epoch 2" not in out
     assert torch.load(run / "checkpoint.pt", weights_only=True)["ensemble_trained"]
     assert main(["evaluate", str(run)]) == 0
+
+
+# 8. the decode cache
+
+
+def image_folder(root: Path, size: int = 8) -> Path:
+    """``root/{train,test}/{a,b}/{0,1}.bmp``: uncompressed, so an image written over keeps its file size."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(2):
+                pixels = rng.integers(0, 256, (size, size, 3), np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"{i}.bmp")
+    return root
+
+
+def test_an_image_written_over_in_place_with_its_old_mtime_is_decoded_again(tmp_path):
+    import os
+    import time
+
+    from shallowdeep.data import load_dataset
+    from shallowdeep.data.fingerprint import split_fingerprint
+
+    root = image_folder(tmp_path / "data")
+    before = load_dataset("imagefolder", root, holdout_fraction=0.0)
+    image = root / "test" / "a" / "0.bmp"
+    stat = image.stat()
+    time.sleep(0.02)  # past the file system clock's tick
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    after = load_dataset("imagefolder", root, holdout_fraction=0.0)
+    assert after.test.images[0].sum() == 0 and before.test.images[0].sum() > 0
+    assert split_fingerprint(after.test) != split_fingerprint(before.test)
+    assert len(list((root / ".shallowdeep-cache").glob("imagefolder-*.npz"))) == 1  # the stale file is gone

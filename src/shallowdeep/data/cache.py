@@ -2,8 +2,11 @@
 
 A cache file is an uncompressed ``.npz`` (read with ``allow_pickle=False``) named
 ``<name>-<key>-<fingerprint>.npz``. The key hashes the data root and the reader options; the fingerprint
-also hashes every source file's path (relative to the root), size and modification time, so any change to
-the source gives a new file, and the older file with the same name and key is then deleted.
+also hashes every source file's path (relative to the root), size, inode, and modification and status-change
+times, so any change to the source gives a new file, and the older file with the same name and key is then
+deleted. (The status-change time, unlike the modification time, cannot be set back: a file written over in
+place and given its old modification time still changes it. Copying or moving the data elsewhere changes it
+too, and the data is decoded once more.)
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def default_cache_dir(data_dir: str | Path) -> Path:
 
 
 def fingerprint(root: Path, files: list[Path], options: dict) -> str:
-    """A hex digest of ``options`` and each file's path relative to ``root``, size and mtime."""
+    """A hex digest of ``options`` and each file's path relative to ``root``, size, inode, mtime and ctime."""
     prefix = os.path.join(str(root), "")
     entries = []
     for path in map(str, files):
@@ -47,7 +50,7 @@ def fingerprint(root: Path, files: list[Path], options: dict) -> str:
             stat = os.stat(path)
         except FileNotFoundError:
             raise UserError(f"missing file {path}") from None
-        entries.append([path.removeprefix(prefix), stat.st_size, stat.st_mtime_ns])
+        entries.append([path.removeprefix(prefix), stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns])
     blob = json.dumps({"version": FORMAT_VERSION, "options": options, "files": entries}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -87,7 +90,8 @@ def cached(cache_dir: str | Path, name: str, root: Path, files: list[Path], opti
     try:
         _save(path, data)
     except OSError as err:
-        raise UserError(f"cannot write the data cache {path} ({err}); pass another cache_dir") from None
+        raise UserError(f"cannot write the data cache {path} ({err}); put it elsewhere with --cache-dir DIR "
+                        "(cache_dir in Python)") from None
     for stale in cache_dir.glob(f"{prefix}*.npz"):
         if stale != path:
             stale.unlink(missing_ok=True)
