@@ -59,7 +59,8 @@ def test_colour_read_as_grey_is_pils_grey_and_mixed_folders_are_rgb_with_a_warni
     grey = read_imagefolder(tmp_path, channels=1)
     assert np.array_equal(grey.train.images[0, 0].numpy(), np.asarray(Image.fromarray(arrays[0]).convert("L")))
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "test" / "a" / "grey.png")
-    with pytest.warns(UserWarning, match="1 of the 9 images are grey and the others in colour: all are read as RGB"):
+    with pytest.warns(UserWarning, match="1 of the 9 images are grey and the others in colour: all are read as RGB "
+                      r"\(3 channels\); to read them all as grey, train with --channels 1"):
         assert read_imagefolder(tmp_path).test.images.shape[1] == 3
     with pytest.raises(UserError, match="channels must be 1 .* imagefolder only"):
         load_dataset("digits", None, channels=1)

@@ -39,4 +39,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    """The public names, each once (not the imports of this file nor the submodules imported so far)."""
+    return sorted({*__all__, "__version__"})

@@ -158,7 +158,7 @@ def _own_channels(grey: Sequence[bool]) -> int:
         return 1
     if greys:
         warnings.warn(f"{greys} of the {len(grey)} images are grey and the others in colour: all are read as RGB "
-                      "(3 channels); ask for 1 channel (--channels 1) to read them all as grey")
+                      "(3 channels); to read them all as grey, train with --channels 1")
     return 3
 
 

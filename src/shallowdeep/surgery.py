@@ -112,6 +112,15 @@ def _returned(value: Any) -> str:
     return repr(value)
 
 
+def heads_flops(shapes: Sequence[Sequence[int]], num_classes: int,
+                ic: ICDesign | str | Mapping[str, Any] | None = "paper") -> int:
+    """FLOPs per image of all the ICs of design ``ic``, one reading each of ``shapes`` (in exit order), together:
+    what they add to the backbone's cost."""
+    shapes = [tuple(s) for s in shapes]
+    heads = make_heads(ICDesign.parse(ic), shapes, num_classes)
+    return sum(_head_flops(h, s, num_classes, torch.device("cpu")) for h, s in zip(heads, shapes))
+
+
 def _head_flops(head: nn.Module, shape: Sequence[int], num_classes: int, device: torch.device) -> int:
     """FLOPs per image of one head (eval mode), the cascaded logits it reads included."""
     with eval_mode(head):
@@ -332,7 +341,16 @@ def _shapes_and_cumulative_flops(gm: torch.fx.GraphModule, example: torch.Tensor
         node = failed.node
         where = f"layer '{node.target}'" if node.op == "call_module" else f"step '{node.name}'"
         raise UserError(f"the backbone cannot run on inputs of shape {tuple(example.shape[1:])}: {where} "
-                        f"failed with {first_line(failed.error)}") from failed.error
+                        f"failed with {first_line(failed.error)}{_channel_hint(failed.error, example.shape[1])}"
+                        ) from failed.error
     return totals
+
+
+def _channel_hint(error: Exception, channels: int) -> str:
+    """How to read an image folder for a network that takes RGB images given grey ones (or the reverse)."""
+    found = re.search(r"to have (\d+) channels, but got (\d+) channels", str(error))
+    if found and int(found[2]) == channels and found[1] in ("1", "3"):
+        return f"; the network takes {found[1]}-channel images: read the data with --channels {found[1]}"
+    return ""
 
 

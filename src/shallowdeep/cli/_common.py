@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from ..exit_outputs import ExitOutputs
     from ..model_spec import ModelSpec
+    from ..run import Run
 
 SEED_MAX = 2**32 - 1  # 32 bits: seed * 1_000_003 + epoch, the per-epoch generators' seed, stays in torch's 64
 
@@ -138,6 +139,16 @@ def require_samples(outputs: ExitOutputs, split: str, remedy: str) -> None:
         raise UserError(f"the run's {split} split is empty{why}; {remedy}")
 
 
+def require_ics(run_: Run, command: str) -> None:
+    """A one-line error when ``run_`` is a plain CNN (no internal classifier), saying how to add them."""
+    if run_.config["model"].get("exits") == []:
+        data = run_.config.get("data", {})
+        where = f" --data-dir {data['data_dir']}" if data.get("data_dir") else ""
+        raise UserError(f"{command} needs internal classifiers and {run_.path} is a plain CNN: train them on it with "
+                        f"shallowdeep train --mode ic-only --from {run_.path} --dataset {data.get('name')}{where} "
+                        f"--out NEW_RUN, then run shallowdeep {command} NEW_RUN")
+
+
 def show_progress() -> bool:
     """Progress bars on a terminal only, never in CI or logs."""
     return sys.stderr.isatty() and not os.environ.get("CI")
@@ -159,6 +170,17 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def percentages(shares: Sequence[float], decimals: int = 1) -> list[str]:
+    """``shares`` of one whole as percentages with ``decimals`` digits that add up as the shares do (largest
+    remainder rounding: printed exit shares add up to 100)."""
+    unit = 10**decimals
+    scaled = [100 * unit * float(s) for s in shares]
+    units = [math.floor(x) for x in scaled]
+    for i in sorted(range(len(units)), key=lambda i: units[i] - scaled[i])[: round(sum(scaled)) - sum(units)]:
+        units[i] += 1
+    return [f"{u / unit:.{decimals}f}" for u in units]
 
 
 def add_image_arguments(group) -> None:

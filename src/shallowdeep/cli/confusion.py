@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_device_argument, int_range, require_samples, resolve_device, table
+from ._common import add_device_argument, int_range, require_ics, require_samples, resolve_device, table
 
 NAME = "confusion"
 ORDER = 50
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ..run import open_run
 
     run_ = open_run(args.run)
+    require_ics(run_, "confusion")
     device = resolve_device(args.device, args.threads)
     outputs = load_outputs(run_, args.split, device)
     require_samples(outputs, args.split, "score another --split")

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..choices import DATASETS, DEFAULT_MAX_DROP, POLICY_NAMES
 from ..errors import UserError
-from ._common import (add_device_argument, fraction, open_fraction, positive_float, random_seed, require_samples,
-                      resolve_device, table)
+from ._common import (add_device_argument, fraction, open_fraction, percentages, positive_float, random_seed,
+                      require_ics, require_samples, resolve_device, table)
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..run import open_run
 
     run_ = open_run(args.run)
+    require_ics(run_, "early-exit")
     device = resolve_device(args.device, args.threads)
     if args.confidence is not None and args.budget is not None:
         raise UserError("--confidence certifies a maximum accuracy drop; it does not go with --budget")
@@ -237,8 +238,8 @@ def _print(result: dict[str, Any]) -> None:
             rows.append((split if name == "early_exit" else "", name.replace("_", " "), f"{100 * s['accuracy']:.2f}",
                          f"{s['average_flops'] / 1e6:.2f}", f"{s['flops_fraction']:.3f}"))
     print(table(["data", "", "accuracy %", "avg MFLOPs", "of backbone"], rows))
-    shares = "  ".join(f"{n}: {100 * s:.1f}%"
-                       for n, s in zip(result["exit_names"], result["test"]["early_exit"]["exit_shares"]))
+    shares = "  ".join(f"{n}: {s}%"
+                       for n, s in zip(result["exit_names"], percentages(result["test"]["early_exit"]["exit_shares"])))
     print(f"test samples leaving at each exit: {shares}")
     rows = []
     for split in ("calibration", "test"):

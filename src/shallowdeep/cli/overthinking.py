@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..choices import SPLITS
-from ._common import add_device_argument, require_samples, resolve_device, table
+from ._common import add_device_argument, percentages, require_ics, require_samples, resolve_device, table
 
 NAME = "overthinking"
 ORDER = 40
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ..run import open_run
 
     run_ = open_run(args.run)
+    require_ics(run_, "overthinking")
     outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads))
     require_samples(outputs, args.split, "measure another --split")
     exits = run_.config["model"].get("exits")
@@ -41,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
     path = run_.path / "overthinking.json"
 
     dist, destructive = result["wasteful"]["earliest_correct_exit"], result["destructive"]
-    rows = []
+    rows, shares = [], percentages([*dist["shares"], dist["none_share"]], 2)
     for i, name in enumerate(result["exit_names"]):
         per_ic = destructive["per_ic"][i] if i < len(destructive["per_ic"]) else None
-        rows.append((i, name, f"{100 * result['exit_accuracy'][i]:.2f}", f"{100 * dist['shares'][i]:.2f}",
+        rows.append((i, name, f"{100 * result['exit_accuracy'][i]:.2f}", shares[i],
                      per_ic["count"] if per_ic else "-",
                      f"{per_ic['mean_confidence']:.3f}" if per_ic and per_ic["mean_confidence"] is not None else "-"))
-    rows.append(("-", "none", "-", f"{100 * dist['none_share']:.2f}", "-", "-"))
+    rows.append(("-", "none", "-", shares[-1], "-", "-"))
     headers = ["exit", "name", "accuracy %", "earliest correct %", "rescues final's mistakes", "mean confidence"]
     print(table(headers, rows))
     share = destructive["share_of_mistakes"]
