@@ -141,8 +141,8 @@ def test_the_recipe_is_resolved_after_the_backbone_of_the_source_run(tmp_path):
             recipe_changes={"epochs": 1, "batch_size": 64}, device=CPU)
     assert open_run(vgg).config["train"]["recipe"]["weight_decay"] == 5e-4
     seen = []
-    new_run(tmp_path / "ic", data, ModelSpec(), TrainConfig("ic-only", seed=0), recipe_changes={"epochs": 1},
-            pretrained=str(vgg), device=CPU, on_start=seen.append)
+    new_run(tmp_path / "ic", data, ModelSpec(), TrainConfig("ic-only", seed=0),
+            recipe_changes={"epochs": 1, "milestones": []}, pretrained=str(vgg), device=CPU, on_start=seen.append)
     recipe = open_run(tmp_path / "ic").config["train"]["recipe"]
     assert recipe["weight_decay"] == 5e-4 and recipe["optimizer"] == "adam" and recipe["milestones"] == []
     summary = "\n".join(seen[0])
@@ -163,7 +163,7 @@ def test_recipe_values_out_of_range_are_refused_in_one_line(changes, message):
 
 
 def test_resolve_recipe_rescales_milestones_then_applies_the_users_values():
-    r = resolve_recipe("cnn", 1e-4, {"epochs": 10, "lr": 0.01, "momentum": None})
+    r = resolve_recipe("cnn", 1e-4, {"epochs": 10, "lr": 0.01, "momentum": None, "schedule": "paper"})
     assert (r.epochs, r.milestones, r.lr, r.momentum) == (10, [4, 6, 8], 0.01, 0.9)
     assert "lr x0.1 at epochs 4, 6, 8" in describe_recipe(r)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..choices import DATASETS, IC_LOSSES, MODES, NORMALIZATIONS, PAPER_RECIPES
+from ..choices import DATASETS, IC_LOSSES, MODES, NORMALIZATIONS, PAPER_RECIPES, SCHEDULES, SHORT_BELOW, SHORT_RECIPES
 from ..errors import UserError
 from ._common import (add_device_argument, add_image_arguments, add_model_arguments, fraction, image_options,
                       model_spec, non_negative_float, positive_float, positive_int, positive_ints, progress_bar,
@@ -39,7 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe", "Defaults: the paper's recipe for --mode. " + _paper_recipes() +
                              " Batch 128, momentum 0.9; weight decay 5e-4 for vgg16_bn and wrn32_4, 1e-4 for the others "
                              "and your own. "
-                             "A shorter --epochs moves the milestones in proportion.")
+                             "A shorter --epochs moves the milestones in proportion; well below the paper's epochs "
+                             f"(under {SHORT_BELOW:.0%} of them) the short schedule runs instead. " + _short_recipes())
+    g.add_argument("--schedule", choices=SCHEDULES,
+                   help="the paper's (lr x0.1 at the milestones) or the short one (default: short when --epochs is "
+                        "well below the paper's and no --milestones are given, else the paper's)")
     g.add_argument("--epochs", type=positive_int)
     g.add_argument("--lr", type=positive_float)
     g.add_argument("--batch-size", type=positive_int)
@@ -67,9 +71,19 @@ def _paper_recipes() -> str:
                     f"{','.join(map(str, r['milestones']))}." for mode, r in PAPER_RECIPES.items())
 
 
+def _short_recipes() -> str:
+    def one(mode: str, r: dict) -> str:
+        nesterov = ", Nesterov" if r.get("nesterov") else ""
+        smoothing = f", label smoothing {r['label_smoothing']:g}" if r.get("label_smoothing") else ""
+        return (f"{mode}: {r['optimizer']} lr {r['lr']:g}{nesterov}, up over the first {r['warmup']:.0%} of the "
+                f"batches then down to 0{smoothing}.")
+
+    return "Short: " + " ".join(one(mode, r) for mode, r in SHORT_RECIPES.items())
+
+
 def _recipe_changes(args: argparse.Namespace) -> dict:
-    """The recipe settings the user gave (the rest are the paper's)."""
-    return {name: getattr(args, name) for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum",
+    """The recipe settings the user gave (the rest are the recipe's)."""
+    return {name: getattr(args, name) for name in ("schedule", "epochs", "lr", "batch_size", "weight_decay", "momentum",
                                                    "milestones", "optimizer")}
 
 

@@ -1,12 +1,14 @@
-"""The paper's training recipes as plain values, and the schedules derived from them."""
+"""The training recipes as plain values: the paper's, and a short one for runs of a few epochs (chosen by
+itself when the epochs are well below the paper's), with the learning rate of every batch they give."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from ..choices import PAPER_RECIPES
+from ..choices import PAPER_RECIPES, SCHEDULES, SHORT_BELOW, SHORT_RECIPES
 from ..errors import UserError
 
 SDN_TAU_START = 0.01
@@ -15,7 +17,9 @@ USER_BACKBONE_WEIGHT_DECAY = 1e-4  # for a backbone the registry does not know
 
 @dataclass
 class Recipe:
-    """Optimiser and schedule of one training run."""
+    """Optimiser and schedule of one training run. ``schedule`` "paper": the rate is multiplied by ``gamma`` at
+    each milestone; "short": it rises linearly over the first ``warmup`` of all batches, then falls linearly to
+    zero, batch by batch. ``note`` says why the schedule was chosen or how it was adjusted."""
 
     optimizer: str  # "sgd" or "adam"
     lr: float
@@ -25,49 +29,97 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int = 128
+    schedule: str = "paper"  # one of shallowdeep.choices.SCHEDULES
+    warmup: float = 0.0  # short schedule: share of all batches the learning rate rises over
+    label_smoothing: float = 0.0
+    nesterov: bool = False  # SGD only
+    note: str = ""
 
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate during ``epoch`` (0-based)."""
-        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+    def lr_at(self, epoch: int, step: int = 0, steps: int = 1) -> float:
+        """Learning rate at batch ``step`` of the ``steps`` of ``epoch`` (both 0-based)."""
+        if self.schedule == "paper":
+            return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+        total, done = self.epochs * steps, epoch * steps + step
+        warm = round(self.warmup * total)
+        if done < warm:
+            return self.lr * (done + 1) / warm
+        return self.lr * (total - done) / (total - warm)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def default_recipe(mode: str, weight_decay: float) -> Recipe:
-    """The paper's recipe for ``mode``; ``weight_decay`` is the backbone's (5e-4 VGG/WRN, 1e-4 ResNet/MobileNet)."""
+def default_recipe(mode: str, weight_decay: float, schedule: str = "paper") -> Recipe:
+    """The recipe of ``schedule`` for ``mode`` over the paper's epochs; ``weight_decay`` is the backbone's (5e-4
+    VGG/WRN, 1e-4 ResNet/MobileNet)."""
     if mode not in PAPER_RECIPES:
         raise ValueError(f"unknown mode {mode}")
-    paper = PAPER_RECIPES[mode]
-    return Recipe(**{**paper, "milestones": list(paper["milestones"])}, weight_decay=weight_decay)
+    paper = {**PAPER_RECIPES[mode], "milestones": list(PAPER_RECIPES[mode]["milestones"])}
+    if schedule == "short":
+        paper = {**paper, "milestones": [], "schedule": "short", **SHORT_RECIPES[mode]}
+    return Recipe(**paper, weight_decay=weight_decay)
 
 
 def scale_milestones(recipe: Recipe, epochs: int) -> Recipe:
-    """The recipe shortened or stretched to ``epochs``, its milestones moved in proportion."""
-    scaled = [max(1, round(m * epochs / recipe.epochs)) for m in recipe.milestones]
-    return Recipe(**{**recipe.to_dict(), "epochs": epochs, "milestones": [m for m in scaled if m < epochs]})
+    """The recipe shortened or stretched to ``epochs``, its milestones moved in proportion; milestones that
+    fall together or on the last epoch are dropped, with a warning and a note saying which are left."""
+    scaled = sorted(m for m in {max(1, round(m * epochs / recipe.epochs)) for m in recipe.milestones} if m < epochs)
+    note = recipe.note
+    if len(scaled) < len(recipe.milestones):
+        left = f"lr x{recipe.gamma:g} at epoch{'s' if len(scaled) > 1 else ''} {', '.join(map(str, scaled))}" \
+            if scaled else "no drop of the learning rate"
+        adjusted = (f"the paper's milestones ({', '.join(map(str, recipe.milestones))} of {recipe.epochs} epochs) "
+                    f"do not fit apart into {epochs} epoch{'s' if epochs > 1 else ''}: {left}")
+        warnings.warn(adjusted, stacklevel=3)
+        note = f"{note}; {adjusted}" if note else adjusted
+    return Recipe(**{**recipe.to_dict(), "epochs": epochs, "milestones": scaled, "note": note})
+
+
+def choose_schedule(mode: str, changes: Mapping[str, Any]) -> tuple[str, str]:
+    """The schedule of a run and why: the one ``changes`` names, else the short one when its ``epochs`` are
+    fewer than :data:`SHORT_BELOW` of the paper's and it names no milestones, else the paper's."""
+    paper_epochs = PAPER_RECIPES[mode]["epochs"]
+    schedule = changes.get("schedule")
+    if schedule is not None:
+        if schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule '{schedule}': choose one of {', '.join(SCHEDULES)}")
+        if schedule == "short" and "milestones" in changes:
+            raise UserError("--milestones set the paper schedule's drops; the short schedule has none")
+        return schedule, f"named with --schedule {schedule}"
+    epochs = changes.get("epochs", paper_epochs)
+    if "milestones" not in changes and epochs < SHORT_BELOW * paper_epochs:
+        return "short", f"{epochs} epochs are well below the paper's {paper_epochs}; --schedule paper keeps the paper's"
+    return "paper", ""
 
 
 def resolve_recipe(mode: str, weight_decay: float, changes: Mapping[str, Any]) -> Recipe:
-    """The recipe a run trains with: the paper's for ``mode`` and the backbone's ``weight_decay``, with
-    the user's ``changes`` (``epochs`` moves the milestones in proportion; any other field of
-    :class:`Recipe` replaces its value). A one-line error names a value out of range."""
+    """The recipe a run trains with: the paper's or the short one for ``mode`` (see :func:`choose_schedule`)
+    with the backbone's ``weight_decay`` and the user's ``changes`` (``epochs`` moves the paper's milestones in
+    proportion; any other field of :class:`Recipe` replaces its value). A one-line error names a value out of
+    range."""
     changes = {k: v for k, v in changes.items() if v is not None}
     unknown = set(changes) - {f.name for f in fields(Recipe)}
     if unknown:
         raise ValueError(f"not recipe settings: {sorted(unknown)}")
-    recipe = default_recipe(mode, weight_decay)
+    if changes.get("epochs", 1) < 1:
+        raise UserError("--epochs must be at least 1")
+    schedule, note = choose_schedule(mode, changes)
+    recipe = Recipe(**{**default_recipe(mode, weight_decay, schedule).to_dict(), "note": note})
     if "epochs" in changes:
-        if changes["epochs"] < 1:
-            raise UserError("--epochs must be at least 1")
-        recipe = scale_milestones(recipe, changes["epochs"])
+        recipe = scale_milestones(recipe, changes["epochs"]) if schedule == "paper" and "milestones" not in changes \
+            else Recipe(**{**recipe.to_dict(), "epochs": changes["epochs"]})
     recipe = Recipe(**{**recipe.to_dict(), **changes})
+    milestones = recipe.milestones
     checks = (("--lr", recipe.lr, math.isfinite(recipe.lr) and recipe.lr > 0, "a positive number"),
               ("--weight-decay", recipe.weight_decay, math.isfinite(recipe.weight_decay) and recipe.weight_decay >= 0,
                "zero or a positive number"),
               ("--momentum", recipe.momentum, 0 <= recipe.momentum < 1, "from 0 up to (not including) 1"),
               ("--batch-size", recipe.batch_size, recipe.batch_size >= 1, "at least 1"),
-              ("--milestones", recipe.milestones, all(m >= 1 for m in recipe.milestones), "epochs from 1 on"))
+              ("--milestones", milestones, all(m >= 1 for m in milestones) and milestones == sorted(set(milestones)),
+               "distinct epochs from 1 on, in increasing order"),
+              ("warmup", recipe.warmup, 0 <= recipe.warmup < 1, "from 0 up to (not including) 1"),
+              ("label smoothing", recipe.label_smoothing, 0 <= recipe.label_smoothing < 1,
+               "from 0 up to (not including) 1"))
     for option, value, ok, rule in checks:
         if not ok:
             raise UserError(f"{option} {value} is out of range: it must be {rule}")
@@ -76,9 +128,16 @@ def resolve_recipe(mode: str, weight_decay: float, changes: Mapping[str, Any]) -
 
 def describe_recipe(recipe: Recipe) -> str:
     """One line saying how a run will train."""
-    drops = f", lr x{recipe.gamma:g} at epochs {', '.join(map(str, recipe.milestones))}" if recipe.milestones else ""
-    return (f"{recipe.optimizer} lr {recipe.lr:g}, {recipe.epochs} epochs{drops}, batch {recipe.batch_size}, "
-            f"weight decay {recipe.weight_decay:g}")
+    if recipe.schedule == "short":
+        warmup = f"up over the first {100 * recipe.warmup:g} % of the batches, then " if recipe.warmup else ""
+        drops = f", short schedule: lr {warmup}down to 0, batch by batch"
+    else:
+        epochs = f"epoch{'s' if len(recipe.milestones) > 1 else ''} {', '.join(map(str, recipe.milestones))}"
+        drops = f", lr x{recipe.gamma:g} at {epochs}" if recipe.milestones else ""
+    momentum = f", {'Nesterov ' if recipe.nesterov else ''}momentum {recipe.momentum:g}" if recipe.optimizer == "sgd" else ""
+    smoothing = f", label smoothing {recipe.label_smoothing:g}" if recipe.label_smoothing else ""
+    return (f"{recipe.optimizer} lr {recipe.lr:g}{momentum}, {recipe.epochs} epochs{drops}{smoothing}, "
+            f"batch {recipe.batch_size}, weight decay {recipe.weight_decay:g}")
 
 
 def sdn_ic_weights(epoch: int, epochs: int, final_weights: list[float]) -> list[float]:

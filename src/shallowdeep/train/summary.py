@@ -25,6 +25,7 @@ def start_summary(net: SDN, splits: Splits, cfg: TrainConfig, device: torch.devi
         lines.append(f"exits: {len(net.ics)} '{spec.ic.design}' ICs at {shares} % of the backbone's cost "
                      f"(heads included)")
     lines.append(f"mode: {cfg.mode}; recipe: {describe_recipe(cfg.recipe)}")
+    lines.append(f"schedule: {cfg.recipe.schedule}" + (f" ({cfg.recipe.note})" if cfg.recipe.note else ""))
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     lines.append(f"device: {device}{threads}; batches: {source}")
     if resumed_at is not None and resumed_at[0] >= cfg.recipe.epochs:  # ZTW: only the ensemble is left

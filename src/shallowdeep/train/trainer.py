@@ -65,7 +65,8 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     r = cfg.recipe
     if r.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
+                               nesterov=r.nesterov and r.momentum > 0)
     if r.optimizer == "adam":
         return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
     raise UserError(f"unknown optimizer '{r.optimizer}': choose sgd or adam")
@@ -82,15 +83,20 @@ def exit_weights(cfg: TrainConfig, num_ics: int, epoch: int) -> list[float]:
     return sdn_ic_weights(epoch, cfg.recipe.epochs, cfg.ic_weights) + [1.0]
 
 
-def weighted_loss(outputs: list[torch.Tensor], y: torch.Tensor, weights: list[float]) -> torch.Tensor:
+def weighted_loss(outputs: list[torch.Tensor], y: torch.Tensor, weights: list[float],
+                  label_smoothing: float = 0.0) -> torch.Tensor:
     """Sum over exits of weight times cross-entropy (exits of weight 0 are skipped)."""
-    return sum(w * F.cross_entropy(out.float(), y) for out, w in zip(outputs, weights) if w)
+    return sum(w * F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+               for out, w in zip(outputs, weights) if w)
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[dict[str, bool]]:
-    """Turn SIGTERM and SIGINT into a flag the loop checks after every batch."""
+def stop_on_signals(enabled: bool = True) -> Iterator[dict[str, bool]]:
+    """Turn SIGTERM and SIGINT into a flag the loop checks after every batch (when ``enabled``)."""
     flag = {"stop": False}
+    if not enabled:
+        yield flag
+        return
 
     def handler(signum: int, frame: Any) -> None:
         flag["stop"] = True
@@ -148,7 +154,7 @@ def needs_ensemble(net: SDN, state: State, epochs: int) -> bool:
 
 
 def train(
-    run_dir: Path,
+    run_dir: Path | None,
     net: SDN,
     source: BatchSource,
     cfg: TrainConfig,
@@ -161,7 +167,8 @@ def train(
 ) -> list[dict[str, Any]]:
     """Train ``net`` in ``cfg.mode`` on the batches of ``source`` and return the metrics of every epoch.
 
-    The run folder receives a checkpoint and the metrics log after every epoch (rank 0 only). A ZTW
+    The run folder receives a checkpoint and the metrics log after every epoch (rank 0 only); without one
+    (None) nothing is written and signals are left alone. The learning rate is set before every batch. A ZTW
     ensemble is fitted once the epochs are done, on IC logits the source computes.
     """
     dist = dist or DistInfo()
@@ -171,11 +178,11 @@ def train(
     optimizer = make_optimizer(trainable_parameters(net, cfg.mode), cfg)
     state = restore(resume_from, net, optimizer) if resume_from else State(metrics=[])
     source.start(net, cfg, device, dist)
-    with stop_on_signals() as flag:
-        for epoch in range(state.epoch, cfg.recipe.epochs):
+    writes = run_dir is not None and dist.is_main
+    recipe = cfg.recipe
+    with stop_on_signals(run_dir is not None) as flag:
+        for epoch in range(state.epoch, recipe.epochs):
             started = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.recipe.lr_at(epoch)
             weights = exit_weights(cfg, len(net.ics), epoch)
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout
             stream, steps, info = source.epoch(epoch)
@@ -191,14 +198,16 @@ def train(
                     continue  # replaying the part of the epoch done before the interruption
                 if step == state.step and state.rng is not None:
                     torch.set_rng_state(state.rng)
-                loss = weighted_loss(source.outputs(inputs), y, weights)
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr_at(epoch, step, steps)
+                loss = weighted_loss(source.outputs(inputs), y, weights, recipe.label_smoothing)
                 check_finite(loss, epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach()
                 if flag["stop"]:
-                    if dist.is_main:
+                    if writes:
                         save_checkpoint(run_dir, net, optimizer,
                                         State(epoch, step + 1, state.metrics, torch.get_rng_state()))
                     raise Interrupted(f"stopped at epoch {epoch + 1}, batch {step + 1}; checkpoint saved")
@@ -207,18 +216,19 @@ def train(
                 loss_sum /= dist.world_size
             done_steps = max(1, steps - state.step)
             state.step, state.rng = 0, None
-            row = {"epoch": epoch + 1, "lr": cfg.recipe.lr_at(epoch), "train_loss": loss_sum.item() / done_steps,
+            row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch, max(0, steps - 1), steps),
+                   "train_loss": loss_sum.item() / done_steps,
                    "loss_weights": weights, **info, "seconds": round(time.perf_counter() - started, 2)}
             holdout = source.holdout_accuracies()
             if holdout:
                 row["holdout_acc"] = holdout
             state.metrics.append(row)
             state.epoch = epoch + 1
-            if dist.is_main:
+            if writes:
                 save_checkpoint(run_dir, net, optimizer, state)
-                if on_epoch is not None:
-                    on_epoch(row)
-    if needs_ensemble(net, state, cfg.recipe.epochs):
+            if dist.is_main and on_epoch is not None:
+                on_epoch(row)
+    if needs_ensemble(net, state, recipe.epochs):
         stopped = "stopped before the exit ensemble was fitted, after the last epoch; checkpoint saved"
         if flag["stop"]:  # a signal came after the last batch
             raise Interrupted(stopped)
@@ -228,6 +238,6 @@ def train(
             loss = fit_ensemble(net, logits, labels)
         state.ensemble_trained = True
         state.metrics[-1].update(ensemble_loss=loss, ensemble_seconds=round(time.perf_counter() - started, 2))
-        if dist.is_main:
+        if writes:
             save_checkpoint(run_dir, net, optimizer, state)
     return state.metrics

@@ -1,0 +1,102 @@
+"""Short runs: the short schedule is chosen for few epochs (or named), its learning rate is set batch by batch,
+the paper's milestones never collapse, and a run on the short schedule resumes to the same weights."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import warnings
+
+import pytest
+import torch
+
+from shallowdeep.choices import PAPER_RECIPES
+from shallowdeep.errors import UserError
+from shallowdeep.model_spec import ModelSpec
+from shallowdeep.run import open_run
+from shallowdeep.train import Interrupted, TrainConfig, config_from_dict, new_run, resume_run
+from shallowdeep.train.recipe import describe_recipe, resolve_recipe
+
+DATA = {"name": "digits", "data_dir": None, "holdout_fraction": 0.1, "seed": 0, "limit": 96}
+CPU = torch.device("cpu")
+TINY = """
+from torch import nn
+
+def make():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+"""
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_few_epochs_take_the_short_schedule_unless_the_paper_is_named_or_milestones_given():
+    short = resolve_recipe("cnn", 1e-4, {"epochs": 4})
+    assert (short.schedule, short.milestones, short.nesterov, short.label_smoothing) == ("short", [], True, 0.2)
+    assert "4 epochs are well below the paper's 100; --schedule paper keeps the paper's" == short.note
+    assert "short schedule: lr up over the first 20 % of the batches, then down to 0" in describe_recipe(short)
+    assert resolve_recipe("cnn", 1e-4, {"epochs": 30}).schedule == "paper"
+    assert resolve_recipe("cnn", 1e-4, {"epochs": 4, "milestones": [3]}).milestones == [3]
+    assert resolve_recipe("ic-only", 1e-4, {"epochs": 4}).optimizer == "adam"
+    assert resolve_recipe("cnn", 1e-4, {"schedule": "short"}).epochs == 100
+    with pytest.raises(UserError, match="the short schedule has none"):
+        resolve_recipe("cnn", 1e-4, {"schedule": "short", "milestones": [2]})
+    with pytest.raises(UserError, match=re.escape("--milestones [3, 3] is out of range: it must be distinct")):
+        resolve_recipe("cnn", 1e-4, {"epochs": 5, "milestones": [3, 3]})
+
+
+def test_the_short_schedule_warms_up_then_decays_to_zero_batch_by_batch():
+    r = resolve_recipe("sdn", 1e-4, {"epochs": 2})
+    rates = [r.lr_at(epoch, step, 5) for epoch in range(2) for step in range(5)]
+    assert rates == pytest.approx([0.1, 0.2, 0.2, 0.175, 0.15, 0.125, 0.1, 0.075, 0.05, 0.025])
+    assert max(rates) == r.lr and min(rates) > 0
+
+
+@pytest.mark.parametrize("mode", sorted(PAPER_RECIPES))
+def test_the_paper_milestones_never_collapse_or_repeat_for_any_number_of_epochs(mode):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epochs in range(1, 3 * PAPER_RECIPES[mode]["epochs"]):
+            m = resolve_recipe(mode, 1e-4, {"epochs": epochs, "schedule": "paper"}).milestones
+            assert m == sorted(set(m)) and all(1 <= e < epochs for e in m), (epochs, m)
+        squeezed = resolve_recipe("cnn", 1e-4, {"epochs": 2, "schedule": "paper"})
+    assert squeezed.milestones == [1] and "do not fit apart into 2 epochs: lr x0.1 at epoch 1" in squeezed.note
+    assert any("do not fit apart" in str(w.message) for w in caught)
+
+
+def test_a_short_run_says_why_and_resumes_to_the_same_weights(tmp_path):
+    (tmp_path / "tiny.py").write_text(TINY)
+    model = ModelSpec(factory=f"{tmp_path / 'tiny.py'}:make", exits=("2", "5"))
+    cfg = TrainConfig("sdn", seed=1)
+    changes = {"epochs": 2, "batch_size": 32}
+    seen = []
+    new_run(tmp_path / "whole", DATA, model, cfg, recipe_changes=changes, device=CPU,
+            on_start=seen.append)
+    assert "schedule: short (2 epochs are well below the paper's 100; --schedule paper keeps the paper's)" in seen[0]
+
+    def stop_in_epoch_2(stream, total, desc):
+        for i, item in enumerate(stream):
+            if desc.startswith("epoch 2") and i == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield item
+
+    with pytest.raises(Interrupted):
+        new_run(tmp_path / "cut", DATA, model, cfg, recipe_changes=changes, device=CPU,
+                progress=stop_in_epoch_2)
+    resume_run(tmp_path / "cut", device=CPU)
+    whole, cut = (open_run(tmp_path / name).load_checkpoint()["model"] for name in ("whole", "cut"))
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    recipe = open_run(tmp_path / "cut").config["train"]["recipe"]
+    assert (recipe["schedule"], recipe["warmup"], recipe["label_smoothing"]) == ("short", 0.2, 0.2)
+    rates = [row["lr"] for row in open_run(tmp_path / "cut").read_metrics()]
+    assert rates[1] < rates[0] < recipe["lr"]
+
+
+def test_a_run_recorded_before_schedules_keeps_the_paper_schedule():
+    old = {"mode": "cnn", "recipe": {"optimizer": "sgd", "lr": 0.1, "epochs": 4, "milestones": [1, 2, 3]}}
+    recipe = config_from_dict(old).recipe
+    assert (recipe.schedule, recipe.label_smoothing, recipe.nesterov) == ("paper", 0.0, False)
+    assert recipe.lr_at(2, 7, 10) == pytest.approx(0.001)
