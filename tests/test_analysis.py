@@ -290,6 +290,25 @@ def test_confusion_command_writes_what_the_library_computes(tiny_run, capsys):
     assert "AUROC" in capsys.readouterr().out
 
 
+def test_confusion_is_normalised_on_a_seeded_sample_of_the_training_split(tiny_run, capsys):
+    run = open_run(tiny_run)
+    total = len(load_outputs(run, "train").labels)
+    results = {}
+    for samples in ("300", "0"):  # a sample, then the whole split
+        assert main(["confusion", str(tiny_run), "--device", "cpu", "--train-samples", samples]) == 0
+        results[samples] = json.loads((tiny_run / "confusion.json").read_text())
+    sample, full = results["300"], results["0"]
+    assert sample["normalised_on"] == f"a seeded random sample of 300 of the {total} training images (un-augmented)"
+    assert sample["normalisation"]["train_samples"] == 300 and sample["normalisation"]["sample_seed"] == 0
+    assert full["normalised_on"] == f"the {total} training images (un-augmented)"
+    assert full["normalisation"]["train_samples"] == full["normalisation"]["train_split_images"] == total
+    assert abs(sample["auroc"]["confusion"] - full["auroc"]["confusion"]) <= 0.005  # equal: the order is kept
+    assert sample["normalisation"]["mean"] == pytest.approx(full["normalisation"]["mean"], rel=0.1)
+    assert sample["normalisation"]["std"] == pytest.approx(full["normalisation"]["std"], rel=0.1)
+    assert f"normalised on a seeded random sample of 300 of the {total}" in capsys.readouterr().out
+    assert (tiny_run / "outputs" / "train-sample-300-seed-0.npz").is_file()
+
+
 def test_commands_turn_bad_input_into_one_line(tmp_path, tiny_run, capsys):
     assert main(["overthinking", str(tmp_path / "missing")]) == 2
     with pytest.raises(SystemExit) as exc:  # refused by the parser, before any work

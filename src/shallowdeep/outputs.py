@@ -9,6 +9,7 @@ Every analysis reads these instead of running the network again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import zipfile
 from pathlib import Path
@@ -83,6 +84,20 @@ def load_outputs(run: Run, split: str, device: str | torch.device = "cpu", split
         atomic_save_npz(path, **arrays, **{k: np.str_(v) for k, v in stamp.items()},
                         content_sha256=np.str_(_content_hash(arrays)))
     return outputs
+
+
+def load_train_sample(run: Run, samples: int, seed: int = 0, device: str | torch.device = "cpu",
+                      splits: Splits | None = None) -> ExitOutputs:
+    """The per-exit outputs of a seeded random sample of ``samples`` images of the run's un-augmented training
+    split (all of it when ``samples`` is 0 or the split holds no more), computed once and cached as
+    ``RUN/outputs/train-sample-<samples>-seed-<seed>.npz``."""
+    splits = splits or load_run_data(run)
+    count = len(splits.train)
+    if samples == 0 or samples >= count:
+        return load_outputs(run, "train", device, splits)
+    index = np.sort(np.random.default_rng(seed).choice(count, samples, replace=False))
+    sample = dataclasses.replace(splits, train=splits.train.subset(torch.from_numpy(index)))
+    return load_outputs(run, "train", device, sample, name=f"train-sample-{samples}-seed-{seed}")
 
 
 def _content_hash(arrays: dict[str, np.ndarray]) -> str:
