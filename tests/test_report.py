@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import re
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 from PIL import Image
 
 from shallowdeep.analysis import confusion_report, overthinking
@@ -22,11 +25,31 @@ from shallowdeep.outputs import load_outputs
 from shallowdeep.report import write_report
 from shallowdeep.report.cells import pct
 from shallowdeep.report.context import balanced_sample
+from shallowdeep.report.plots import tradeoff_figure
 from shallowdeep.report.sections import confusion_caveat
 from shallowdeep.run import open_run
 from test_analysis import shared_tiny_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_report.sh"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+# Run in the page, it measures the layout and appends it as JSON: the window's width, the page's, each table box's
+# (scrolled, shown) widths, and each cell where a number and its % sign fall on different lines.
+MEASURE = """
+const together = cell => [...cell.childNodes].filter(node => node.nodeType === 3).every(node =>
+  [...node.data.matchAll(/\\d\\s%/g)].every(m => {
+    const range = document.createRange();
+    range.setStart(node, m.index);
+    range.setEnd(node, m.index + 3);
+    return new Set([...range.getClientRects()].map(box => Math.round(box.top))).size === 1; }));
+const measured = {window: window.innerWidth, page: document.documentElement.scrollWidth,
+  tables: [...document.querySelectorAll("div.table")].map(box => [box.scrollWidth, box.clientWidth]),
+  split: [...document.querySelectorAll("td, th")].filter(cell => !together(cell)).map(cell => cell.textContent)};
+const out = document.createElement("pre");
+out.id = "measured";
+out.textContent = JSON.stringify(measured);
+document.body.append(out);
+"""
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +58,35 @@ def reported_run(tmp_path_factory) -> tuple[Path, Path]:
     return run, write_report(run, gradcam_samples=3, examples_per_exit=3)
 
 
+@pytest.fixture(scope="module")
+def results_report(reported_run, tmp_path_factory) -> Path:
+    """The report of a copy of the run holding four early-exit results (two policies, a budget, one calibrated on a
+    test half): the report's widest tables."""
+    source, _ = reported_run
+    run = tmp_path_factory.mktemp("results") / "run"
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("report"))
+    for options in ([], ["--budget", "0.5"], ["--policy", "entropy"], ["--calibrate-on", "test-half"]):
+        assert main(["early-exit", str(run), "--device", "cpu", *options]) == 0
+    return write_report(run, gradcam_samples=1, examples_per_exit=2)
+
+
 def embedded_images(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 
 
 def tables(page: str) -> list[tuple[list[str], list[list[str]]]]:
-    """Every table of the page as (headers, rows of cells), unescaped."""
+    """Every table of the page as (headers, rows of cells), unescaped; a header under a group title is named
+    "title header" (e.g. "calibration cost")."""
     found = []
-    for head, body in re.findall(r"<table><thead><tr>(.*?)</tr></thead><tbody>(.*?)</tbody></table>", page):
-        cells = lambda row: [html.unescape(c) for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", row)]  # noqa: E731
-        found.append((cells(head), [cells(row) for row in re.findall(r"<tr>(.*?)</tr>", body)]))
+    for head, body in re.findall(r"<table><thead>(.*?)</thead><tbody>(.*?)</tbody></table>", page):
+        cells = lambda row: [html.unescape(c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)]  # noqa: E731
+        top, *low = re.findall(r"<tr>(.*?)</tr>", head)
+        lower = iter(cells(low[0]) if low else [])
+        headers = []
+        for span, title in re.findall(r'<th(?: colspan="(\d+)")?[^>]*>(.*?)</th>', top):
+            title = html.unescape(title)
+            headers += [f"{title} {next(lower)}" for _ in range(int(span))] if span else [title]
+        found.append((headers, [cells(row) for row in re.findall(r"<tr>(.*?)</tr>", body)]))
     return found
 
 
@@ -58,7 +100,7 @@ def assert_costs_are_percentages(page: str) -> None:
     """Every cost in every table reads as a percentage of the backbone with one decimal."""
     costs = [row[i] for headers, rows in tables(page) for row in rows for i, h in enumerate(headers) if "cost" in h]
     costs += [row[-1] for _, rows in tables(page) for row in rows if "cost" in row[0]]
-    assert costs and all(re.fullmatch(r"\d+\.\d %|–", c) for c in costs), costs
+    assert costs and all(re.fullmatch(r"\d+\.\d\u00a0%|–", c) for c in costs), costs
 
 
 def test_report_is_one_self_contained_page(reported_run):
@@ -141,12 +183,12 @@ def test_report_shows_every_early_exit_result_and_the_backdoor(reported_run, tmp
     assert curves == {"maxprob policy": stored[keys[0]]["curve"]["test"]["accuracy"],
                       "entropy policy": stored[keys[1]]["curve"]["test"]["accuracy"]}
     rows = table_with(page, "#")
-    assert [row[:3] for row in rows] == [["1", "cost at most 50.0 %", "maxprob"],
+    assert [row[:3] for row in rows] == [["1", f"cost at most {pct(0.5)}", "maxprob"],
                                          ["2", "accuracy drop at most 1.0 points", "entropy"],
                                          ["3", "accuracy drop at most 1.0 points", "maxprob"]]
     for row, key in zip(rows, keys):
         result = stored[key]
-        assert row[3] == "holdout split of digits (144 images)" and row[4] == f"{result['threshold']:.4g}"
+        assert row[3] == f"{result['threshold']:.4g}" and row[4] == "holdout split of digits (144 images)"
         assert row[5:] == [pct(result["calibration"]["early_exit"]["accuracy"]),
                            pct(result["calibration"]["early_exit"]["flops_fraction"]),
                            f"test ({result['test']['samples']} images)",
@@ -232,8 +274,84 @@ def test_report_command(reported_run, tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 2
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
-                    reason="chromium is not installed")
+def test_the_test_half_note_is_attached_to_its_results_only(results_report):
+    run = results_report.parents[1]
+    page = results_report.read_text()
+    rows = table_with(page, "#")
+    assert [row[2] for row in rows] == ["maxprob", "entropy", "maxprob", "maxprob"]
+    assert [row[7] for row in rows] == ["test (359 images)"] * 3 + ["other half of test (180 images)\u00a0*"]
+    half = json.loads(next((run / "early-exit").glob("*test-half*.json")).read_text())["calibrated_on"]
+    section = page[page.index('id="early-exit"'):page.index('id="overthinking"')]
+    notes = [html.unescape(note) for note in re.findall(r'<p class="note">(.*?)</p>', section)]
+    assert notes == [f"* Results marked *: {half['note']} (seed {half['seed']})."]
+
+
+def test_budgets_with_the_same_best_threshold_share_a_row(results_report):
+    run = results_report.parents[1]
+    rows = table_with(results_report.read_text(), "policy")
+    shown: dict[tuple[str, int], list[list[str]]] = {}  # (policy, images): rows of budget, accuracy, cost, threshold
+    for policy, data, *cells in rows:
+        shown.setdefault((policy, int(re.search(r"\((\d+) images\)", data)[1])), []).append(cells)
+    for result in map(json.loads, map(Path.read_text, (run / "early-exit").glob("*.json"))):
+        for split in ("calibration", "test"):
+            entries = result[split]["best_at_budget"]
+            group = shown[(result["policy"], result[split]["samples"])]
+            assert all(a[1:] != b[1:] for a, b in zip(group, group[1:])), f"a row repeats the one above: {group}"
+            budgets = [e["budget"] for e in entries]
+            expanded = [(pct(budget), *figures) for span, *figures in group for budget in spanned(span, budgets)]
+            assert expanded == [(pct(e["budget"]), pct(e["accuracy"]), pct(e["flops_fraction"]),
+                                 f"{e['threshold']:.4g}" if e["accuracy"] is not None else e["reason"])
+                                for e in entries]
+    assert any("–" in cells[0] for group in shown.values() for cells in group), "no budgets merged: nothing tested"
+
+
+def spanned(span: str, budgets: list[float]) -> list[float]:
+    """The budgets a budget cell covers: one ("50.0 %") or a range ("50.0–100.0 %")."""
+    low, _, high = span.removesuffix("\u00a0%").partition("–")
+    return [b for b in budgets if float(low) <= round(100 * b, 1) <= float(high or low)]
+
+
+def test_numbers_of_chosen_points_close_together_cover_neither_each_other_nor_a_point():
+    pile = [(0.16, 0.8), (0.162, 0.801), (0.16, 0.8), (0.165, 0.799), (0.17, 0.8)]  # within 1 %, two the same
+    chosen = [(f"result {i}", point) for i, point in enumerate(pile)] + [("far", (0.6, 0.9))]
+    figure = tradeoff_figure([("maxprob policy", [0.05, 0.2, 0.6, 1.0], [0.6, 0.8, 0.9, 0.91])], (0.3, 0.97),
+                             (1.0, 0.91), chosen)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    axes = figure.axes[0]
+    labels = sorted(axes.texts, key=lambda text: int(text.get_text()))
+    assert [(text.get_text(), text.xy) for text in labels] == [(str(n), (100 * x, 100 * y))
+                                                               for n, (_, (x, y)) in enumerate(chosen, 1)]
+    boxes = [Text.get_window_extent(text, renderer) for text in labels]  # the number's own (not its line's)
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2)), "two numbers overlap"
+    points = axes.transData.transform([(100 * x, 100 * y) for _, (x, y) in chosen])
+    assert not any(box.contains(*point) for box in boxes for point in points), "a number covers a point"
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [800, 1280])
+def test_report_fits_the_window_in_headless_chromium(results_report, tmp_path, width):
+    page = results_report.read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", f"<script>{MEASURE}</script></body>"))
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},2000", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    measured = json.loads(html.unescape(re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S)[1]))
+    assert measured["window"] == width and measured["page"] <= width
+    assert len(measured["tables"]) == len(tables(page)) and all(shown >= scrolled > 0
+                                                                for scrolled, shown in measured["tables"]), measured
+    assert measured["split"] == []
+    shot = tmp_path / "shot.png"
+    done = subprocess.run(["bash", str(SCRIPT), str(results_report), str(shot), "3000", str(width)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    image = np.asarray(Image.open(shot).convert("L"))
+    assert image.shape == (3000, width) and (image < 200).mean() > 0.02
+    assert (image[:, -20:] > 250).all(), "something is drawn in the page's right margin"
+
+
+@needs_chromium
 def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     run, _ = reported_run
     shot = tmp_path / "shot.png"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+PERCENT = "\u00a0%"  # a no-break space before the sign: a table never wraps % onto a line of its own
+
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts as one level with dotted keys; lists of plain values kept, other lists summarised."""
@@ -33,4 +35,4 @@ def fmt(value: Any) -> str:
 
 def pct(value: float | None) -> str:
     """A share as a percentage with one decimal."""
-    return "–" if value is None else f"{100 * value:.1f} %"
+    return "–" if value is None else f"{100 * value:.1f}{PERCENT}"

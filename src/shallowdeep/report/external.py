@@ -10,7 +10,7 @@ import numpy as np
 from ..exits import MaxProb, curve
 from ..io import read_json
 from . import html, plots
-from .cells import flatten, fmt, pct
+from .cells import PERCENT, flatten, fmt, pct
 from .context import ReportContext
 from .tradeoff import read_early_exits, stored_curve, stored_point
 
@@ -86,38 +86,45 @@ def _curves(results: list[dict[str, Any]]) -> list[tuple[str, list[float], list[
 
 
 def _early_exit_tables(results: list[dict[str, Any]], numbers: dict[str, int]) -> list[str]:
-    """Every result in one table, the final head and the oracle on the same data, the test-half notes and the
-    best accuracy within each budget; a result without the usual layout as a table of all its values."""
-    rows, odd = [], []
-    for result in results:
-        row = _result_row(result, numbers.get(result["key"]))
-        if row is None:
-            scalars = [(k, fmt(v)) for k, v in flatten(result).items() if not isinstance(v, list)]
-            odd.append(html.table([f"early-exit result {result['key']}", "value"], scalars))
-        else:
-            rows.append(row)
+    """Every result in one table, a result's note (a test half chose its threshold) marked on its row and given
+    under the table, the final head and the oracle on the same data and the best accuracy within each budget; a
+    result with neither calibration nor test figures as a table of all its values."""
+    tabled = [r for r in results if _has_figures(r)]
+    marks = {note: "*" * i for i, note in enumerate(sorted({_note(r) for r in tabled} - {""}), 1)}
     parts = []
-    if rows:
+    if tabled:
+        rows = [_result_row(r, numbers.get(r["key"]), marks.get(_note(r), "")) for r in tabled]
         parts += [html.paragraph("Every early-exit result kept in the run (RUN/early-exit/), numbered as on the plot; "
                                  "each threshold was chosen on its calibration data and is reported on other data. "
                                  "Cost: average FLOPs per image as a share of the backbone's."),
-                  html.table(["#", "criterion", "policy", "calibration data", "threshold", "calibration accuracy",
-                              "calibration cost", "reported on", "accuracy", "cost"], rows),
+                  html.table(["#", "criterion", "policy", "threshold", "data", "accuracy", "cost", "data", "accuracy",
+                              "cost"], rows, [(None, 4), ("calibration", 3), ("reported", 3)]),
+                  *(html.paragraph(f"{mark} Results marked {mark}: {note}", note=True) for note, mark in marks.items()),
                   html.table(["data", "final head accuracy", "oracle accuracy", "oracle cost"],
                              _reference_rows(results))]
-    notes = sorted({(str(_source(r)["note"]), fmt(_source(r).get("seed"))) for r in results if _source(r).get("note")})
-    parts += [html.paragraph(f"{note.capitalize()} (seed {seed}).", note=True) for note, seed in notes]
+    odd = [html.table([f"early-exit result {r['key']}", "value"],
+                      [(k, fmt(v)) for k, v in flatten(r).items() if not isinstance(v, list)])
+           for r in results if not _has_figures(r)]
     return parts + odd + _budget_table(results)
 
 
-def _result_row(result: dict[str, Any], number: int | None) -> tuple[str, ...] | None:
-    """The table row of one result; None when it holds neither calibration nor test figures."""
+def _has_figures(result: dict[str, Any]) -> bool:
+    return any(stored_point(result, "early_exit", split) is not None for split in ("calibration", "test"))
+
+
+def _result_row(result: dict[str, Any], number: int | None, mark: str) -> tuple[str, ...]:
+    """The table row of one result, ``mark`` (if any) after the data it is reported on."""
     calibration, reported = (stored_point(result, "early_exit", split) for split in ("calibration", "test"))
-    if calibration is None and reported is None:
-        return None
+    reported_on = f"{_reported_on(result)}\u00a0{mark}" if mark else _reported_on(result)
     return (fmt(number), _criterion(result.get("criterion")), str(result.get("policy", "?")),
-            _calibration_data(result), fmt(result.get("threshold")),
-            *_figures(calibration), _reported_on(result), *_figures(reported))
+            fmt(result.get("threshold")), _calibration_data(result), *_figures(calibration),
+            reported_on, *_figures(reported))
+
+
+def _note(result: dict[str, Any]) -> str:
+    """The note the early-exit command left on how the result's data were split, with its seed; '' if none."""
+    note = _source(result).get("note")
+    return f"{note} (seed {fmt(_source(result).get('seed'))})." if note else ""
 
 
 def _reference_rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -190,12 +197,26 @@ def _budget_table(results: list[dict[str, Any]]) -> list[str]:
             if (policy, data) in seen or not isinstance(table, list):
                 continue
             seen.add((policy, data))
-            for entry in (e for e in table if isinstance(e, dict)):
-                reached = entry.get("accuracy") is not None
-                rows.append((policy, data, pct(entry.get("budget")), pct(entry.get("accuracy")),
-                             pct(entry.get("flops_fraction")),
-                             fmt(entry.get("threshold")) if reached else str(entry.get("reason", "–"))))
+            rows += [(policy, data, *row) for row in _budget_rows([e for e in table if isinstance(e, dict)])]
     if not rows:
         return []
-    caption = "Best accuracy within a share of the backbone's cost, over every threshold of the policy:"
+    caption = ("Best accuracy within a share of the backbone's cost, over every threshold of the policy (budgets "
+               "with the same best threshold share a row):")
     return [html.paragraph(caption), html.table(["policy", "data", "budget", "accuracy", "cost", "threshold"], rows)]
+
+
+def _budget_rows(entries: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(budget, accuracy, cost, threshold or why none fits) cells of one best-at-budget table, one row per run of
+    consecutive budgets with the same outcome, its budgets as a range (75.0–100.0 %)."""
+    runs: list[tuple[list[Any], tuple[Any, ...]]] = []
+    for entry in entries:
+        outcome = tuple(entry.get(k) for k in ("accuracy", "flops_fraction", "threshold", "reason"))
+        if runs and runs[-1][1] == outcome:
+            runs[-1][0].append(entry.get("budget"))
+        else:
+            runs.append(([entry.get("budget")], outcome))
+    rows = []
+    for budgets, (accuracy, cost, threshold, reason) in runs:
+        span = pct(budgets[0]) if len(budgets) == 1 else f"{pct(budgets[0]).removesuffix(PERCENT)}–{pct(budgets[-1])}"
+        rows.append((span, pct(accuracy), pct(cost), fmt(threshold) if accuracy is not None else str(reason or "–")))
+    return rows

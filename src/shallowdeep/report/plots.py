@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 ACCENT, SECOND, MUTED = "#1f77b4", "#d62728", "#7f7f7f"
 CURVE_COLORS = (ACCENT, "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 MARKERS = ("o", "D", "^", "v", "P", "X", "h", "<", ">", "p")
-LABEL_OFFSETS = ((5, 5), (5, -12), (-12, 5), (-12, -12))  # points apart: numbers of nearby points do not overlap
+LABEL_FONTSIZE = 8  # of the numbers beside chosen points, in points
+LABEL_GAP = (30, 14)  # pixels right or left of and above or below its point where a number starts
+MARKER_RADIUS = 6  # pixels: half the width of a chosen point's marker, which no number covers
 COST_AXIS = "cost (% of the backbone's FLOPs)"
 
 
@@ -45,8 +48,15 @@ def accuracy_cost_plot(names: Sequence[str], relative_cost: Sequence[float],
 
 def tradeoff_plot(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]], oracle: tuple[float, float],
                   final: tuple[float, float], chosen: Sequence[tuple[str, tuple[float, float]]] = ()) -> bytes:
+    """:func:`tradeoff_figure` as PNG."""
+    return png_bytes(tradeoff_figure(curves, oracle, final, chosen))
+
+
+def tradeoff_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]], oracle: tuple[float, float],
+                    final: tuple[float, float], chosen: Sequence[tuple[str, tuple[float, float]]] = ()) -> Figure:
     """Early-exit accuracy/cost curves ((label, cost fractions, accuracies) each) with the final head alone, the
-    oracle and every chosen threshold ((label, (cost fraction, accuracy)) each), marked and numbered in order."""
+    oracle and every chosen threshold ((label, (cost fraction, accuracy)) each), marked and numbered in order:
+    each number in a box of its own, joined to its point by a line, however close the points lie."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 3.6))
@@ -58,12 +68,39 @@ def tradeoff_plot(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]]
     for number, ((label, point), marker) in enumerate(zip(chosen, cycle(MARKERS)), 1):
         ax.plot(*_percent(point), marker, color="black", markerfacecolor="none", markersize=8,
                 label=f"{number}: {label}")
-        ax.annotate(str(number), _percent(point), textcoords="offset points", fontsize=8,
-                    xytext=LABEL_OFFSETS[(number - 1) % len(LABEL_OFFSETS)])
     ax.set(xlabel=f"average {COST_AXIS}", ylabel="accuracy (%)", title="Early exit: accuracy against cost")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
-    return png_bytes(fig)
+    _number_points(ax, [_percent(point) for _, point in chosen])
+    return fig
+
+
+def _number_points(ax: Axes, points: Sequence[tuple[float, float]]) -> None:
+    """Write 1, 2, ... beside ``points`` (data coordinates), no number over another or over a point: each starts
+    below right of its point (above in the axes' lower half, left in their right fifth, next to the legend) and
+    moves on up or down past the numbers already written (those of the points ahead of it that way), a thin line
+    joining it to its point."""
+    if not points:
+        return
+    ax.set(xlim=ax.get_xlim(), ylim=ax.get_ylim())  # fixed now, so pixel positions stay as computed
+    pixels = ax.transData.transform(np.asarray(points, dtype=float))
+    middle, right = ax.transAxes.transform((0.5, 0.5))[1], ax.transAxes.transform((0.8, 0))[0]
+    per_point = 72 / ax.figure.dpi
+    box_height = LABEL_FONTSIZE / per_point + 4
+    obstacles = [(xy, np.array([MARKER_RADIUS, MARKER_RADIUS])) for xy in pixels]
+    steps = np.where(pixels[:, 1] < middle, 1.0, -1.0)  # up from the lower half, down from the upper
+    sides = np.where(pixels[:, 0] > right, -1.0, 1.0)
+    rows = np.round(pixels[:, 1] / box_height)  # points less than a number's height apart count as level: in order
+    for i in sorted(range(len(points)), key=lambda i: (steps[i], steps[i] * rows[i], i)):
+        half = np.array([(0.6 * len(str(i + 1)) * LABEL_FONTSIZE / per_point + 4) / 2, box_height / 2])
+        centre = pixels[i] + np.array([sides[i] * LABEL_GAP[0], steps[i] * LABEL_GAP[1]])
+        while any((np.abs(centre - xy) < half + size).all() for xy, size in obstacles):
+            centre[1] += steps[i] * 2
+        obstacles.append((centre, half))
+        ax.annotate(str(i + 1), points[i], xytext=tuple((centre - pixels[i]) * per_point), textcoords="offset points",
+                    ha="center", va="center", fontsize=LABEL_FONTSIZE,
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
+                    arrowprops={"arrowstyle": "-", "color": MUTED, "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4})
 
 
 def earliest_exit_plot(names: Sequence[str], shares: Sequence[float], none_share: float) -> bytes:
