@@ -9,8 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import shallowdeep
 from shallowdeep.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,6 +30,7 @@ def small():
 NO_TORCH = """
 import sys
 sys.modules["torch"] = None  # import torch now fails
+import shallowdeep
 from shallowdeep.cli import main
 code = main(sys.argv[1:])
 assert "torch" not in [name.split(".")[0] for name, module in sys.modules.items() if module is not None], "torch loaded"
@@ -55,19 +58,31 @@ def exported(tmp_path_factory, one_thread):
     return root
 
 
-def test_predict_on_an_export_runs_without_torch_and_answers_as_the_run(exported, capsys):
+def _first_ic_median(root) -> str:
+    """The median largest probability of the first IC on the images: a threshold sending half of them out there."""
+    clf = shallowdeep.load(root / "run")
+    with torch.no_grad():
+        first = clf.net.exit_logits(clf.preprocess(clf.read_images([root / "images"])[1]))[0]
+    return f"{float(torch.softmax(first, 1).amax(1).median()):.6f}"
+
+
+@pytest.mark.parametrize("rule", ["calibrated", "threshold"])
+def test_predict_on_an_export_runs_without_torch_and_answers_as_the_run(exported, rule):
     root = exported
-    assert main(["predict", str(root / "run"), str(root / "images"), "--from-early-exit",
-                 "--output", str(root / "run.json")]) == 0
-    expected = json.loads((root / "run.json").read_text())
+    run_rule = ["--from-early-exit"] if rule == "calibrated" else ["--threshold", _first_ic_median(root)]
+    export_rule = [] if rule == "calibrated" else run_rule
+    assert main(["predict", str(root / "run"), str(root / "images"), *run_rule,
+                 "--output", str(root / f"run-{rule}.json"), "--force"]) == 0
+    expected = json.loads((root / f"run-{rule}.json").read_text())
+    if rule == "threshold":
+        assert len({r["exit"] for r in expected}) > 1  # the threshold sends images out at several exits
     for batch in ("1", "8"):
-        out = root / f"export-{batch}.json"
+        out = root / f"export-{rule}-{batch}.json"
         done = subprocess.run([sys.executable, "-c", NO_TORCH, "predict", str(root / "export"), str(root / "images"),
-                               "--batch-size", batch, "--output", str(out), "--threads", "1"],
+                               *export_rule, "--batch-size", batch, "--output", str(out), "--threads", "1"],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         rows = json.loads(out.read_text())
-        assert len({r["exit"] for r in rows}) > 1  # the calibrated threshold sends images out at several exits
         for ours, theirs in zip(rows, expected, strict=True):
             assert {k: ours[k] for k in theirs} == theirs
             assert 0 < ours["confidence"] <= 1
