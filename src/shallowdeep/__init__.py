@@ -9,7 +9,9 @@ The public API, imported on first use (``import shallowdeep`` itself loads neith
 - :func:`calibrate`, :class:`ExitOutputs`, :func:`simulate`, :func:`summarise`: thresholds on stored outputs;
 - :class:`ModelSpec`, :func:`open_run`: a run folder's network and records;
 - :func:`load` (run folder): a :class:`Classifier`, its trained SDN in eval mode with the preprocessing of its
-  data, for new images (tensors, or files and folders with ``predict_files``).
+  data, for new images (tensors, or files and folders with ``predict_files``);
+- :func:`train_sdn` (net, train_loader, mode, epochs, ...): train an attached SDN's ICs (backbone frozen) or
+  the whole SDN on your ``DataLoader``, optionally into a run folder.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ _EXPORTS = {
     "attach": "surgery", "SDN": "sdn", "ModelSpec": "model_spec", "open_run": "run",
     "load": "classifier", "Classifier": "classifier", "ExitOutputs": "exit_outputs",
     "early_exit": "exits", "calibrate": "exits", "simulate": "exits", "summarise": "exits",
+    "train_sdn": "train.from_loader",
 }
 _SUBPACKAGES = ("models",)
 __all__ = sorted([*_EXPORTS, *_SUBPACKAGES])

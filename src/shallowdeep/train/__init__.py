@@ -21,7 +21,7 @@ from ..sdn import SDN
 from .distributed import DistInfo
 from .ic_cache import fits_in_budget
 from .recipe import USER_BACKBONE_WEIGHT_DECAY, Recipe, TrainConfig, default_recipe, describe_recipe, resolve_recipe
-from .sources import CachedMaps, StreamedImages
+from .sources import CachedMaps, LoaderBatches, StreamedImages
 from .summary import start_summary
 from .trainer import Interrupted, Progress, train
 
@@ -129,6 +129,9 @@ def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.dev
     """Continue an interrupted run from its last checkpoint, with the settings it was started with, on
     ``splits`` (default: the data set its config names; a study that trained on other data passes it)."""
     run = open_run(run_dir)
+    if run.config.get("trained_from") == LoaderBatches.TRAINED_FROM:
+        raise UserError(f"{run_dir} was trained from Python on your own loader (train_sdn); the command line "
+                        "cannot continue it")
     ckpt = run.load_checkpoint()
     cfg = config_from_dict(run.config.get("train"))
     ensemble_pending = "ensemble.bias" in ckpt.get("model", {}) and not ckpt.get("ensemble_trained")

@@ -5,18 +5,22 @@
 - :class:`CachedMaps`: IC-only on one process: the frozen backbone's reduced maps of each augmented
   view of the training set are computed once (:mod:`shallowdeep.train.ic_cache`) and the ICs are
   trained on them, so a 25-epoch run costs a few backbone passes instead of 25.
+- :class:`LoaderBatches`: the batches of a user's ``DataLoader``, already augmented and normalised, through
+  the whole network (:func:`shallowdeep.train_sdn`).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 from torch import nn
 
 from ..data import Splits
 from ..data.loader import batches, num_batches
+from ..errors import UserError
+from ..eval_mode import eval_mode
 from ..sdn import SDN
 from .distributed import DistInfo
 from .ensemble import streamed_ic_logits
@@ -80,21 +84,64 @@ class StreamedImages:
         with self.autocast():
             return self.model(inputs)
 
-    @torch.no_grad()
     def holdout_accuracies(self, batch_size: int = 512) -> list[float]:
         if not len(self.splits.holdout):
             return []
-        self.net.eval()
-        correct, total = None, 0
-        for x, y in batches(self.splits.holdout, self.splits.spec, batch_size, train=False, shuffle=False,
-                            device=self.device):
-            hits = torch.stack([(o.argmax(1) == y).sum() for o in self.net.exit_logits(x)])
-            correct = hits if correct is None else correct + hits
-            total += len(y)
-        return (correct.double() / total).tolist()
+        return exit_accuracies(self.net, batches(self.splits.holdout, self.splits.spec, batch_size, train=False,
+                                                 shuffle=False, device=self.device))
 
     def ensemble_inputs(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         return streamed_ic_logits(self.net, self.splits.train, self.splits, self.device)
+
+
+@torch.no_grad()
+def exit_accuracies(net: SDN, stream: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """What share of the batches of ``stream`` every exit answers right (``net`` left in eval mode)."""
+    net.eval()
+    correct, total = None, 0
+    for x, y in stream:
+        hits = torch.stack([(o.argmax(1) == y).sum() for o in net.exit_logits(x)])
+        correct = hits if correct is None else correct + hits
+        total += len(y)
+    return [] if correct is None else (correct.double() / total).tolist()
+
+
+class LoaderBatches(StreamedImages):
+    """The batches ``(images, labels)`` of a user's loaders, taken as they come (augmented and normalised by
+    the user's pipeline) and moved to the device. An epoch's order is the loader's: drawn from the global
+    random generator, which the training loop seeds per epoch, unless the loader has its own generator."""
+
+    TRAINED_FROM = "dataloader"  # a run's config records it: the command line cannot replay these batches
+
+    def __init__(self, train: Iterable, holdout: Iterable | None = None) -> None:
+        try:
+            self.steps = len(train)
+        except TypeError:
+            raise UserError("the training loader must have a length (a DataLoader over a data set with one)") from None
+        self.train, self.holdout = train, holdout
+
+    def epoch(self, epoch: int) -> Epoch:
+        return self._moved(self.train), self.steps, {}
+
+    def _moved(self, loader: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), \
+                y.to(self.device, torch.long, non_blocking=True)
+
+    def holdout_accuracies(self) -> list[float]:
+        return [] if self.holdout is None else exit_accuracies(self.net, self._moved(self.holdout))
+
+    @torch.no_grad()
+    def ensemble_inputs(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        chunks: list[list[torch.Tensor]] = [[] for _ in self.net.ics]
+        labels = []
+        with eval_mode(self.net):
+            for x, y in self._moved(self.train):
+                for store, out in zip(chunks, self.net(x)[:-1]):
+                    store.append(out.float())
+                labels.append(y)
+        return [torch.cat(c) for c in chunks], torch.cat(labels)
 
 
 class CachedMaps:
