@@ -213,3 +213,61 @@ def test_an_image_written_over_in_place_with_its_old_mtime_is_decoded_again(tmp_
     assert after.test.images[0].sum() == 0 and before.test.images[0].sum() > 0
     assert split_fingerprint(after.test) != split_fingerprint(before.test)
     assert len(list((root / ".shallowdeep-cache").glob("imagefolder-*.npz"))) == 1  # the stale file is gone
+
+
+# 7. paths
+
+
+def test_a_runs_data_is_found_from_any_folder_and_moved_with_data_dir(tmp_path, capsys, monkeypatch):
+    (tmp_path / "tiny.py").write_text(TINY_BACKBONE.replace("nn.Linear(8, 10)", "nn.Linear(8, 2)"))  # two classes
+    image_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--backbone", "tiny.py:make", "--exits", "1,3", "--mode", "sdn", "--dataset", "imagefolder",
+                 "--data-dir", "data", "--holdout-fraction", "0.25", "--epochs", "1", "--batch-size", "4",
+                 "--out", "run"]) == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["data"]["data_dir"] == str(tmp_path / "data")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["evaluate", str(run)]) == 0
+
+    (tmp_path / "data").rename(tmp_path / "moved")
+    one_line_error(capsys, main(["evaluate", str(run)]), f"trained on the data in {tmp_path / 'data'}, which does "
+                   "not exist here; pass --data-dir")
+    moved = ["--data-dir", str(tmp_path / "moved")]
+    for command in ("evaluate", "overthinking", "confusion", "early-exit"):
+        assert main([command, str(run), *moved]) == 0, command
+    assert main(["evaluate", str(run), *moved, "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert len(list((tmp_path / "cache").glob("imagefolder-*.npz"))) == 1
+    (tmp_path / "a-file").write_text("not a folder")
+    one_line_error(capsys, main(["evaluate", str(run), *moved, "--cache-dir", str(tmp_path / "a-file")]),
+                   "cannot write the data cache", "--cache-dir DIR")
+
+    other = tmp_path / "other"  # the same layout and classes, another test image: not the run's data
+    shutil.copytree(tmp_path / "moved", other)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(other / "test" / "b" / "1.bmp")
+    for command in ("evaluate", "report", "confusion"):
+        one_line_error(capsys, main([command, str(run), "--data-dir", str(other)]),
+                       f"the test split of {other} (4 images) is not the one run {run} was trained")
+
+
+def test_an_unreadable_folder_is_reported_as_such(run_dir, tmp_path, capsys, monkeypatch):
+    import os
+
+    from shallowdeep.images import image_files
+
+    photos = tmp_path / "photos" / "locked"
+    photos.mkdir(parents=True)
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(photos / "digit.png")
+    scandir = os.scandir
+
+    def locked(path="."):  # as a folder without read permission answers (tests run as root, who may read all)
+        if Path(path) == photos:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", locked)
+    with pytest.raises(UserError, match=f"cannot read folder {photos}: permission denied"):
+        image_files([tmp_path / "photos"])
+    one_line_error(capsys, main(["predict", str(run_dir), str(tmp_path / "photos")]), "permission denied",
+                   str(photos))

@@ -198,6 +198,20 @@ def decode_images(paths: Sequence[Path], image_size: int | None = None, channels
     return out
 
 
+def _images_under(folder: Path) -> list[Path]:
+    """The image files under ``folder``, recursively, sorted by path (hidden files and folders left out); a folder
+    that cannot be read is a one-line error saying why."""
+    def unreadable(err: OSError) -> None:
+        raise UserError(f"cannot read folder {err.filename}: {(err.strerror or str(err)).lower()}")
+
+    found = []
+    for top, folders, names in os.walk(folder, onerror=unreadable):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(top, name) for name in names if not name.startswith(".")
+                  and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES and Path(top, name).is_file()]
+    return sorted(found)
+
+
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
     """The image files ``paths`` name, in order: a file as it is, a folder's image files (recursively, sorted by
     path, hidden files and folders left out); a one-line error for a path that does not exist or a folder
@@ -205,8 +219,7 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = _images_under(path)
             if not found:
                 raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
             files += found

@@ -19,7 +19,7 @@ import torch
 
 from .choices import SPLITS
 from .data import ImageData, Splits, load_dataset
-from .data.fingerprint import check_same_task, split_fingerprint
+from .data.fingerprint import check_same_data, check_same_task, split_fingerprint
 from .data.loader import batches
 from .errors import UserError
 from .exit_outputs import ExitOutputs
@@ -41,9 +41,21 @@ def compute_outputs(net: SDN, data: ImageData, splits: Splits, device: str | tor
     return ExitOutputs(logits, data.labels.numpy().astype(np.int64), np.asarray(net.exit_flops, np.int64), net.backbone_flops)
 
 
-def load_run_data(run: Run, **overrides) -> Splits:
-    """The data set a run was trained on, as its config records it (``overrides`` replace entries)."""
-    return load_dataset(**{**run.data_options, **overrides})
+def load_run_data(run: Run, data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> Splits:
+    """The data set a run was trained on, as its config records it; from ``data_dir`` when given (where the data
+    is now: each split must still be the one the run recorded), with decoded images cached under ``cache_dir`` when
+    given (else where the run's config says, by default beside the data)."""
+    options = run.data_options
+    recorded = options.get("data_dir")
+    if data_dir is None and recorded and not options.get("download") and not Path(recorded).expanduser().is_dir():
+        raise UserError(f"{run.path} was trained on the data in {recorded}, which does not exist here; pass "
+                        "--data-dir where that data is now")
+    overrides = {key: value for key, value in (("data_dir", data_dir), ("cache_dir", cache_dir)) if value is not None}
+    splits = load_dataset(**{**options, **overrides})
+    if data_dir is not None:  # a poisoned run recorded its poisoned training split
+        names = ("holdout", "test") if run.config.get("poison") else ("train", "holdout", "test")
+        check_same_data(run.config.get("data_record"), splits, names, f"run {run.path}", str(data_dir))
+    return splits
 
 
 def checkpoint_fingerprint(run: Run) -> str:

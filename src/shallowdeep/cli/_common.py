@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from argparse import ArgumentTypeError
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from ..choices import ARCHS, IC_DESIGNS, IC_WIDTH, LIBRARIES
@@ -21,6 +22,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     import torch
 
+    from ..data import Splits
     from ..exit_outputs import ExitOutputs
     from ..model_spec import ModelSpec
     from ..run import Run
@@ -196,6 +198,29 @@ def add_image_arguments(group) -> None:
 def image_options(args) -> dict:
     """The data options :func:`add_image_arguments` gives, as the run records them."""
     return {**({"image_size": args.image_size} if args.image_size else {}), "channels": args.channels}
+
+
+def add_cache_argument(group) -> None:
+    """``--cache-dir``: where a command that reads a data set keeps its decoded images."""
+    group.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help="folder of the decoded-image cache (default: DATA_DIR/.shallowdeep-cache, or "
+                            "~/.cache/shallowdeep where that cannot be written)")
+
+
+def add_run_data_arguments(parser) -> None:
+    """``--data-dir`` and ``--cache-dir`` of a command that reads a run's data (see :func:`run_data`)."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="where the run's data set is now, if it moved (default: where it was trained); it must be the "
+                        "same data: each split is checked against the run's record")
+    add_cache_argument(g)
+
+
+def run_data(run_: Run, args) -> Splits:
+    """The data set ``run_`` was trained on, from ``--data-dir`` and cached in ``--cache-dir`` when given."""
+    from ..outputs import load_run_data
+
+    return load_run_data(run_, args.data_dir, args.cache_dir)
 
 
 def add_model_arguments(parser, from_help: str | None) -> None:

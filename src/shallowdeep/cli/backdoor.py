@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from ..choices import BASELINES, DATASETS, DEFAULT_MAX_DROP, DEFAULT_RATE, NORMALIZATIONS, PLACES, POLICY_NAMES
 from ..errors import UserError
-from ._common import (add_device_argument, add_image_arguments, add_model_arguments, fraction, image_options,
-                      model_spec, non_negative_float, open_fraction, positive_float, positive_int, progress_bar,
-                      random_seed, resolve_device, table)
+from ._common import (add_cache_argument, add_device_argument, add_image_arguments, add_model_arguments, fraction,
+                      image_options, model_spec, non_negative_float, open_fraction, positive_float, positive_int,
+                      progress_bar, random_seed, resolve_device, table)
 
 if TYPE_CHECKING:
     from ..backdoor import StudySettings
@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="cifar10")
     g.add_argument("--data-dir", type=Path, help="folder holding the data set")
+    add_cache_argument(g)
     g.add_argument("--holdout-fraction", type=open_fraction, default=0.1,
                    help="share of the training set held out (clean; chooses the early-exit threshold)")
     g.add_argument("--limit", type=positive_int, help="train on the first N training images only")
@@ -107,9 +108,10 @@ def _settings(args: argparse.Namespace) -> StudySettings:
     model = model_spec(args)
     weight_decay = args.weight_decay if args.weight_decay is not None else \
         paper_weight_decay(resolve_backbone(model, args.pretrained)[0])
-    data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
+    data = {"name": args.dataset, "data_dir": str(args.data_dir.expanduser().resolve()) if args.data_dir else None,
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
-            "normalization": args.normalization, **image_options(args)}
+            "normalization": args.normalization, **image_options(args),
+            **({"cache_dir": str(args.cache_dir.expanduser().resolve())} if args.cache_dir else {})}
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     poison = PoisonConfig(TriggerSpec(args.pattern, args.trigger_size, args.position), target, args.poison_rate,
                           args.seed)

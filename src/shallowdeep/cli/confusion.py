@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_device_argument, int_range, require_ics, require_samples, resolve_device, table
+from ._common import (add_device_argument, add_run_data_arguments, int_range, require_ics, require_samples,
+                      resolve_device, run_data, table)
 
 NAME = "confusion"
 ORDER = 50
@@ -30,19 +31,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-samples", type=int_range(0), default=TRAIN_SAMPLES, metavar="N",
                    help="training images (a seeded random sample, un-augmented) whose scores' mean and standard "
                         "deviation normalise the score; 0: the whole training split")
+    add_run_data_arguments(p)
     add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import confusion_report
     from ..io import atomic_write_json
-    from ..outputs import load_outputs, load_run_data, load_train_sample
+    from ..outputs import load_outputs, load_train_sample
     from ..run import open_run
 
     run_ = open_run(args.run)
     require_ics(run_, "confusion")
     device = resolve_device(args.device, args.threads)
-    splits = load_run_data(run_)
+    splits = run_data(run_, args)
     outputs = load_outputs(run_, args.split, device, splits)
     require_samples(outputs, args.split, "score another --split")
     train = load_train_sample(run_, args.train_samples, SAMPLE_SEED, device, splits)

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..choices import DATASETS, DEFAULT_MAX_DROP, POLICY_NAMES
 from ..errors import UserError
-from ._common import (add_device_argument, fraction, open_fraction, percentages, positive_float, random_seed,
-                      require_ics, require_samples, resolve_device, table)
+from ._common import (add_device_argument, add_run_data_arguments, fraction, open_fraction, percentages,
+                      positive_float, random_seed, require_ics, require_samples, resolve_device, run_data, table)
 
 if TYPE_CHECKING:
     import torch
@@ -66,13 +66,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calibration-data", type=Path, metavar="DIR", help="a separate labelled data set")
     g.add_argument("--calibration-dataset", choices=DATASETS, default="imagefolder",
                    help="format of --calibration-data")
-    p.add_argument("--data-dir", type=Path, help="where the run's data set is now, if it moved")
+    add_run_data_arguments(p)
     add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..exits import POLICIES, calibrate, certify, early_exit_result
-    from ..outputs import load_outputs, load_run_data
+    from ..outputs import load_outputs
     from ..report.tradeoff import EARLY_EXIT_JSON
     from ..run import open_run
 
@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrate_on == "test-half" and (args.calibration_data is not None or args.calibration_split is not None):
         raise UserError("--calibrate-on test-half takes its calibration data from the test split; drop "
                         "--calibration-data and --calibration-split")
-    overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
-    run_splits = load_run_data(run_, **overrides) if overrides or args.calibration_data else None
+    run_splits = run_data(run_, args)
     if args.calibrate_on == "test-half":
         calibration, test, calibrated_on = _test_halves(run_, args, run_splits, device)
     else:
@@ -133,7 +132,7 @@ def _write(run_path: Path, result: dict[str, Any]) -> Path:
     return path
 
 
-def _test_halves(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
+def _test_halves(run_: Run, args: argparse.Namespace, run_splits: Splits,
                  device: torch.device) -> tuple[ExitOutputs, ExitOutputs, dict[str, Any]]:
     """The calibration half and the evaluation half of the run's test outputs, and their record."""
     from ..exits import HALVES_NOTE, index_hash, split_halves
@@ -149,7 +148,7 @@ def _test_halves(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
         "calibration_indices_sha256": index_hash(calibration), "note": HALVES_NOTE}
 
 
-def _calibration_outputs(run_: Run, args: argparse.Namespace, run_splits: Splits | None,
+def _calibration_outputs(run_: Run, args: argparse.Namespace, run_splits: Splits,
                          device: torch.device) -> tuple[ExitOutputs, dict[str, Any]]:
     """The per-exit outputs that choose the threshold, and a record of where they came from."""
     from ..data import Splits, load_dataset

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_device_argument, require_samples, resolve_device, table
+from ._common import add_device_argument, add_run_data_arguments, require_samples, resolve_device, run_data, table
 
 NAME = "evaluate"
 ORDER = 20
@@ -16,6 +16,7 @@ HELP = "per-exit accuracy and cost of a run"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--split", choices=("test", "holdout"), default="test")
+    add_run_data_arguments(p)
     add_device_argument(p)
 
 
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..run import open_run
 
     run_ = open_run(args.run)
-    outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads))
+    outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads), run_data(run_, args))
     require_samples(outputs, args.split, "evaluate another --split")
     rows = exit_table(outputs, run_.config["model"]["exits"])
     result = {"run": str(args.run), "split": args.split, "images": int(len(outputs.labels)),

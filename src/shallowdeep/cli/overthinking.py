@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 
 from ..choices import SPLITS
-from ._common import add_device_argument, percentages, require_ics, require_samples, resolve_device, table
+from ._common import (add_device_argument, add_run_data_arguments, percentages, require_ics, require_samples,
+                      resolve_device, run_data, table)
 
 NAME = "overthinking"
 ORDER = 40
@@ -23,6 +24,7 @@ HELP = "wasteful and destructive overthinking of a run's exits"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--split", choices=SPLITS, default="test", help="data split to measure ('train' is un-augmented)")
+    add_run_data_arguments(p)
     add_device_argument(p)
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_ = open_run(args.run)
     require_ics(run_, "overthinking")
-    outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads))
+    outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads), run_data(run_, args))
     require_samples(outputs, args.split, "measure another --split")
     exits = run_.config["model"].get("exits")
     names = [*exits, "final"] if isinstance(exits, list) and len(exits) == len(outputs.exit_flops) - 1 else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_device_argument, int_range, random_seed, resolve_device
+from ._common import add_device_argument, add_run_data_arguments, int_range, random_seed, resolve_device
 
 NAME = "report"
 ORDER = 60
@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples", type=int_range(0, 100), default=8, metavar="N",
                    help="example images per earliest correct exit")
     p.add_argument("--seed", type=random_seed, default=0, help="draws the example and Grad-CAM images")
+    add_run_data_arguments(p)
     add_device_argument(p)
 
 
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report import write_report
 
     page = write_report(args.run, resolve_device(args.device, args.threads), gradcam_samples=args.gradcam,
-                        examples_per_exit=args.examples, seed=args.seed)
+                        examples_per_exit=args.examples, seed=args.seed, data_dir=args.data_dir,
+                        cache_dir=args.cache_dir)
     print(f"wrote {page}")
     return 0

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ..choices import DATASETS, IC_LOSSES, MODES, NORMALIZATIONS, PAPER_RECIPES, SCHEDULES, SHORT_BELOW, SHORT_RECIPES
 from ..errors import UserError
-from ._common import (add_device_argument, add_image_arguments, add_model_arguments, fraction, image_options,
-                      model_spec, non_negative_float, positive_float, positive_int, positive_ints, progress_bar,
-                      random_seed, resolve_device)
+from ._common import (add_cache_argument, add_device_argument, add_image_arguments, add_model_arguments, fraction,
+                      image_options, model_spec, non_negative_float, positive_float, positive_int, positive_ints,
+                      progress_bar, random_seed, resolve_device)
 
 NAME = "train"
 ORDER = 10
@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(fetched by the library)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="cifar10")
-    g.add_argument("--data-dir", type=Path, help="folder holding the data set")
+    g.add_argument("--data-dir", type=Path, help="folder holding the data set (recorded as an absolute path; with "
+                   "--resume: where the run's data is now, if it moved)")
+    add_cache_argument(g)
     g.add_argument("--download", action="store_true", help="download the data set when it is missing")
     g.add_argument("--holdout-fraction", type=fraction, default=0.1, help="share of the training set held out")
     g.add_argument("--limit", type=positive_int, help="train on the first N training images only")
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda row: print(_epoch_line(row), flush=True)) if dist.is_main else None
     try:
         if args.resume:
-            metrics = resume_run(args.out, _resume_splits(args.out), device=device, dist=dist, progress=progress_bar,
+            metrics = resume_run(args.out, _resume_splits(args), device=device, dist=dist, progress=progress_bar,
                                  on_start=_print_lines, on_epoch=log)
         else:
             metrics = _start(args, device, dist, log)
@@ -108,13 +110,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume_splits(out: Path):
-    """The data a run to resume was trained on: a backdoor study's poisoned copy, else None (its config's)."""
+def _resume_splits(args: argparse.Namespace):
+    """The data a run to resume was trained on: a backdoor study's poisoned copy, else its config's (from
+    --data-dir, cached in --cache-dir, when given)."""
+    from ..outputs import load_run_data
     from ..run import open_run
 
-    run = open_run(out)
+    run = open_run(args.out)
     if not run.config.get("poison"):
-        return None
+        return load_run_data(run, args.data_dir, args.cache_dir)
     from ..backdoor import poisoned_run_data
 
     return poisoned_run_data(run)[0]
@@ -136,7 +140,8 @@ def _start(args: argparse.Namespace, device, dist, log):
                       ic_loss=args.ic_loss)
     data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
             "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
-            "download": args.download, "normalization": args.normalization, **image_options(args)}
+            "download": args.download, "normalization": args.normalization, **image_options(args),
+            **({"cache_dir": str(args.cache_dir.expanduser().resolve())} if args.cache_dir else {})}
     return new_run(args.out, data, model, cfg, recipe_changes=_recipe_changes(args), pretrained=args.pretrained,
                    device=device, dist=dist, progress=progress_bar, on_start=_print_lines, on_epoch=log,
                    library_weights=args.library_weights)

@@ -45,3 +45,18 @@ def check_same_task(record: dict[str, Any] | None, splits: Splits, where: str) -
     if shape != record["input_shape"]:
         raise UserError(f"this data set's images are {'x'.join(map(str, shape))}, but {where} was trained on "
                         f"{'x'.join(map(str, record['input_shape']))}")
+
+
+def check_same_data(record: dict[str, Any] | None, splits: Splits, names: tuple[str, ...], where: str,
+                    source: str) -> None:
+    """A one-line error when a split of ``names`` in ``splits`` (read from ``source``) is not the one whose size
+    and fingerprint the ``record`` of ``where`` kept (None: a run from before records were kept, not checked)."""
+    for name in names:
+        kept = ((record or {}).get("splits") or {}).get(name)
+        if not kept:
+            continue
+        data = getattr(splits, name)
+        if len(data) != kept["images"] or split_fingerprint(data) != kept["fingerprint"]:
+            raise UserError(f"the {name} split of {source} ({len(data)} images) is not the one {where} was trained "
+                            f"and measured on ({kept['images']} images, another fingerprint); give the folder of "
+                            "that data set")

@@ -21,16 +21,18 @@ FIGURES = ("accuracy", "tradeoff", "earliest_exit", "examples", "destructive", "
 
 
 def write_report(run_dir: str | Path, device: str | torch.device = "cpu", gradcam_samples: int = 6,
-                 examples_per_exit: int = 8, seed: int = 0) -> Path:
+                 examples_per_exit: int = 8, seed: int = 0, data_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None) -> Path:
     """Write ``RUN/report/index.html`` (images embedded, no network needed), its PNGs and ``report.json``.
 
     Per-exit outputs of the train (un-augmented), holdout and test splits are computed once and
     cached in the run; the network itself runs only for Grad-CAM of ``gradcam_samples`` test images.
     The example images and the Grad-CAM samples are drawn at random with ``seed``, balanced over classes.
+    ``data_dir`` and ``cache_dir``: see :func:`shallowdeep.outputs.load_run_data`.
     Returns the path of the page.
     """
     run = open_run(run_dir)
-    splits = load_run_data(run)
+    splits = load_run_data(run, data_dir, cache_dir)
     device = torch.device(device)
     outputs = {name: load_outputs(run, name, device, splits=splits) for name in ("train", "holdout", "test")}
     ctx = ReportContext(run, run.path / REPORT_DIR, splits, outputs, device, seed)

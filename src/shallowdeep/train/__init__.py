@@ -16,6 +16,7 @@ from ..data import Splits, load_dataset
 from ..data.fingerprint import check_same_task, data_record
 from ..errors import UserError
 from ..model_spec import ModelSpec
+from ..outputs import load_run_data
 from ..run import CONFIG, check_new_run_folder, create_run, open_run, run_lock
 from ..sdn import SDN
 from .distributed import DistInfo
@@ -92,6 +93,8 @@ def _new_run(run_dir: Path, data: dict[str, Any], model: ModelSpec, cfg: TrainCo
         raise UserError(f"--mode {cfg.mode} trains internal classifiers, but no exit is given for one (exits=())")
     if cfg.mode == "ic-only" and pretrained is None and not library_weights:
         raise UserError("IC-only training needs a trained backbone: pass --from RUN_OR_WEIGHTS")
+    if data.get("data_dir"):  # recorded in full: later commands may run in any folder
+        data = {**data, "data_dir": str(Path(data["data_dir"]).expanduser().resolve())}
     model, state = resolve_backbone(model, pretrained)
     if cfg.recipe is None:
         cfg = replace(cfg, recipe=resolve_recipe(cfg.mode, paper_weight_decay(model), recipe_changes or {}))
@@ -137,7 +140,7 @@ def resume_run(run_dir: Path, splits: Splits | None = None, *, device: torch.dev
     ensemble_pending = "ensemble.bias" in ckpt.get("model", {}) and not ckpt.get("ensemble_trained")
     if int(ckpt.get("epoch", 0)) >= cfg.recipe.epochs and not ensemble_pending:
         raise UserError(f"{run_dir} has finished all {cfg.recipe.epochs} epochs; nothing to resume")
-    splits = splits or load_dataset(**run.data_options)
+    splits = splits or load_run_data(run)
     check_same_task(run.config.get("data_record"), splits, f"run {run_dir}")
     dist = dist or DistInfo()
     with run_lock(run_dir) if dist.is_main else nullcontext():
