@@ -6,8 +6,11 @@ a run's data is found from any folder (``--data-dir`` on every command that read
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -16,14 +19,17 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+import shallowdeep.train.trainer as trainer
+from shallowdeep.classifier import load
 from shallowdeep.cli import main
+from shallowdeep.data import load_dataset
+from shallowdeep.data.fingerprint import split_fingerprint
 from shallowdeep.errors import UserError
-from shallowdeep.images import decode_images
+from shallowdeep.images import decode_images, image_files
 
 from test_analysis import shared_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CPU = torch.device("cpu")
 
 
 @pytest.fixture
@@ -91,8 +97,6 @@ def test_a_truncated_image_is_refused_naming_the_file(run_dir, tmp_path, capsys,
 
 
 def test_predict_scales_unambiguous_pixels_and_refuses_the_rest_naming_the_fix(run_dir, tmp_path):
-    from shallowdeep.classifier import load
-
     clf = load(run_dir)
     pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 3, 16, 16), np.uint8))
     expected = clf.predict(pixels).indices.tolist()
@@ -143,11 +147,6 @@ def make():
 
 
 def test_an_interrupted_ztw_ensemble_fit_says_resume_and_is_never_used_unfitted(tmp_path, capsys, monkeypatch):
-    import os
-    import signal
-
-    import shallowdeep.train.trainer as trainer
-
     (tmp_path / "tiny.py").write_text(TINY_BACKBONE)
     run, image = tmp_path / "ztw", tmp_path / "digit.png"
     Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(image)
@@ -195,12 +194,6 @@ def image_folder(root: Path, size: int = 8) -> Path:
 
 
 def test_an_image_written_over_in_place_with_its_old_mtime_is_decoded_again(tmp_path):
-    import os
-    import time
-
-    from shallowdeep.data import load_dataset
-    from shallowdeep.data.fingerprint import split_fingerprint
-
     root = image_folder(tmp_path / "data")
     before = load_dataset("imagefolder", root, holdout_fraction=0.0)
     image = root / "test" / "a" / "0.bmp"
@@ -252,10 +245,6 @@ def test_a_runs_data_is_found_from_any_folder_and_moved_with_data_dir(tmp_path, 
 
 
 def test_an_unreadable_folder_is_reported_as_such(run_dir, tmp_path, capsys, monkeypatch):
-    import os
-
-    from shallowdeep.images import image_files
-
     photos = tmp_path / "photos" / "locked"
     photos.mkdir(parents=True)
     Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(photos / "digit.png")
