@@ -36,6 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_few_epochs_take_the_short_schedule_unless_the_paper_is_named_or_milestones_given():
     short = resolve_recipe("cnn", 1e-4, {"epochs": 4})
     assert (short.schedule, short.milestones, short.nesterov, short.label_smoothing) == ("short", [], True, 0.2)
+    assert (short.lr, short.batch_size, short.weight_decay) == (0.1, 32, 5e-4)
     assert "4 epochs are well below the paper's 100; --schedule paper keeps the paper's" == short.note
     assert "short schedule: lr up over the first 20 % of the batches, then down to 0" in describe_recipe(short)
     assert resolve_recipe("cnn", 1e-4, {"epochs": 30}).schedule == "paper"
@@ -50,9 +51,9 @@ def test_few_epochs_take_the_short_schedule_unless_the_paper_is_named_or_milesto
 
 def test_the_short_schedule_warms_up_then_decays_to_zero_batch_by_batch():
     r = resolve_recipe("sdn", 1e-4, {"epochs": 2})
-    rates = [r.lr_at(epoch, step, 5) for epoch in range(2) for step in range(5)]
-    assert rates == pytest.approx([0.1, 0.2, 0.2, 0.175, 0.15, 0.125, 0.1, 0.075, 0.05, 0.025])
-    assert max(rates) == r.lr and min(rates) > 0
+    rates = [r.lr_at(epoch, step, 5) / r.lr for epoch in range(2) for step in range(5)]
+    assert rates == pytest.approx([0.5, 1, 1, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+    assert max(rates) == 1 and min(rates) > 0
 
 
 @pytest.mark.parametrize("mode", sorted(PAPER_RECIPES))

@@ -20,10 +20,14 @@ PAPER_RECIPES = {
 SCHEDULES = ("paper", "short")  # the paper's steps at milestones, or the short recipe below
 SHORT_BELOW = 0.25  # without a schedule named, runs of fewer epochs than this share of the paper's take the short one
 # the short recipe per mode, for runs of a few epochs (after airbench): the learning rate rises linearly over the
-# first ``warmup`` of the batches, then falls linearly to zero, set every batch; label smoothing; Nesterov SGD
+# first ``warmup`` of the batches, then falls linearly to zero, set every batch; label smoothing; Nesterov SGD on
+# small batches (more steps in few epochs) with weight decay 5e-4 whatever the backbone
+# (benchmarks/bench_short_schedule.py)
 SHORT_RECIPES = {
-    "cnn": {"optimizer": "sgd", "lr": 0.2, "nesterov": True, "label_smoothing": 0.2, "warmup": 0.2},
-    "sdn": {"optimizer": "sgd", "lr": 0.2, "nesterov": True, "label_smoothing": 0.2, "warmup": 0.2},
+    "cnn": {"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "weight_decay": 5e-4, "nesterov": True,
+            "label_smoothing": 0.2, "warmup": 0.2},
+    "sdn": {"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "weight_decay": 5e-4, "nesterov": True,
+            "label_smoothing": 0.2, "warmup": 0.2},
     "ic-only": {"optimizer": "adam", "lr": 3e-3, "warmup": 0.1},
 }
 IC_LOSSES = ("growing", "uniform")  # SDN training: the paper's growing IC weights, or every exit weighted 1

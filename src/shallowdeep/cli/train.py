@@ -76,9 +76,11 @@ def _paper_recipes() -> str:
 def _short_recipes() -> str:
     def one(mode: str, r: dict) -> str:
         nesterov = ", Nesterov" if r.get("nesterov") else ""
+        batch = f", batch {r['batch_size']}" if "batch_size" in r else ""
+        decay = f", weight decay {r['weight_decay']:g}" if "weight_decay" in r else ""
         smoothing = f", label smoothing {r['label_smoothing']:g}" if r.get("label_smoothing") else ""
-        return (f"{mode}: {r['optimizer']} lr {r['lr']:g}{nesterov}, up over the first {r['warmup']:.0%} of the "
-                f"batches then down to 0{smoothing}.")
+        return (f"{mode}: {r['optimizer']} lr {r['lr']:g}{nesterov}{batch}{decay}, up over the first "
+                f"{r['warmup']:.0%} of the batches then down to 0{smoothing}.")
 
     return "Short: " + " ".join(one(mode, r) for mode, r in SHORT_RECIPES.items())
 

@@ -51,13 +51,13 @@ class Recipe:
 
 def default_recipe(mode: str, weight_decay: float, schedule: str = "paper") -> Recipe:
     """The recipe of ``schedule`` for ``mode`` over the paper's epochs; ``weight_decay`` is the backbone's (5e-4
-    VGG/WRN, 1e-4 ResNet/MobileNet)."""
+    VGG/WRN, 1e-4 ResNet/MobileNet), unless the short recipe sets its own."""
     if mode not in PAPER_RECIPES:
         raise ValueError(f"unknown mode {mode}")
-    paper = {**PAPER_RECIPES[mode], "milestones": list(PAPER_RECIPES[mode]["milestones"])}
+    recipe = {**PAPER_RECIPES[mode], "milestones": list(PAPER_RECIPES[mode]["milestones"]), "weight_decay": weight_decay}
     if schedule == "short":
-        paper = {**paper, "milestones": [], "schedule": "short", **SHORT_RECIPES[mode]}
-    return Recipe(**paper, weight_decay=weight_decay)
+        recipe = {**recipe, "milestones": [], "schedule": "short", **SHORT_RECIPES[mode]}
+    return Recipe(**recipe)
 
 
 def scale_milestones(recipe: Recipe, epochs: int) -> Recipe:
