@@ -25,8 +25,8 @@ from .trainer import train
 def train_sdn(net: SDN, train_loader: Iterable, *, mode: str = "ic-only", epochs: int | None = None,
               val_loader: Iterable | None = None, out: str | Path | None = None, schedule: str | None = None,
               lr: float | None = None, weight_decay: float | None = None, momentum: float | None = None,
-              milestones: Sequence[int] | None = None, optimizer: str | None = None, ic_loss: str = "growing",
-              seed: int = 0, device: str | torch.device | None = None, spec: ModelSpec | None = None,
+              milestones: Sequence[int] | None = None, optimizer: str | None = None, ic_loss: str = TrainConfig.ic_loss,
+              seed: int = TrainConfig.seed, device: str | torch.device | None = None, spec: ModelSpec | None = None,
               data: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None,
               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
               on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[SDN, list[dict[str, Any]]]:

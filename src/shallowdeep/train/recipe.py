@@ -54,7 +54,8 @@ def default_recipe(mode: str, weight_decay: float, schedule: str = "paper") -> R
     VGG/WRN, 1e-4 ResNet/MobileNet), unless the short recipe sets its own."""
     if mode not in PAPER_RECIPES:
         raise ValueError(f"unknown mode {mode}")
-    recipe = {**PAPER_RECIPES[mode], "milestones": list(PAPER_RECIPES[mode]["milestones"]), "weight_decay": weight_decay}
+    paper = PAPER_RECIPES[mode]
+    recipe = {**paper, "milestones": list(paper["milestones"]), "weight_decay": weight_decay}
     if schedule == "short":
         recipe = {**recipe, "milestones": [], "schedule": "short", **SHORT_RECIPES[mode]}
     return Recipe(**recipe)
@@ -134,7 +135,8 @@ def describe_recipe(recipe: Recipe) -> str:
     else:
         epochs = f"epoch{'s' if len(recipe.milestones) > 1 else ''} {', '.join(map(str, recipe.milestones))}"
         drops = f", lr x{recipe.gamma:g} at {epochs}" if recipe.milestones else ""
-    momentum = f", {'Nesterov ' if recipe.nesterov else ''}momentum {recipe.momentum:g}" if recipe.optimizer == "sgd" else ""
+    nesterov = "Nesterov " if recipe.nesterov else ""
+    momentum = f", {nesterov}momentum {recipe.momentum:g}" if recipe.optimizer == "sgd" else ""
     smoothing = f", label smoothing {recipe.label_smoothing:g}" if recipe.label_smoothing else ""
     return (f"{recipe.optimizer} lr {recipe.lr:g}{momentum}, {recipe.epochs} epochs{drops}{smoothing}, "
             f"batch {recipe.batch_size}, weight decay {recipe.weight_decay:g}")
