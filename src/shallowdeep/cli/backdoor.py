@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"where the trigger goes: {', '.join(PLACES)}, or the pixel of its top-left corner")
     g.add_argument("--target", default="0", help="target class (index or name)")
     g.add_argument("--poison-rate", type=fraction, default=DEFAULT_RATE, help="share of the training images poisoned")
-    g = p.add_argument_group("recipe (fine-tuning: SGD lr 0.01, 3 epochs; from scratch: the paper's CNN recipe)")
+    g = p.add_argument_group("recipe (fine-tuning: SGD lr 0.01, 3 epochs; from scratch: the paper's CNN recipe, "
+                             "or the short schedule for few --epochs, as in train)")
     g.add_argument("--epochs", type=positive_int)
     g.add_argument("--lr", type=positive_float)
     g.add_argument("--batch-size", type=positive_int)
@@ -124,7 +125,8 @@ def _settings(args: argparse.Namespace) -> StudySettings:
 
 
 def _cnn_recipe(args: argparse.Namespace, weight_decay: float) -> Recipe:
-    """Fine-tuning: constant-rate SGD (lr 0.01, 3 epochs); from scratch: the paper's CNN recipe."""
+    """Fine-tuning: constant-rate SGD (lr 0.01, 3 epochs); from scratch: the paper's CNN recipe (or the short
+    schedule for few epochs)."""
     from ..train import resolve_recipe
 
     changes = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
