@@ -125,17 +125,20 @@ def loader_record(model: ModelSpec, data: Mapping[str, Any] | None, classes: Seq
     """What the run records about its data: that of the data set ``data`` describes (whose normalisation must be
     ``mean`` and ``std`` when they are given), else ``classes`` (default: the class numbers), ``mean`` and ``std``."""
     if data is not None:
-        record = data_record(load_dataset(**data))
-        if len(record["classes"]) != model.num_classes or tuple(record["input_shape"]) != model.input_shape:
-            raise UserError(f"the data set {data.get('name')} has {len(record['classes'])} classes of "
-                            f"{'x'.join(map(str, record['input_shape']))} images, but the network takes "
+        try:
+            named = data_record(load_dataset(**data))
+        except TypeError as exc:
+            raise UserError(f"data= takes the arguments of shallowdeep.data.load_dataset ({exc})") from None
+        if len(named["classes"]) != model.num_classes or tuple(named["input_shape"]) != model.input_shape:
+            raise UserError(f"the data set {data.get('name')} has {len(named['classes'])} classes of "
+                            f"{'x'.join(map(str, named['input_shape']))} images, but the network takes "
                             f"{model.num_classes} classes of {'x'.join(map(str, model.input_shape))}")
         for name, given in (("mean", mean), ("std", std)):
-            if given is not None and not torch.allclose(torch.tensor(given, dtype=torch.float64),
-                                                        torch.tensor(record[name], dtype=torch.float64), atol=1e-3):
-                raise UserError(f"the data set is normalised with {name} {record[name]}, not {list(given)}; "
+            if given is not None and (len(given) != len(named[name]) or
+                                      any(abs(a - b) > 1e-3 for a, b in zip(given, named[name]))):
+                raise UserError(f"the data set is normalised with {name} {named[name]}, not {list(given)}; "
                                 "the run's commands would read it otherwise than your loader")
-        return record
+        return named
     classes = list(classes) if classes is not None else [str(i) for i in range(model.num_classes)]
     if len(classes) != model.num_classes:
         raise UserError(f"{len(classes)} class names for a network of {model.num_classes} classes")
