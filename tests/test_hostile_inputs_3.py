@@ -27,27 +27,9 @@ from shallowdeep.data.fingerprint import split_fingerprint
 from shallowdeep.errors import UserError
 from shallowdeep.images import decode_images, image_files
 
-from test_analysis import shared_tiny_run
+from test_hostile_inputs_2 import one_line_error, run_dir  # noqa: F401 - run_dir: the fixture, shared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def run_dir(tmp_path_factory, tmp_path) -> Path:
-    """A copy of the session's tiny trained run (digits, 3x16x16, three ICs), with its format tag."""
-    path = tmp_path / "run"
-    shutil.copytree(shared_tiny_run(tmp_path_factory), path)
-    config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({"format": "shallowdeep-run-1", **config}))
-    return path
-
-
-def one_line_error(capsys, code: int, *words: str) -> str:
-    """Assert exit code 2 and one line of stderr holding every one of ``words``; return that line."""
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert all(word in err for word in words), err
-    return err
 
 
 # 12. truncated images
