@@ -140,7 +140,8 @@ def test_a_foreign_model_with_stages_gets_its_exits_by_flops():
 
 
 def test_placement_says_when_it_falls_short_of_the_fractions():
-    from shallowdeep.surgery import CutPoint, placement_notes
+    from shallowdeep.fx_split import CutPoint
+    from shallowdeep.surgery import placement_notes
 
     points = [CutPoint(1, "a", (4, 8, 8), 15), CutPoint(2, "b", (4, 8, 8), 30), CutPoint(3, "c", (4, 4, 4), 70)]
     assert placement_notes(points, 100, (0.15, 0.3, 0.7)) == []

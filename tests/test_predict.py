@@ -54,7 +54,7 @@ def test_load_reads_files_as_the_data_and_answers_as_the_stored_outputs(grey_run
     first = clf.predict_files([grey_run / "data" / "test"], threshold=0.0, batch_size=4)  # all leave at IC 1
     assert np.array_equal(first.indices.numpy(), outputs.predictions[0]) and (first.exits == 0).all()
     x = clf.preprocess(clf.read_images([final.paths[0]])[1])
-    assert clf.net.early_exit(x, threshold=0.0)[0].tolist() == [outputs.predictions[0][0]]
+    assert shallowdeep.early_exit(clf.net, x, threshold=0.0)[0].tolist() == [outputs.predictions[0][0]]
     with pytest.raises(UserError, match=r"images of shape \(3, 28, 28\) given, but this network takes \(1, 28, 28\)"):
         clf.predict(torch.zeros(1, 3, 28, 28, dtype=torch.uint8))
 

@@ -5,7 +5,7 @@ The public API, imported on first use (``import shallowdeep`` itself loads neith
 - :func:`attach` (model, input_shape, num_classes, ...): any ``torch.fx``-traceable classifier as an
   :class:`SDN` with internal classifiers placed by FLOPs;
 - :mod:`models`: the paper's four backbones, ``models.create(name, num_classes, input_size, in_channels)``;
-- :func:`early_exit` (net, x, threshold), or ``net.early_exit(x, threshold)``: batched early exit;
+- :func:`early_exit` (net, x, threshold): batched early exit;
 - :func:`calibrate`, :class:`ExitOutputs`, :func:`simulate`, :func:`summarise`: thresholds on stored outputs;
 - :class:`ModelSpec`, :func:`open_run`: a run folder's network and records;
 - :func:`load` (run folder): a :class:`Classifier`, its trained SDN in eval mode with the preprocessing of its

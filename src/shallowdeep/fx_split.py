@@ -1,9 +1,11 @@
 """Splitting a traced model into sequential segments: tracing with one-line errors, finding the nodes
-after which only their own value is still needed (cut points), and cutting the graph there."""
+after which only their own value is still needed (cut points, :class:`CutPoint` once measured), and cutting
+the graph there."""
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -11,6 +13,18 @@ import torch.fx
 from torch import nn
 
 from .errors import UserError, first_line
+from .layouts import FEATURE_MAP
+
+
+@dataclass
+class CutPoint:
+    """A node after which the graph can be split."""
+
+    index: int  # position in the graph's node list
+    name: str  # the name attach() accepts for it: a module path, else the fx node name
+    shape: tuple[int, ...]  # what an IC reads there per image: (C, H, W), or (tokens, dim)
+    flops: int  # cumulative backbone FLOPs per image up to and including this node
+    layout: str = FEATURE_MAP  # the value's layout (see shallowdeep.layouts): a C,H,W map, tokens, or an H,W,C map
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:

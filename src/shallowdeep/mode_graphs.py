@@ -13,17 +13,14 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from functools import reduce
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.fx
 from torch import nn
 
 from .errors import UserError, first_line
-from .fx_split import cut_indices, split_graph, trace
-
-if TYPE_CHECKING:
-    from .surgery import CutPoint
+from .fx_split import CutPoint, cut_indices, split_graph, trace
 
 
 class _Unmatched(Exception):

@@ -28,7 +28,8 @@ class SDN(nn.Module):
     the last segment ends with the original classifier. ``forward`` returns the logits of every
     head in depth order, the final head last (what training reads); :meth:`exit_logits` returns
     what every exit *answers*: the same, except that with a ``ensemble`` (ZTW) exit k answers with
-    the ensemble of ICs 1..k.
+    the ensemble of ICs 1..k. Early exit is :func:`shallowdeep.early_exit` (net, x, ...): the model
+    does not import what uses it.
 
     Attributes:
         exit_names: where each IC reads its input (module or fx node names of the backbone).
@@ -115,11 +116,3 @@ class SDN(nn.Module):
         if self.backbone_frozen:
             self.segments.eval()
         return self
-
-    def early_exit(self, x: torch.Tensor, threshold: float | None = None,
-                   policy: object = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:func:`shallowdeep.early_exit` on this SDN (in eval mode): per sample of ``x``, the predicted class,
-        the exit it left at and the FLOPs it cost. ``policy``: a policy name or ``ExitPolicy``."""
-        from .exits import early_exit  # here: shallowdeep.exits imports this module
-
-        return early_exit(self, x, threshold, policy)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -26,9 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import UserError, first_line
 from .eval_mode import eval_mode
 from .flops import count_flops
-from .fx_split import cut_indices, split_graph, trace
+from .fx_split import CutPoint, cut_indices, split_graph, trace
 from .heads import GeometricEnsemble, ICDesign, make_heads
-from .layouts import FEATURE_MAP, exit_input
+from .layouts import exit_input
 from .mode_graphs import keep_train_mode
 from .model_spec import PAPER_FRACTIONS, check_input_size
 from .models.base import StagedNet
@@ -36,17 +35,6 @@ from .sdn import SDN
 
 MAX_AUTO_FRACTION = 0.97
 FAR_FROM_FRACTION = 0.05  # an automatically placed exit further than this from its fraction of the cost is reported
-
-
-@dataclass
-class CutPoint:
-    """A node after which the graph can be split."""
-
-    index: int  # position in the graph's node list
-    name: str  # the name attach() accepts for it: a module path, else the fx node name
-    shape: tuple[int, ...]  # what an IC reads there per image: (C, H, W), or (tokens, dim)
-    flops: int  # cumulative backbone FLOPs per image up to and including this node
-    layout: str = FEATURE_MAP  # the value's layout (see shallowdeep.layouts): a C,H,W map, tokens, or an H,W,C map
 
 
 def attach(
