@@ -5,11 +5,13 @@
 EXPORT: ``shallowdeep export RUN`` at the threshold of ``early-exit RUN --calibrate-on test-half --max-drop
 0.01``; BACKBONE_EXPORT: ``shallowdeep export RUN --no-exits``; IMAGES_DIR: the test images (every file under
 it, in path order). For each server and each concurrency, a ``shallowdeep serve`` process (--threads threads) gets
-every image once, as the raw bytes of its file, from that many concurrent HTTP clients (aiohttp, on the same
-machine), with at most --max-seconds of sending per run. Reports per run: images/s, p50, p99 and p99.9 latency,
+every image once, as the raw bytes of its file, from that many concurrent HTTP clients (keep-alive connections
+of a lean client, on the same machine), with at most --max-seconds of sending per run. Reports per run: images/s, p50, p99 and p99.9 latency,
 errors and the exit histogram; the early-exit server's answers against ``predict`` (the runtime on the same
-files); its memory (RSS) after a warm-up and after all runs; and the targets: throughput at 32 clients, early
-exit / backbone, against the FLOPs-predicted speed-up (>= 0.8 of it); p50 at 1 client, early exit / backbone,
+files); its memory (RSS) after a warm-up (1,000 images at
+the highest concurrency, one per request, then as many again grouped) and after all runs; and the targets: throughput at 32 clients, early
+exit / backbone, against the FLOPs-predicted speed-up (>= 0.8 of it; also reported, without a target, for a last
+run at that concurrency whose requests carry --images-per-request images each); p50 at 1 client, early exit / backbone,
 against the average cost share (<= 1.1 times it); no error at 32 clients; memory within 10 %.
 Writes benchmarks/results/serve.json. Run it on a quiet machine (``nice -n -20``).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import platform
 import re
 import shlex
@@ -25,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -67,36 +71,88 @@ async def wait_ready(url: str) -> None:
     raise RuntimeError(f"{url} never became ready")
 
 
-async def load_run(url: str, payloads: list[bytes], clients: int, max_seconds: float) -> dict:
-    """Every payload once, from ``clients`` concurrent clients; latencies, statuses and answers by image."""
-    next_index, deadline = iter(range(len(payloads))), time.monotonic() + max_seconds
+class Connection:
+    """One keep-alive HTTP/1.1 connection that posts raw bytes: a load generator must cost the shared cores
+    little, and a general-purpose client (aiohttp's) spends more per request than the server's own parsing."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> "Connection":
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer, f"{host}:{port}")
+
+    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {content_type}"
+                          f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:"))
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class Request:
+    """One /predict request: its body and content type, and the indices of the images it carries."""
+
+    body: bytes
+    content_type: str
+    images: range
+
+
+def requests_of(payloads: list[bytes], per_request: int) -> list[Request]:
+    """The images' files, one per request as raw bytes, or ``per_request`` at a time as a multipart form."""
+    if per_request == 1:
+        return [Request(p, "application/octet-stream", range(i, i + 1)) for i, p in enumerate(payloads)]
+    boundary = "shallowdeep-bench-boundary"
+    requests = []
+    for start in range(0, len(payloads), per_request):
+        images = range(start, min(start + per_request, len(payloads)))
+        parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.jpg\"\r\n"
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + payloads[i] + b"\r\n" for i in images]
+        requests.append(Request(b"".join(parts) + f"--{boundary}--\r\n".encode(),
+                                f"multipart/form-data; boundary={boundary}", images))
+    return requests
+
+
+async def load_run(url: str, requests: list[Request], clients: int, max_seconds: float) -> dict:
+    """Every request once, from ``clients`` concurrent clients (one connection each); latencies, statuses and
+    answers by image."""
+    next_index, deadline = iter(range(len(requests))), time.monotonic() + max_seconds
     latencies, errors = [], {}
     answers: dict[int, dict] = {}
 
-    async def client(session: aiohttp.ClientSession) -> None:
-        for i in next_index:
-            if time.monotonic() > deadline:
-                return
-            start = time.perf_counter()
-            try:
-                async with session.post(f"{url}/predict", data=payloads[i],
-                                        headers={"Content-Type": "application/octet-stream"}) as response:
-                    body = await response.json()
-                    status = response.status
-            except aiohttp.ClientError as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                continue
-            latencies.append(time.perf_counter() - start)
-            if status != 200:
-                errors[str(status)] = errors.get(str(status), 0) + 1
-            else:
-                answers[i] = body["predictions"][0]
+    async def client() -> None:
+        connection = await Connection.open(url)
+        try:
+            for i in next_index:
+                if time.monotonic() > deadline:
+                    return
+                start = time.perf_counter()
+                try:
+                    status, body = await connection.post("/predict", requests[i].body, requests[i].content_type)
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    connection.close()
+                    connection = await Connection.open(url)
+                    continue
+                latencies.append(time.perf_counter() - start)
+                if status != 200:
+                    errors[str(status)] = errors.get(str(status), 0) + 1
+                else:
+                    answers.update(zip(requests[i].images, json.loads(body)["predictions"]))
+        finally:
+            connection.close()
 
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        start = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(clients)))
-        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    seconds = time.perf_counter() - start
     lat = np.asarray(latencies) * 1e3
     exits = np.bincount([a["exit"] for a in answers.values()]) if answers else np.zeros(0)
     return {"clients": clients, "requests": len(latencies) + sum(v for k, v in errors.items() if not k.isdigit()),
@@ -116,10 +172,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--limit", type=int, help="only the first N images")
+    parser.add_argument("--images-per-request", type=int, default=8,
+                        help="a last run at the highest concurrency sends this many images per request (multipart)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     files = image_files([args.images])[: args.limit]
     payloads = [f.read_bytes() for f in files]
+    single, grouped = requests_of(payloads, 1), requests_of(payloads, args.images_per_request)
     concurrency = [int(c) for c in args.clients.split(",")]
     print(f"{len(files)} images, clients {concurrency}, server threads {args.threads}", flush=True)
 
@@ -129,12 +188,15 @@ def main() -> None:
         server = ServerProcess(export, args.threads)
         try:
             asyncio.run(wait_ready(server.url))
-            asyncio.run(load_run(server.url, payloads[:200], 4, args.max_seconds))  # warm-up
+            for warm_up in (single[:1000], grouped[:1000 // args.images_per_request]):  # every shape of the runs
+                asyncio.run(load_run(server.url, warm_up, max(concurrency), args.max_seconds))
             before = server.rss_mib()
             runs[name] = []
-            for clients in concurrency:
-                result = asyncio.run(load_run(server.url, payloads, clients, args.max_seconds))
-                print(f"{name:10s} {clients:3d} clients: {result['images_per_second']:7.1f} images/s, p50 "
+            for clients, requests in [(c, single) for c in concurrency] + [(max(concurrency), grouped)]:
+                result = asyncio.run(load_run(server.url, requests, clients, args.max_seconds))
+                result["images_per_request"] = len(requests[0].images)
+                print(f"{name:10s} {clients:3d} clients, {result['images_per_request']} per request: "
+                      f"{result['images_per_second']:7.1f} images/s, p50 "
                       f"{result['latency_ms']['p50']:.2f} ms, p99 {result['latency_ms']['p99']:.2f} ms, errors "
                       f"{result['errors']}, exits {result['exit_histogram']}", flush=True)
                 runs[name].append(result)
@@ -150,7 +212,8 @@ def main() -> None:
         for i, answer in result["_answers"].items():
             mismatches += (answer["class_index"] != expected.indices[i]) or (answer["exit"] != expected.exits[i])
     manifest = runtime.manifest
-    by_clients = {name: {r["clients"]: r for r in rs} for name, rs in runs.items()}
+    by_clients = {name: {r["clients"]: r for r in rs if r["images_per_request"] == 1} for name, rs in runs.items()}
+    ee_grouped, bb_grouped = runs["early_exit"][-1], runs["backbone"][-1]
     top, one = max(concurrency), min(concurrency)
     ee_top, bb_top = by_clients["early_exit"][top], by_clients["backbone"][top]
     predicted = manifest.backbone_flops / ee_top["mean_flops"]
@@ -160,6 +223,8 @@ def main() -> None:
         "p50_ratio_over_cost_share": by_clients["early_exit"][one]["latency_ms"]["p50"]
         / by_clients["backbone"][one]["latency_ms"]["p50"] / cost_share,
         "errors_at_top_concurrency": sum(ee_top["errors"].values()),
+        f"throughput_share_of_predicted_{args.images_per_request}_per_request":
+        ee_grouped["images_per_second"] / bb_grouped["images_per_second"] / predicted,
         "answers_differing_from_predict": int(mismatches),
         "memory_growth": memory["early_exit"]["after_runs_mib"] / memory["early_exit"]["after_warm_up_mib"] - 1,
     }
@@ -172,7 +237,8 @@ def main() -> None:
             r.pop("_answers")
     result = {"benchmark": "serve",
               "settings": {"export": str(args.export), "backbone": str(args.backbone), "images": len(files),
-                           "clients": concurrency, "threads": args.threads, "max_seconds": args.max_seconds,
+                           "clients": concurrency, "images_per_request_last_run": args.images_per_request,
+                           "threads": args.threads, "max_seconds": args.max_seconds,
                            "policy": runtime.policy.name, "threshold": runtime.policy.threshold,
                            "command": "python " + " ".join(map(shlex.quote, sys.argv)),
                            "python": platform.python_version(), "machine": platform.machine(),

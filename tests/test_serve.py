@@ -29,6 +29,7 @@ from PIL import Image
 import shallowdeep
 from shallowdeep.export import export_sdn
 from shallowdeep.runtime import Policy, load
+from shallowdeep.serve.app import INLINE_PIXELS
 
 pytest.importorskip("aiohttp")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,7 +44,7 @@ def _tiny() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory, one_thread):
-    """An exported SDN with two ICs (a threshold sending images out at several exits) and 12 image files."""
+    """An exported SDN with two ICs (a threshold sending images out at several exits) and 14 image files."""
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
     net = shallowdeep.attach(_tiny().eval(), (3, 16, 16), 4, fractions=(0.3, 0.6)).eval()
@@ -56,6 +57,11 @@ def deployed(tmp_path_factory, one_thread):
     odd = root / "odd.png"  # another size, with alpha: converted as predict converts it
     Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), "RGBA").save(odd)
     files.append(odd)
+    big = root / "big.jpg"  # more pixels than the server decodes on its event loop: decoded on a worker thread
+    ramp = np.add.outer(np.arange(260), np.arange(300)) % 256
+    Image.fromarray(np.stack([ramp, ramp * 3 % 256, 255 - ramp], 2).astype(np.uint8)).save(big)
+    assert 260 * 300 > INLINE_PIXELS
+    files.append(big)
     export_sdn(net, root / "export", classes=["a", "b", "c", "d"], mean=(0.5,) * 3, std=(0.25,) * 3,
                policy=Policy("maxprob", 2.0), input_shape=(3, 16, 16))
     runtime = load(root / "export")

@@ -30,6 +30,10 @@ PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each PNG co
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
+class TooManyPixels(UserError):
+    """An image whose header declares more pixels than allowed (nothing of it was decoded)."""
+
+
 @contextmanager
 def _opened(path: Path | str, source: Path | BinaryIO | None = None) -> Iterator[Image.Image]:
     """The image at ``path`` (or in ``source``, named ``path``), opened lazily (only its header is read); a
@@ -118,7 +122,8 @@ def _open_image(path: Path | str, size: tuple[int, int], channels: int, data: by
     before anything is decoded."""
     with _opened(path, None if data is None else io.BytesIO(data)) as image:
         if max_pixels is not None and image.width * image.height > max_pixels:
-            raise UserError(f"image {path} has {image.width}x{image.height} pixels, more than the {max_pixels} allowed")
+            raise TooManyPixels(f"image {path} has {image.width}x{image.height} pixels, more than the {max_pixels} "
+                                f"allowed")
         if image.format == "PNG":
             _check_png_data(path, Path(path).read_bytes() if data is None else data)
         image = _eight_bit(image, path).convert(PIL_MODES[channels])

@@ -21,13 +21,14 @@ import numpy as np
 from aiohttp import web
 
 from ..errors import UserError, first_line
-from ..images import decode_image_bytes
+from ..images import TooManyPixels, decode_image_bytes
 from ..runtime import Runtime, load
-from .batcher import Batcher, Overloaded
+from .batcher import Answer, Batcher, Overloaded
 from .metrics import Metrics
 from .settings import Settings
 
 RETRY_AFTER_S = "1"
+INLINE_PIXELS = 1 << 16  # an image declaring at most this many pixels is decoded on the event loop
 
 
 class _BadRequest(Exception):
@@ -94,13 +95,12 @@ class Server:
             if self.runtime is None:
                 raise _BadRequest(503, "loading", "the model is still loading")
             named = await self._read_images(request)
-            images = await asyncio.get_running_loop().run_in_executor(self._decoders, self._decode, named)
-            gone = _gone(request)
-            try:
-                futures = self.batcher.submit(self.runtime.preprocess(images), gone)
-            except Overloaded as exc:
-                raise _BadRequest(503, "overloaded", f"the server is busy ({exc}); retry later") from None
-            answers = await asyncio.gather(*futures)
+            try:  # small images on the event loop: a thread hop costs more than decoding a thumbnail
+                images = self._decode(named, min(INLINE_PIXELS, self.settings.max_pixels))
+            except TooManyPixels:
+                images = await asyncio.get_running_loop().run_in_executor(self._decoders, self._decode, named,
+                                                                          self.settings.max_pixels)
+            answers = await self._answers(self.runtime.preprocess(images), _gone(request))
             body = {"predictions": [self._answer(name, a) for (name, _), a in zip(named, answers)]}
         except _BadRequest as exc:
             status, kind, body = exc.status, exc.kind, {"error": str(exc)}
@@ -116,6 +116,19 @@ class Server:
                 self.metrics.answered([p["exit"] for p in body["predictions"]])
         self.answered += 1
         return web.json_response(body, status=status, headers=headers)
+
+    async def _answers(self, images: np.ndarray, gone: Callable[[], bool]) -> list[Answer]:
+        """Each normalised image's answer: a lone image in an idle server on the event loop's thread (no hop to
+        the batcher's and back), anything else through the batcher."""
+        if len(images) == 1 and self.accepted - self.answered == 1:
+            await asyncio.sleep(0)  # requests that arrived with this one start first, so that a busy server batches
+            if self.accepted - self.answered == 1 and (answer := self.batcher.answer_alone(images[0])) is not None:
+                return [answer]
+        try:
+            futures = self.batcher.submit(images, gone)
+        except Overloaded as exc:
+            raise _BadRequest(503, "overloaded", f"the server is busy ({exc}); retry later") from None
+        return list(await asyncio.gather(*futures))
 
     async def _read_images(self, request: web.Request) -> list[tuple[str | None, bytes]]:
         """The request's image files with their names: the body, or each part of a multipart form."""
@@ -144,16 +157,21 @@ class Server:
             raise _BadRequest(400, "no_image", "the request holds no image")
         return files
 
-    def _decode(self, named: list[tuple[str | None, bytes]]) -> np.ndarray:
-        """The images as uint8 (N, C, H, W), read as predict reads files; a 400 naming the first bad one."""
+    def _decode(self, named: list[tuple[str | None, bytes]], max_pixels: int) -> np.ndarray:
+        """The images as uint8 (N, C, H, W), read as predict reads files; :class:`TooManyPixels` when one declares
+        more than ``max_pixels`` pixels while the server allows more, else a 400 naming the first bad one."""
         channels, _, side = self.runtime.manifest.input_shape
         try:
-            return np.stack([decode_image_bytes(data, side, channels, name or "the request's image",
-                                                self.settings.max_pixels) for name, data in named])
+            return np.stack([decode_image_bytes(data, side, channels, name or "the request's image", max_pixels)
+                             for name, data in named])
+        except TooManyPixels as exc:
+            if max_pixels < self.settings.max_pixels:
+                raise
+            raise _BadRequest(400, "bad_image", str(exc)) from None
         except UserError as exc:
             raise _BadRequest(400, "bad_image", str(exc)) from None
 
-    def _answer(self, name: str | None, answer: Any) -> dict[str, Any]:
+    def _answer(self, name: str | None, answer: Answer) -> dict[str, Any]:
         m = self.runtime.manifest
         index = int(np.argmax(answer.logits))
         return {"name": name, "class": m.classes[index], "class_index": index, "exit": answer.exit,

@@ -6,7 +6,8 @@ soon as it leaves. Under load, images arrive while a batch computes, so the next
 images that go on past an exit wait at the next stage for company, so that every stage runs on full batches
 where the traffic allows; none waits longer than ``max_wait`` for company (counted from its arrival), and
 when no request is waiting at the door every stage runs on whoever is there. An image alone in an idle
-server runs the fused graph (one onnxruntime call). An image's answer never depends on the others in its
+server runs the fused graph (one onnxruntime call), on the caller's thread where :meth:`Batcher.answer_alone` is
+asked. An image's answer never depends on the others in its
 batch: each stage computes every sample on its own.
 """
 
@@ -82,6 +83,15 @@ class Batcher:
             self._inbox.extend(pending)
             self._wake.notify()
         return [p.future for p in pending]
+
+    def answer_alone(self, image: np.ndarray) -> Answer | None:
+        """``image``'s answer computed on the caller's thread with the fused graph, when nothing is queued or
+        running (an idle server then spends no thread hop on it); None when the batcher is busy."""
+        with self._wake:
+            if self._inbox or self._running or self._stopping:
+                return None
+        logits, exits, confidence = self.runtime.fused(image[None])
+        return Answer(logits[0], int(exits[0]), float(confidence[0]))
 
     def stop(self) -> None:
         """Answer what was accepted, then end the worker thread."""
