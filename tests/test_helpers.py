@@ -17,6 +17,8 @@ def test_exit_names_use_the_layers_when_they_name_every_ic():
     assert exit_names(3, ["layer1.0", "layer2.0"]) == ["layer1.0", "layer2.0", "final"]
     assert exit_names(3, ["layer1.0"]) == ["IC 1", "IC 2", "final"]  # not one name per IC
     assert exit_names(1) == ["final"]
+    assert exit_names(3, ("a", "b")) == ["a", "b", "final"]
+    assert exit_names(3, "ab") == ["IC 1", "IC 2", "final"]  # an edited config's text is not a list of names
 
 
 def test_first_line_of_an_error():

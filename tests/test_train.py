@@ -19,7 +19,7 @@ from shallowdeep.heads import ICDesign
 from shallowdeep.model_spec import ModelSpec
 from shallowdeep.run import open_run
 from shallowdeep.train import Interrupted, Recipe, TrainConfig, new_run, resume_run
-from shallowdeep.train.sources import CachedMaps, StreamedImages
+from shallowdeep.train.sources import CachedMaps, StreamedImages, epoch_generator, epoch_seed
 from shallowdeep.train.recipe import default_recipe, describe_recipe, resolve_recipe, sdn_ic_weights
 from shallowdeep.train.trainer import exit_weights, train
 
@@ -175,3 +175,9 @@ def test_uniform_ic_loss_weighs_every_exit_one_from_the_first_epoch():
     assert exit_weights(uniform, 2, 0) == [1.0, 1.0, 1.0]
     assert exit_weights(growing, 2, 0) == pytest.approx([0.01, 0.01, 1.0])
     assert exit_weights(growing, 2, 4) == pytest.approx([0.2, 0.5, 1.0])
+
+
+def test_an_epochs_shuffling_augmentation_and_dropout_are_seeded_by_one_formula():
+    assert [epoch_seed(s, e) for s, e in ((0, 0), (0, 7), (2, 5))] == [0, 7, 2_000_011]
+    expected = torch.rand(4, generator=torch.Generator().manual_seed(2_000_011))
+    assert torch.equal(torch.rand(4, generator=epoch_generator(2, 5)), expected)

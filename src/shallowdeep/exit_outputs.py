@@ -43,7 +43,8 @@ class ExitOutputs:
 
 
 def exit_names(num_exits: int, layers: Sequence[str] | None = None) -> list[str]:
-    """One name per exit, ``"final"`` last: the ICs' ``layers`` when they name every IC, else ``IC 1 .. IC K``."""
-    if layers is not None and len(layers) == num_exits - 1:
+    """One name per exit, ``"final"`` last: the ICs' ``layers`` (a list or tuple, e.g. a run's recorded exits) when
+    they name every IC, else ``IC 1 .. IC K``: the one place exit names are made."""
+    if isinstance(layers, (list, tuple)) and len(layers) == num_exits - 1:
         return [*map(str, layers), "final"]
     return [f"IC {i + 1}" for i in range(num_exits - 1)] + ["final"]

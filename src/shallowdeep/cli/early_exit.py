@@ -103,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
         criterion["per_exit"] = True
     if test is None:
         test = load_outputs(run_, "test", device, splits=run_splits)
-    exit_names = run_.config["model"].get("exits") or [f"IC {i + 1}" for i in range(len(test.exit_flops) - 1)]
+    layers = run_.config["model"].get("exits")  # early_exit_result names the exits after them
     result = {"run": str(args.run),
-              **early_exit_result(policy, criterion, calibrated_on, calibration, test, exit_names)}
+              **early_exit_result(policy, criterion, calibrated_on, calibration, test, layers)}
     _print(result)
     path = _write(run_.path, result)  # after printing: a full disk loses no figure
     print(f"wrote {path} with its plot, and the same as the latest result: {run_.path / EARLY_EXIT_JSON}")

@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import overthinking
+    from ..exit_outputs import exit_names
     from ..io import atomic_write_json
     from ..outputs import load_outputs
     from ..run import open_run
@@ -38,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
     require_ics(run_, "overthinking")
     outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads), run_data(run_, args))
     require_samples(outputs, args.split, "measure another --split")
-    exits = run_.config["model"].get("exits")
-    names = [*exits, "final"] if isinstance(exits, list) and len(exits) == len(outputs.exit_flops) - 1 else None
+    names = exit_names(len(outputs.exit_flops), run_.config["model"].get("exits"))
     result = {"run": str(args.run), "split": args.split, **overthinking(outputs, names)}
     path = run_.path / "overthinking.json"
 

@@ -144,7 +144,9 @@ def _threshold(value: float | tuple[float, ...]) -> str:
 
 def _rows(answer: Answer, classifier: Classifier) -> list[dict[str, Any]]:
     """One row per image: its path, class and class index, exit (index and name) and FLOPs."""
-    names = [*classifier.net.exit_names, "final"]
+    from ..exit_outputs import exit_names
+
+    names = exit_names(classifier.net.num_exits, classifier.net.exit_names)
     return [{"path": _shown(path), "class": name, "class_index": index, "exit": exit_, "exit_name": names[exit_],
              "flops": flops}
             for path, name, index, exit_, flops in zip(answer.paths, answer.classes, answer.indices.tolist(),

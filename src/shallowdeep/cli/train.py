@@ -129,8 +129,6 @@ def _resume_splits(args: argparse.Namespace):
 def _start(args: argparse.Namespace, device, dist, log):
     from ..train import TrainConfig, new_run
 
-    if args.mode == "ic-only" and not (args.pretrained or args.library_weights):
-        raise UserError("--mode ic-only needs a trained backbone: --from RUN_OR_WEIGHTS (or --pretrained)")
     if args.data_dir is None and args.dataset != "digits":
         raise UserError(f"--data-dir is required for --dataset {args.dataset}")
     model = model_spec(args)

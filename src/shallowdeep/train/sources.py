@@ -30,9 +30,14 @@ from .recipe import TrainConfig
 Epoch = tuple[Iterator[tuple[Any, torch.Tensor]], int, dict[str, Any]]
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of a run seeded ``seed``: its shuffling and augmentation, and its dropout."""
+    return seed * 1_000_003 + epoch
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator of one epoch's shuffling and augmentation."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
 
 
 class BatchSource(Protocol):

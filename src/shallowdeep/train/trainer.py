@@ -26,7 +26,7 @@ from ..sdn import SDN
 from .distributed import DistInfo
 from .ensemble import fit_ensemble
 from .recipe import TrainConfig, sdn_ic_weights
-from .sources import BatchSource
+from .sources import BatchSource, epoch_seed
 
 Progress = Callable[[Iterator, int, str], Iterator]
 
@@ -184,7 +184,7 @@ def train(
         for epoch in range(state.epoch, recipe.epochs):
             started = time.perf_counter()
             weights = exit_weights(cfg, len(net.ics), epoch)
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout
+            torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout
             stream, steps, info = source.epoch(epoch)
             if state.step > steps:
                 raise UserError(f"the checkpoint is at batch {state.step} of epoch {epoch + 1}, which has only "
