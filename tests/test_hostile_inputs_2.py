@@ -195,7 +195,7 @@ def test_exits_naming_no_module_are_refused(tmp_path, capsys, mode):
     code = main(["train", "--mode", mode, "--arch", "resnet56", "--from", str(tmp_path / "w.pt"), "--exits", ",",
                  "--dataset", "digits", "--out", str(tmp_path / "run")])
     one_line_error(capsys, code, "--exits ',' names no module")
-    with pytest.raises(UserError, match=f"--mode {mode} trains internal classifiers, but no exit"):
+    with pytest.raises(UserError, match=f"mode {mode} trains internal classifiers, but no exit"):
         new_run(tmp_path / "run", DATA, ModelSpec(arch="resnet56", exits=()), TrainConfig(mode), device=CPU)
     assert not (tmp_path / "run").exists()
 

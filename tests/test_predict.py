@@ -103,7 +103,7 @@ def test_a_grey_runs_weights_on_colour_images_are_one_line_naming_both_shapes(gr
                  "--data-dir", str(grey_run / "colour"), "--holdout-fraction", "0", "--out",
                  str(grey_run / "ic")]) == 2
     assert capsys.readouterr().err.strip() == (f"shallowdeep train: error: run {grey_run / 'run'} takes 1x28x28 images "
-                                               "but the data's are 3x28x28; read the data with --channels 1")
+                                               "but the data's are 3x28x28; read the data as 1-channel images (--channels)")
 
 
 def test_from_early_exit_names_the_result_it_applies_and_refuses_an_edited_one(grey_run, capsys):

@@ -7,6 +7,12 @@ torch; the library modules take these values from here. ``ARCHS`` and ``POLICY_N
 
 DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "digits")
 NORMALIZATIONS = ("paper", "imagenet", "dataset")
+# the defaults of shallowdeep.train.DataSettings and TrainConfig, and of the options that give them
+DATASET, NORMALIZATION, HOLDOUT_FRACTION = "cifar10", "paper", 0.1
+SEED = 0
+IC_LOSS = "growing"
+CACHE_VIEWS = 2  # ic-only: augmented views of the training set cached (the README's, bench_ic_cache's)
+CACHE_BUDGET_GB = 4.0  # ic-only: memory for the cached ICs' inputs
 SPLITS = ("train", "holdout", "test")
 ARCHS = ("mobilenet", "resnet56", "vgg16_bn", "wrn32_4")
 LIBRARIES = ("torchvision", "timm")  # --backbone LIBRARY:NAME builds that library's model

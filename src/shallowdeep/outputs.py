@@ -21,10 +21,12 @@ from .choices import SPLITS
 from .data import ImageData, Splits, load_dataset
 from .data.fingerprint import check_same_data, check_same_task, split_fingerprint
 from .data.loader import batches
+from .data.poison import PoisonConfig, poison_splits
 from .errors import UserError
 from .exit_outputs import ExitOutputs
 from .io import atomic_save_npz, file_lock, file_sha256
 from .run import Run
+from .run_folder import CONFIG, LOCK, outputs_path
 from .sdn import SDN
 
 
@@ -58,6 +60,25 @@ def load_run_data(run: Run, data_dir: str | Path | None = None, cache_dir: str |
     return splits
 
 
+def load_training_data(run: Run, data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> Splits:
+    """The data ``run`` was trained on, rebuilt from its config: :func:`load_run_data`'s, poisoned as the run
+    records when it was (a backdoor study's CNN)."""
+    splits = load_run_data(run, data_dir, cache_dir)
+    return _poisoned(run, splits)[0] if run.config.get("poison") else splits
+
+
+def poisoned_run_data(run: Run) -> tuple[Splits, torch.Tensor]:
+    """The data a backdoored run was trained on, rebuilt from its config: the clean splits with the recorded
+    poisoning applied, and the poisoned indices of the training split."""
+    if not run.config.get("poison"):
+        raise UserError(f"{run.path} was not trained on poisoned data (its {CONFIG} has no 'poison' record)")
+    return _poisoned(run, load_dataset(**run.data_options))
+
+
+def _poisoned(run: Run, splits: Splits) -> tuple[Splits, torch.Tensor]:
+    return poison_splits(splits, PoisonConfig.from_dict(run.config["poison"]), run.path)
+
+
 def checkpoint_fingerprint(run: Run) -> str:
     """A short hash of the checkpoint file's bytes."""
     return file_sha256(run.checkpoint_path)[:16]
@@ -72,7 +93,7 @@ def load_outputs(run: Run, split: str, device: str | torch.device = "cpu", split
     """
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}': choose one of {', '.join(SPLITS)}")
-    path = run.path / "outputs" / f"{name or split}.npz"
+    path = outputs_path(run.path, name or split)
     if not run.checkpoint_path.is_file():
         raise UserError(f"{run.path} has no {run.checkpoint_path.name}; train it first")
     fingerprint = checkpoint_fingerprint(run)
@@ -86,7 +107,7 @@ def load_outputs(run: Run, split: str, device: str | torch.device = "cpu", split
     if cached is not None:
         return cached
     path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.parent / ".lock"):  # a second process waits, then reads what the first wrote
+    with file_lock(path.parent / LOCK):  # a second process waits, then reads what the first wrote
         cached = _read_cached(path, stamp, expected, data.labels.numpy())
         if cached is not None:
             return cached

@@ -1,6 +1,7 @@
-"""The run folder's file names and format tags (see :mod:`shallowdeep.run`), and the checks that need nothing
-more: whether a folder is a run, and where a file the user names may be written. No torch: the torch-free
-runtime's commands use these too."""
+"""The name and path of every file a run folder holds, its format tags, and the checks that need nothing more:
+whether a folder is a run, and where a file the user names may be written. No torch: the torch-free runtime's
+commands use these too. :mod:`shallowdeep.run` reads and writes the training state, :mod:`shallowdeep.outputs`
+the per-exit outputs, :mod:`shallowdeep.run_results` what the analysis commands and the backdoor study write."""
 
 from __future__ import annotations
 
@@ -15,8 +16,37 @@ METRICS = "metrics.jsonl"
 BACKBONE_COPY = "backbone.py"
 LOCK = ".lock"
 NEW_RUN = ".new-run"
+OUTPUTS_DIR = "outputs"  # per-exit logits, one .npz per split (see shallowdeep.outputs)
+OVERTHINKING_JSON = "overthinking.json"
+CONFUSION_JSON = "confusion.json"
+EARLY_EXIT_JSON = "early-exit.json"  # the latest early-exit result
+EARLY_EXIT_PNG = "early-exit.png"  # its plot
+EARLY_EXIT_DIR = "early-exit"  # every early-exit result under its key, with its plot
+REPORT_DIR = "report"
+REPORT_PAGE, REPORT_JSON = "index.html", "report.json"
+# the backdoor study (its folder is the SDN's run; its CNNs are runs in sub-folders)
+STUDY_JSON = "study.json"
+BACKDOOR_JSON = "backdoor.json"
+BACKDOOR_FIGURES = {"confusion": "backdoor-confusion.png", "exits": "backdoor-exits.png",
+                    "examples": "backdoor-examples.png"}
+BACKDOORED_CNN, CLEAN_CNN = "backdoored-cnn", "clean-cnn"
 RUN_FORMAT = "shallowdeep-run-1"
 CHECKPOINT_FORMAT = "shallowdeep-checkpoint-1"
+
+
+def evaluation_json(split: str) -> str:
+    """The name of the evaluation result of ``split`` (``eval-<split>.json``)."""
+    return f"eval-{split}.json"
+
+
+def outputs_path(run_path: Path, name: str) -> Path:
+    """Where the per-exit outputs cached under ``name`` (a split's, or a sample's) are kept."""
+    return Path(run_path) / OUTPUTS_DIR / f"{name}.npz"
+
+
+def trigger_copy(pattern: str) -> str:
+    """The name of a backdoored run's copy of the trigger image ``pattern``."""
+    return f"trigger{Path(pattern).suffix.lower()}"
 
 
 def is_run_folder(path: Path) -> bool:

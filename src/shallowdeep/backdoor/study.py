@@ -8,7 +8,8 @@ Layout of a study folder ``OUT`` (every ``*-cnn`` folder and ``OUT`` itself are 
     OUT/config.json, checkpoint.pt   the SDN: ICs trained on CLEAN data, the backdoored backbone frozen
     OUT/backdoor.json, OUT/backdoor-*.png   the figures (the HTML report shows them)
 
-Every stage is skipped when finished and continued from its checkpoint when interrupted.
+(names and files: :mod:`shallowdeep.run_folder` and :mod:`shallowdeep.run_results`). Every stage is skipped when
+finished and continued from its checkpoint when interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -28,24 +29,26 @@ from ..choices import BASELINES
 from ..data import ImageData, Splits, load_dataset
 from ..errors import UserError
 from ..exits import make_policy, simulate
-from ..io import atomic_write_bytes, atomic_write_json, read_json
 from ..model_spec import ModelSpec
 from ..exit_outputs import ExitOutputs, exit_names
 from ..outputs import compute_outputs, load_outputs
-from ..run import CHECKPOINT, CONFIG, Run, open_run
-from ..train import TrainConfig, config_from_dict, config_to_dict, load_pretrained, new_run, resume_run
+from ..run import Run, open_run
+from ..run_folder import BACKDOORED_CNN, CHECKPOINT, CLEAN_CNN, CONFIG
+from ..run_results import (holds_study, read_study_settings, recorded_study_seconds, study_settings_damaged,
+                           write_backdoor, write_backdoor_figures, write_study_settings, write_trigger_copy)
+from ..train import (Recipe, TrainConfig, config_from_dict, config_to_dict, load_pretrained, new_run, resolve_recipe,
+                     resume_run)
 from ..train.trainer import Progress
 from .metrics import accuracy, backdoor_figures
-from .poison import PoisonConfig, check_target, choose_poisoned, poison_splits, triggered_inputs
-from .trigger import build_trigger
+from ..data.poison import PoisonConfig, check_target, choose_poisoned, poison_splits, triggered_inputs
+from ..data.trigger import build_trigger
 
 FORMAT = "shallowdeep-backdoor-1"
-STUDY = "study.json"
-BACKDOORED, CLEAN = "backdoored-cnn", "clean-cnn"
 PAPER = {"triggered_accuracy_cnn": 0.12, "triggered_accuracy_early_exit": 0.84,
          "source": "Kaya et al., Shallow-Deep Networks (ICML 2019): accuracy on triggered inputs, backdoored "
                    "CNN vs early exit"}
 TARGET_ASR, TARGET_CLEAN_POINTS = 0.9, 2.0
+FINE_TUNE = {"lr": 0.01, "epochs": 3, "milestones": []}  # constant-rate SGD: fits a CPU
 
 Log = Callable[[str], None]
 
@@ -79,7 +82,15 @@ class StudySettings:
                        config_from_dict(d["ic"]), d["pretrained"], d["clean_baseline"], d["test_limit"], d["policy"],
                        d["max_drop"])
         except (KeyError, TypeError) as exc:
-            raise UserError(f"{STUDY} is damaged ({exc!s:.100}); start the study again in a new folder") from exc
+            raise study_settings_damaged(exc) from exc
+
+
+def cnn_recipe(weight_decay: float, changes: Mapping[str, Any], fine_tuning: bool) -> Recipe:
+    """The backdoored CNN's recipe (and its twin's) with the ``changes`` given (None: the recipe's own): when
+    ``fine_tuning`` pretrained weights, constant-rate SGD (:data:`FINE_TUNE`); from scratch, the paper's CNN recipe
+    (or the short schedule for few epochs)."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    return resolve_recipe("cnn", weight_decay, {**FINE_TUNE, **given} if fine_tuning else dict(changes))
 
 
 def class_index(target: int | str, classes: list[str]) -> int:
@@ -105,7 +116,7 @@ def run_study(out: Path, settings: StudySettings | None, device: torch.device, p
     splits = load_dataset(**settings.data)
     if not resuming:
         settings = start(out, settings, splits)
-    previous = _recorded_seconds(out)
+    previous = recorded_study_seconds(out)
     seconds: dict[str, float] = {}
 
     def timed(stage: str, message: str, work: Callable[[], bool]) -> None:
@@ -116,36 +127,27 @@ def run_study(out: Path, settings: StudySettings | None, device: torch.device, p
         elif stage in previous:
             seconds[stage] = previous[stage]
 
-    poisoned, index = poison_splits(splits, settings.poison, out / BACKDOORED)
+    poisoned, index = poison_splits(splits, settings.poison, out / BACKDOORED_CNN)
     epochs = settings.cnn.recipe.epochs
     timed("backdoored_cnn", f"poisoned {len(index)} of {len(splits.train)} training images -> class "
-          f"{settings.poison.target}; training {out / BACKDOORED} ({epochs} epochs)",
-          lambda: train_cnn(out / BACKDOORED, settings, poisoned, settings.poison, device, progress, on_epoch))
+          f"{settings.poison.target}; training {out / BACKDOORED_CNN} ({epochs} epochs)",
+          lambda: train_cnn(out / BACKDOORED_CNN, settings, poisoned, settings.poison, device, progress, on_epoch))
     if settings.clean_baseline == "train":
-        timed("clean_cnn", f"training the clean twin {out / CLEAN} (same recipe, no poison)",
-              lambda: train_cnn(out / CLEAN, settings, splits, None, device, progress, on_epoch))
+        timed("clean_cnn", f"training the clean twin {out / CLEAN_CNN} (same recipe, no poison)",
+              lambda: train_cnn(out / CLEAN_CNN, settings, splits, None, device, progress, on_epoch))
     timed("ic_only", f"IC-only training on clean data -> {out} ({settings.ic.recipe.epochs} epochs)",
           lambda: train_sdn(out, settings, device, progress, on_epoch))
     clock = time.perf_counter()
     log("computing the outputs of every exit on clean and triggered data")
     result = evaluate_study(out, settings, splits, len(index), device)
     result["seconds"] = {**seconds, "evaluation": round(time.perf_counter() - clock, 1)}
-    atomic_write_json(out / "backdoor.json", result)
+    write_backdoor(out, result)
     return result
-
-
-def _recorded_seconds(out: Path) -> dict[str, float]:
-    """The stage times an earlier call recorded in ``OUT/backdoor.json`` (none when it is absent or unreadable)."""
-    try:
-        seconds = json.loads((out / "backdoor.json").read_text()).get("seconds")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return {}
-    return seconds if isinstance(seconds, dict) else {}
 
 
 def check_new(out: Path) -> None:
     """A one-line error when ``out`` already holds a study."""
-    if (out / STUDY).exists() or (out / CONFIG).exists():
+    if holds_study(out):
         raise UserError(f"{out} already holds a study; pass --resume to continue it or choose another --out")
 
 
@@ -165,29 +167,16 @@ def start(out: Path, settings: StudySettings, splits: Splits) -> StudySettings:
     trigger = poison.trigger
     build_trigger(trigger, splits.spec.input_size, channels=splits.spec.channels)
     if trigger.is_file:
-        copy = f"trigger{Path(trigger.pattern).suffix.lower()}"
-        atomic_write_bytes(out / BACKDOORED / copy, Path(trigger.pattern).read_bytes())
+        copy = write_trigger_copy(out / BACKDOORED_CNN, Path(trigger.pattern))
         poison = replace(poison, trigger=replace(trigger, pattern=copy))
     settings = replace(settings, poison=poison)
-    atomic_write_json(out / STUDY, settings.to_dict())
+    write_study_settings(out, settings.to_dict())
     return settings
 
 
 def read_settings(out: Path) -> StudySettings:
     """The settings of the study in ``out``."""
-    path = out / STUDY
-    if not path.is_file():
-        raise UserError(f"{out} holds no study to resume ({STUDY} is missing)")
-    return StudySettings.from_dict(read_json(path))
-
-
-def poisoned_run_data(run: Run) -> tuple[Splits, torch.Tensor]:
-    """The data a backdoored run was trained on, rebuilt from its config: the clean splits with the recorded
-    poisoning applied, and the poisoned indices of the training split."""
-    record = run.config.get("poison")
-    if not record:
-        raise UserError(f"{run.path} was not trained on poisoned data (its {CONFIG} has no 'poison' record)")
-    return poison_splits(load_dataset(**run.data_options), PoisonConfig.from_dict(record), run.path)
+    return StudySettings.from_dict(read_study_settings(out))
 
 
 def _checkpoint(run_dir: Path) -> dict[str, Any] | None:
@@ -227,7 +216,7 @@ def train_sdn(out: Path, settings: StudySettings, device: torch.device, progress
     if ckpt is None:
         (out / CONFIG).unlink(missing_ok=True)  # a start that stopped before its first checkpoint
         model = ModelSpec(exits=settings.model.exits, fractions=settings.model.fractions, ic=settings.model.ic)
-        new_run(out, settings.data, model, settings.ic, pretrained=str(out / BACKDOORED), device=device,
+        new_run(out, settings.data, model, settings.ic, pretrained=str(out / BACKDOORED_CNN), device=device,
                 progress=progress, on_epoch=on_epoch, require_empty=False)
     else:
         resume_run(out, device=device, progress=progress, on_epoch=on_epoch)
@@ -241,7 +230,7 @@ def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_
     test = random_subset(splits.test, settings.test_limit, settings.data.get("seed", 0))
     tested = replace(splits, test=test)
     name = "test" if settings.test_limit is None else f"test-sample{len(test)}"
-    trigger = build_trigger(settings.poison.trigger, splits.spec.input_size, out / BACKDOORED, splits.spec.channels)
+    trigger = build_trigger(settings.poison.trigger, splits.spec.input_size, out / BACKDOORED_CNN, splits.spec.channels)
     triggered = triggered_inputs(test, trigger, settings.poison.target)
     key = hashlib.sha256(json.dumps(settings.poison.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     outputs = {
@@ -256,8 +245,8 @@ def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_
     baseline = _clean_baseline(out, settings, tested, name, device)
     result = {
         "format": FORMAT,
-        "runs": {"sdn": str(out), "backdoored_cnn": str(out / BACKDOORED),
-                 "clean_cnn": str(out / CLEAN) if settings.clean_baseline == "train" else None},
+        "runs": {"sdn": str(out), "backdoored_cnn": str(out / BACKDOORED_CNN),
+                 "clean_cnn": str(out / CLEAN_CNN) if settings.clean_baseline == "train" else None},
         "poison": {**settings.poison.to_dict(), "target_name": splits.spec.classes[settings.poison.target],
                    "poisoned_images": poisoned_images, "train_images": len(splits.train)},
         "dataset": splits.spec.name, "test_images": len(test),
@@ -270,10 +259,9 @@ def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_
     from .plots import detection_histogram, exit_plot  # matplotlib is loaded only when figures are drawn
 
     names = exit_names(len(outputs["clean"].exit_flops), sdn.model.exits)
-    atomic_write_bytes(out / "backdoor-confusion.png", detection_histogram(result["detection"]))
-    atomic_write_bytes(out / "backdoor-exits.png", exit_plot(result, names, outputs["clean"].exit_flops))
-    atomic_write_bytes(out / "backdoor-examples.png", _examples(test, triggered, outputs["triggered"], result,
-                                                                 splits.spec.classes))
+    write_backdoor_figures(out, confusion=detection_histogram(result["detection"]),
+                           exits=exit_plot(result, names, outputs["clean"].exit_flops),
+                           examples=_examples(test, triggered, outputs["triggered"], result, splits.spec.classes))
     return result
 
 
@@ -306,11 +294,11 @@ def _clean_baseline(out: Path, settings: StudySettings, tested: Splits, name: st
                     device: torch.device) -> dict[str, Any] | None:
     """The clean test accuracy of the un-poisoned network: the clean twin, or the pretrained source."""
     if settings.clean_baseline == "train":
-        outputs = load_outputs(open_run(out / CLEAN), "test", device, splits=tested, name=name)
+        outputs = load_outputs(open_run(out / CLEAN_CNN), "test", device, splits=tested, name=name)
         return {"network": "clean twin (same recipe, no poison)", "accuracy": accuracy(outputs.predictions[-1],
                                                                                          outputs.labels)}
     if settings.clean_baseline == "source":
-        outputs = _source_outputs(open_run(out / BACKDOORED), settings, tested.test, tested, device)
+        outputs = _source_outputs(open_run(out / BACKDOORED_CNN), settings, tested.test, tested, device)
         return {"network": f"pretrained source {settings.pretrained}",
                 "accuracy": accuracy(outputs.predictions[-1], outputs.labels)}
     return None

@@ -1,7 +1,9 @@
 """The ``shallowdeep`` command line. Each module in this package is one sub-command.
 
 A command module defines ``NAME``, ``HELP``, ``ORDER``, ``add_arguments(parser)`` and
-``run(args) -> int``; it parses, calls the library, prints and writes JSON. Every command's parser
+``run(args) -> int``; it parses, calls the library and prints. A library error about a setting
+(:class:`shallowdeep.errors.SettingError`) is printed with the options that give it: the option whose
+destination is the setting's name, or the one the module's optional ``SETTINGS`` maps it to. Every command's parser
 is built on each call, so a command module imports nothing heavy at its top (option choices come
 from :mod:`shallowdeep.choices`) and imports the library inside ``run``: torch, matplotlib and
 captum load only for the command that runs, and only where it needs them. Errors the user can fix
@@ -20,7 +22,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from ..choices import TRUST_CODE
-from ..errors import UserError
+from ..errors import SettingError, UserError
 
 
 def _command_modules() -> list[ModuleType]:
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _options=_options(p, getattr(module, "SETTINGS", {})))
     return parser
 
 
@@ -81,11 +83,23 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (UserError, OSError) as exc:
         if args.debug:
             raise
-        print(f"shallowdeep {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"shallowdeep {args.command}: error: {_one_line(exc)}{_flags(exc, args._options)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"shallowdeep {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _options(parser: argparse.ArgumentParser, settings: dict[str, str]) -> dict[str, str]:
+    """The option that gives each setting: by its destination, or as ``settings`` maps a library name to it."""
+    found = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    return {**found, **settings}
+
+
+def _flags(exc: Exception, options: dict[str, str]) -> str:
+    """The options behind a :class:`SettingError`, as ' (--a, --b)'; '' for other errors."""
+    flags = [options[s] for s in getattr(exc, "settings", ()) if s in options] if isinstance(exc, SettingError) else []
+    return f" ({', '.join(dict.fromkeys(flags))})" if flags else ""
 
 
 def _one_line(exc: Exception) -> str:

@@ -16,7 +16,8 @@ from argparse import ArgumentTypeError
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-from ..choices import ARCHS, IC_DESIGNS, IC_WIDTH, LIBRARIES
+from ..choices import (ARCHS, CACHE_VIEWS, DATASET, DATASETS, HOLDOUT_FRACTION, IC_DESIGNS, IC_WIDTH, LIBRARIES,
+                       NORMALIZATION, NORMALIZATIONS, SEED)
 from ..errors import UserError
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from ..exit_outputs import ExitOutputs
     from ..model_spec import ModelSpec
     from ..run import Run
+    from ..train.data_settings import DataSettings
 
 SEED_MAX = 2**32 - 1  # 32 bits: seed * 1_000_003 + epoch, the per-epoch generators' seed, stays in torch's 64
 
@@ -207,6 +209,48 @@ def add_cache_argument(group) -> None:
                             "~/.cache/shallowdeep where that cannot be written)")
 
 
+def add_data_arguments(parser, data_dir_help: str, holdout: Callable[[str], float] = fraction,
+                       holdout_help: str = "share of the training set held out",
+                       normalization_help: str = "input mean/std: the paper's per data set, ImageNet's, or the "
+                                                 "training split's own"):
+    """The data options of a command that trains (defaults: :class:`shallowdeep.train.DataSettings`'s, from
+    :mod:`shallowdeep.choices`); returns their group, for a command's own data options."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default=DATASET)
+    g.add_argument("--data-dir", type=Path, help=data_dir_help)
+    add_cache_argument(g)
+    g.add_argument("--holdout-fraction", type=holdout, default=HOLDOUT_FRACTION, help=holdout_help)
+    g.add_argument("--limit", type=positive_int, help="train on the first N training images only")
+    add_image_arguments(g)
+    g.add_argument("--normalization", choices=NORMALIZATIONS, default=NORMALIZATION, help=normalization_help)
+    return g
+
+
+def data_settings(args, download: bool | None = None) -> DataSettings:
+    """The :class:`~shallowdeep.train.DataSettings` the options of :func:`add_data_arguments` give."""
+    from ..train.data_settings import DataSettings
+
+    return DataSettings(args.dataset, args.data_dir, args.holdout_fraction, args.seed, args.limit, download,
+                        args.normalization, args.image_size, args.channels, args.cache_dir)
+
+
+def add_recipe_arguments(group) -> None:
+    """The recipe options that every training command takes (unset: the recipe's own), and ``--seed``."""
+    group.add_argument("--epochs", type=positive_int)
+    group.add_argument("--lr", type=positive_float)
+    group.add_argument("--batch-size", type=positive_int)
+    group.add_argument("--weight-decay", type=non_negative_float)
+
+
+def add_seed_argument(group, help: str | None = None) -> None:
+    group.add_argument("--seed", type=random_seed, default=SEED, help=help)
+
+
+def add_cache_views_argument(group) -> None:
+    group.add_argument("--cache-views", type=positive_int, default=CACHE_VIEWS,
+                       help="ic-only: augmented views of the training set cached")
+
+
 def add_run_data_arguments(parser) -> None:
     """``--data-dir`` and ``--cache-dir`` of a command that reads a run's data (see :func:`run_data`)."""
     g = parser.add_argument_group("data")
@@ -241,6 +285,10 @@ def add_model_arguments(parser, from_help: str | None) -> None:
                    help="internal classifier design: the SDN paper's (pooling + linear), conv (a small convolutional "
                         "head), or ztw (conv heads with Zero Time Waste's cascading and geometric ensemble)")
     g.add_argument("--ic-width", type=int_range(1, 4096), default=IC_WIDTH, help="channels of the conv and ztw heads")
+    g.add_argument("--leaf-module", dest="leaf_modules", action="append", default=[], metavar="CLASS",
+                   help="trace every module of this class as one call, for code torch.fx cannot trace (repeatable): "
+                        "its class name (Gate) or full import path (mypkg.blocks.Gate); no exit goes inside it; "
+                        "recorded in the run")
 
 
 def model_spec(args) -> ModelSpec:
@@ -258,7 +306,7 @@ def model_spec(args) -> ModelSpec:
         raise UserError("--model-kwargs applies to torchvision:NAME and timm:NAME backbones")
     return ModelSpec(arch=args.arch, factory=None if library else args.backbone, library=library,
                      model_kwargs=args.model_kwargs, exits=exits, fractions=args.fractions,
-                     ic=ICDesign(args.ic, args.ic_width))
+                     ic=ICDesign(args.ic, args.ic_width), leaf_modules=tuple(args.leaf_modules))
 
 
 def json_object(text: str) -> dict:

@@ -18,21 +18,18 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..choices import BASELINES, DATASETS, DEFAULT_MAX_DROP, DEFAULT_RATE, NORMALIZATIONS, PLACES, POLICY_NAMES
-from ..errors import UserError
-from ._common import (add_cache_argument, add_device_argument, add_image_arguments, add_model_arguments, fraction,
-                      image_options, model_spec, non_negative_float, open_fraction, positive_float, positive_int,
-                      progress_bar, random_seed, resolve_device, table)
+from ..choices import BASELINES, DEFAULT_MAX_DROP, DEFAULT_RATE, PLACES, POLICY_NAMES
+from ._common import (add_cache_views_argument, add_data_arguments, add_device_argument, add_model_arguments,
+                      add_recipe_arguments, add_seed_argument, data_settings, fraction, model_spec, open_fraction,
+                      positive_int, progress_bar, resolve_device, table)
 
 if TYPE_CHECKING:
     from ..backdoor import StudySettings
-    from ..train import Recipe
 
 NAME = "backdoor"
 ORDER = 70
 HELP = "BadNets backdoor: attack success, early-exit recovery, confusion as a detector"
 
-FINE_TUNE = {"lr": 0.01, "epochs": 3}
 IC_EPOCHS = 25
 
 
@@ -40,18 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="study folder to create (the SDN's run folder)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted study in --out")
     add_model_arguments(p, "fine-tune these weights (a run folder or a checkpoint file) instead of training from scratch")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default="cifar10")
-    g.add_argument("--data-dir", type=Path, help="folder holding the data set")
-    add_cache_argument(g)
-    g.add_argument("--holdout-fraction", type=open_fraction, default=0.1,
-                   help="share of the training set held out (clean; chooses the early-exit threshold)")
-    g.add_argument("--limit", type=positive_int, help="train on the first N training images only")
+    g = add_data_arguments(p, "folder holding the data set", holdout=open_fraction,
+                           holdout_help="share of the training set held out (clean; chooses the early-exit threshold)",
+                           normalization_help="input mean/std: the paper's per data set, ImageNet's (e.g. for "
+                                              "the akamaster weights on --dataset imagefolder), or the training "
+                                              "split's own")
     g.add_argument("--test-limit", type=positive_int, help="evaluate on N test images drawn at random (seeded) only")
-    add_image_arguments(g)
-    g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
-                   help="input mean/std: the paper's per data set, ImageNet's (e.g. for the akamaster weights on "
-                        "--dataset imagefolder), or the training split's own")
     g = p.add_argument_group("trigger and poisoning")
     g.add_argument("--pattern", default="square", metavar="square|checkerboard|IMAGE",
                    help="trigger pattern: a white square, a checkerboard, or an image file")
@@ -63,14 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--poison-rate", type=fraction, default=DEFAULT_RATE, help="share of the training images poisoned")
     g = p.add_argument_group("recipe (fine-tuning: SGD lr 0.01, 3 epochs; from scratch: the paper's CNN recipe, "
                              "or the short schedule for few --epochs, as in train)")
-    g.add_argument("--epochs", type=positive_int)
-    g.add_argument("--lr", type=positive_float)
-    g.add_argument("--batch-size", type=positive_int)
-    g.add_argument("--weight-decay", type=non_negative_float)
+    add_recipe_arguments(g)
     g.add_argument("--ic-epochs", type=positive_int, default=IC_EPOCHS, help="epochs of IC-only training")
-    g.add_argument("--cache-views", type=positive_int, default=2,
-                   help="IC-only: augmented views of the training set cached")
-    g.add_argument("--seed", type=random_seed, default=0, help="seed of the data split, the poisoning and training")
+    add_cache_views_argument(g)
+    add_seed_argument(g, "seed of the data split, the poisoning and training")
     g = p.add_argument_group("evaluation")
     g.add_argument("--clean-baseline", choices=BASELINES, default="train",
                    help="the un-poisoned network: train a clean twin with the same recipe, use the --from "
@@ -83,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..backdoor import run_study
+    from ..run_results import backdoor_path
     from ..train import Interrupted
 
     device = resolve_device(args.device, args.threads)
@@ -94,46 +82,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out}: {exc}; continue with --resume")
         return 130
     _print(result)
-    print(f"wrote {args.out / 'backdoor.json'} and {args.out}/backdoor-*.png")
+    print(f"wrote {backdoor_path(args.out)} and {args.out}/backdoor-*.png")
     return 0
 
 
 def _settings(args: argparse.Namespace) -> StudySettings:
     from ..backdoor import PoisonConfig, StudySettings, TriggerSpec
-    from ..backdoor.study import check_new
+    from ..backdoor.study import check_new, cnn_recipe
     from ..train import TrainConfig, paper_weight_decay, resolve_backbone, resolve_recipe
 
     check_new(args.out)
-    if args.data_dir is None and args.dataset != "digits":
-        raise UserError(f"--data-dir is required for --dataset {args.dataset}")
+    data = data_settings(args).options()
     model = model_spec(args)
     weight_decay = args.weight_decay if args.weight_decay is not None else \
         paper_weight_decay(resolve_backbone(model, args.pretrained)[0])
-    data = {"name": args.dataset, "data_dir": str(args.data_dir.expanduser().resolve()) if args.data_dir else None,
-            "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
-            "normalization": args.normalization, **image_options(args),
-            **({"cache_dir": str(args.cache_dir.expanduser().resolve())} if args.cache_dir else {})}
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     poison = PoisonConfig(TriggerSpec(args.pattern, args.trigger_size, args.position), target, args.poison_rate,
                           args.seed)
     ic = resolve_recipe("ic-only", weight_decay, {"epochs": args.ic_epochs})
     return StudySettings(
         data=data, model=model, poison=poison, pretrained=args.pretrained,
-        cnn=TrainConfig("cnn", _cnn_recipe(args, weight_decay), seed=args.seed),
+        cnn=TrainConfig("cnn", cnn_recipe(weight_decay, {"epochs": args.epochs, "lr": args.lr,
+                                                         "batch_size": args.batch_size}, bool(args.pretrained)),
+                        seed=args.seed),
         ic=TrainConfig("ic-only", ic, seed=args.seed, cache_views=args.cache_views),
         clean_baseline=args.clean_baseline, test_limit=args.test_limit, policy=args.policy, max_drop=args.max_drop)
-
-
-def _cnn_recipe(args: argparse.Namespace, weight_decay: float) -> Recipe:
-    """Fine-tuning: constant-rate SGD (lr 0.01, 3 epochs); from scratch: the paper's CNN recipe (or the short
-    schedule for few epochs)."""
-    from ..train import resolve_recipe
-
-    changes = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
-    if args.pretrained:  # constant-rate fine-tuning
-        changes = {"lr": FINE_TUNE["lr"], "epochs": FINE_TUNE["epochs"], "milestones": [], **{
-            k: v for k, v in changes.items() if v is not None}}
-    return resolve_recipe("cnn", weight_decay, changes)
 
 
 def _print_epoch(row: dict) -> None:
@@ -156,8 +129,6 @@ def _print(r: dict) -> None:
         ("attack success rate, early-exit SDN", pct(r["attack"]["success_rate_early_exit"])),
         ("triggered accuracy (true labels), CNN", pct(r["triggered"]["accuracy_cnn"])),
         ("triggered accuracy (true labels), early-exit SDN", pct(r["triggered"]["accuracy_early_exit"])),
-        ("  paper: CNN -> early exit", f"{pct(r['paper']['triggered_accuracy_cnn'])} -> "
-                                       f"{pct(r['paper']['triggered_accuracy_early_exit'])}"),
         ("confusion AUROC, triggered vs clean", pct(r["detection"]["auroc"])),
         ("1 - max softmax AUROC, triggered vs clean", pct(r["detection"]["auroc_confidence"])),
     ]

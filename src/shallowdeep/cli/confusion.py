@@ -37,9 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import confusion_report
-    from ..io import atomic_write_json
     from ..outputs import load_outputs, load_train_sample
     from ..run import open_run
+    from ..run_results import write_confusion
 
     run_ = open_run(args.run)
     require_ics(run_, "confusion")
@@ -54,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     normalised_on = (f"a seeded random sample of {sampled} of the {total} training images (un-augmented)"
                      if sampled < total else f"the {total} training images (un-augmented)")
     result = {"run": str(args.run), "split": args.split, "normalised_on": normalised_on, **report}
-    path = run_.path / "confusion.json"
 
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
           f"wrong {cell(report['mean_confusion']['wrong'])} ({report['final_mistakes']} mistakes in "
           f"{report['samples']} {args.split} samples)")
     print(f"normalised on {normalised_on}" + ("; --train-samples 0 uses them all" if sampled < total else ""))
-    atomic_write_json(path, result)  # after printing: a full disk loses no figure
+    path = write_confusion(run_.path, result)  # after printing: a full disk loses no figure
     print(f"wrote {path}")
     return 0
 

@@ -22,26 +22,21 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..choices import DATASETS, DEFAULT_MAX_DROP, POLICY_NAMES
 from ..errors import UserError
 from ._common import (add_device_argument, add_run_data_arguments, fraction, open_fraction, percentages,
-                      positive_float, random_seed, require_ics, require_samples, resolve_device, run_data, table)
-
-if TYPE_CHECKING:
-    import torch
-
-    from ..data import ImageData, Splits
-    from ..exit_outputs import ExitOutputs
-    from ..run import Run
+                      positive_float, random_seed, require_ics, resolve_device, run_data, table)
 
 NAME = "early-exit"
 ORDER = 30
 HELP = ("calibrate an early-exit threshold on held-out data, measure it on test; each criterion, policy and "
         "calibration data keeps its own result in RUN/early-exit/")
 
-RESULT_PNG = "early-exit.png"  # the latest result's plot, beside RUN/early-exit.json
+# the calibration settings (shallowdeep.calibration_data.CalibrationData) and their options
+SETTINGS = {"source": "--calibrate-on", "split": "--calibration-split", "separate": "--calibration-data",
+            "dataset": "--calibration-dataset", "split_seed": "--split-seed"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,25 +66,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..calibration_data import CalibrationData, calibration_outputs
     from ..exits import POLICIES, calibrate, certify, early_exit_result
     from ..outputs import load_outputs
-    from ..report.tradeoff import EARLY_EXIT_JSON
     from ..run import open_run
+    from ..run_results import latest_early_exit_path, write_early_exit
 
     run_ = open_run(args.run)
     require_ics(run_, "early-exit")
     device = resolve_device(args.device, args.threads)
     if args.confidence is not None and args.budget is not None:
         raise UserError("--confidence certifies a maximum accuracy drop; it does not go with --budget")
-    if args.calibrate_on == "test-half" and (args.calibration_data is not None or args.calibration_split is not None):
-        raise UserError("--calibrate-on test-half takes its calibration data from the test split; drop "
-                        "--calibration-data and --calibration-split")
     run_splits = run_data(run_, args)
-    if args.calibrate_on == "test-half":
-        calibration, test, calibrated_on = _test_halves(run_, args, run_splits, device)
-    else:
-        calibration, calibrated_on = _calibration_outputs(run_, args, run_splits, device)
-        test = None  # loaded once the threshold is chosen
+    choice = CalibrationData(args.calibrate_on, args.calibration_split, args.calibration_data, args.calibration_dataset,
+                             args.split_seed)
+    calibration, test, calibrated_on = calibration_outputs(run_, choice, run_splits, device, args.data_dir)
     drop = DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop
     criterion: dict[str, Any] = {"budget": args.budget} if args.budget is not None else {"max_drop": drop}
     if args.confidence is not None and not args.per_exit:
@@ -107,114 +98,9 @@ def run(args: argparse.Namespace) -> int:
     result = {"run": str(args.run),
               **early_exit_result(policy, criterion, calibrated_on, calibration, test, layers)}
     _print(result)
-    path = _write(run_.path, result)  # after printing: a full disk loses no figure
-    print(f"wrote {path} with its plot, and the same as the latest result: {run_.path / EARLY_EXIT_JSON}")
+    path = write_early_exit(run_.path, result, _plot)  # after printing: a full disk loses no figure
+    print(f"wrote {path} with its plot, and the same as the latest result: {latest_early_exit_path(run_.path)}")
     return 0
-
-
-def _write(run_path: Path, result: dict[str, Any]) -> Path:
-    """Keep ``result`` under its key (replacing only an earlier result of that key) and as the latest result;
-    an earlier version's single result is moved under its own key first. Returns the result's path."""
-    from ..io import atomic_write_bytes, atomic_write_json
-    from ..report.tradeoff import EARLY_EXIT_JSON, read_earlier_result, result_key, result_path
-
-    earlier = read_earlier_result(run_path)
-    if earlier is not None and not result_path(run_path, earlier["key"]).exists():
-        if (run_path / RESULT_PNG).is_file():
-            atomic_write_bytes(result_path(run_path, earlier["key"], ".png"), (run_path / RESULT_PNG).read_bytes())
-        atomic_write_json(result_path(run_path, earlier["key"]), earlier)
-    result = {"key": result_key(result), **result}
-    path, png = result_path(run_path, result["key"]), _plot(result)
-    atomic_write_json(path, result)
-    atomic_write_bytes(result_path(run_path, result["key"], ".png"), png)
-    atomic_write_json(run_path / EARLY_EXIT_JSON, result)
-    atomic_write_bytes(run_path / RESULT_PNG, png)
-    return path
-
-
-def _test_halves(run_: Run, args: argparse.Namespace, run_splits: Splits,
-                 device: torch.device) -> tuple[ExitOutputs, ExitOutputs, dict[str, Any]]:
-    """The calibration half and the evaluation half of the run's test outputs, and their record."""
-    from ..exits import HALVES_NOTE, index_hash, split_halves
-    from ..outputs import load_outputs
-
-    test = load_outputs(run_, "test", device, splits=run_splits)
-    calibration, evaluation = split_halves(test.labels.size, args.split_seed)
-    data = run_.config["data"]
-    return test.subset(calibration), test.subset(evaluation), {
-        "source": "test-half", "dataset": data.get("name"),
-        "data_dir": str(args.data_dir) if args.data_dir else data.get("data_dir"), "split": "test",
-        "seed": args.split_seed, "samples": int(calibration.size), "evaluation_samples": int(evaluation.size),
-        "calibration_indices_sha256": index_hash(calibration), "note": HALVES_NOTE}
-
-
-def _calibration_outputs(run_: Run, args: argparse.Namespace, run_splits: Splits,
-                         device: torch.device) -> tuple[ExitOutputs, dict[str, Any]]:
-    """The per-exit outputs that choose the threshold, and a record of where they came from."""
-    from ..data import Splits, load_dataset
-    from ..outputs import compute_outputs, load_outputs
-
-    data = run_.config["data"]
-    if args.calibration_data is None or _is_run_data(run_, args):
-        split = args.calibration_split or "holdout"
-        if split in ("test", "all"):
-            raise UserError(f"--calibration-split {split} would calibrate on the run's test set; use holdout or "
-                            "train, or a separate data set with --calibration-data")
-        outputs = load_outputs(run_, split, device, splits=run_splits)
-        require_samples(outputs, split, "use --calibration-split train or --calibration-data DIR")
-        return outputs, {"source": "run", "dataset": data.get("name"),
-                         "data_dir": str(args.data_dir) if args.data_dir else data.get("data_dir"),
-                         "split": split, "samples": int(outputs.labels.size)}
-    split = args.calibration_split or "all"
-    other = load_dataset(args.calibration_dataset, args.calibration_data, **_image_options(run_, args))
-    for what, theirs, ours in (("classes", other.spec.classes, run_splits.spec.classes),
-                               ("image shape", other.spec.input_shape, run_splits.spec.input_shape)):
-        if theirs != ours:
-            raise UserError(f"calibration data {args.calibration_data} does not match the run's {what} "
-                            f"({_short(theirs)} vs {_short(ours)})")
-    images = _pick(other, split)
-    if len(images) == 0:
-        raise UserError(f"the {split} split of {args.calibration_data} is empty")
-    # The run's normalisation, since the network was trained with it.
-    splits = Splits(run_splits.spec, images, images, images)
-    outputs = compute_outputs(run_.load_net(device), images, splits, device)
-    return outputs, {"source": "separate", "dataset": args.calibration_dataset,
-                     "data_dir": str(args.calibration_data), "split": split, "samples": int(outputs.labels.size)}
-
-
-def _image_options(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
-    """How an image folder given as calibration data is read: with the run's image size and channels."""
-    if args.calibration_dataset != "imagefolder":
-        return {}
-    data = run_.data_options
-    return {"image_size": data.get("image_size"), "channels": data.get("channels")}
-
-
-def _is_run_data(run_: Run, args: argparse.Namespace) -> bool:
-    """Whether --calibration-data names the data set the run was trained and tested on."""
-    data = run_.config["data"]
-    if args.calibration_dataset != data.get("name"):
-        return False
-    if data.get("name") == "digits":
-        return True
-    run_dir = args.data_dir or data.get("data_dir")
-    return run_dir is not None and Path(run_dir).expanduser().resolve() == args.calibration_data.expanduser().resolve()
-
-
-def _pick(splits: Splits, split: str) -> ImageData:
-    import torch
-
-    from ..data import ImageData
-
-    if split != "all":
-        return getattr(splits, split)
-    parts = (splits.train, splits.holdout, splits.test)
-    return ImageData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
-
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _plot(result: dict[str, Any]) -> bytes:

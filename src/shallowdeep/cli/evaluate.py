@@ -22,9 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import exit_table
-    from ..io import atomic_write_json
     from ..outputs import load_outputs
     from ..run import open_run
+    from ..run_results import write_evaluation
 
     run_ = open_run(args.run)
     outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads), run_data(run_, args))
@@ -36,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
     print(table(["exit", "name", "top-1 %", "top-5 %", "MFLOPs", "of backbone"],
                 [(r["exit"], r["name"], f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}",
                   f"{r['flops'] / 1e6:.2f}", f"{100 * r['flops_fraction']:.1f}%") for r in rows]))
-    atomic_write_json(run_.path / f"eval-{args.split}.json", result)  # after printing: a full disk loses no figure
-    print(f"{len(outputs.labels)} {args.split} images; wrote {run_.path / f'eval-{args.split}.json'}")
+    path = write_evaluation(run_.path, args.split, result)  # after printing: a full disk loses no figure
+    print(f"{len(outputs.labels)} {args.split} images; wrote {path}")
     return 0

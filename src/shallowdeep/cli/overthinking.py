@@ -31,9 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import overthinking
     from ..exit_outputs import exit_names
-    from ..io import atomic_write_json
     from ..outputs import load_outputs
     from ..run import open_run
+    from ..run_results import write_overthinking
 
     run_ = open_run(args.run)
     require_ics(run_, "overthinking")
@@ -41,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
     require_samples(outputs, args.split, "measure another --split")
     names = exit_names(len(outputs.exit_flops), run_.config["model"].get("exits"))
     result = {"run": str(args.run), "split": args.split, **overthinking(outputs, names)}
-    path = run_.path / "overthinking.json"
 
     dist, destructive = result["wasteful"]["earliest_correct_exit"], result["destructive"]
     rows, shares = [], percentages([*dist["shares"], dist["none_share"]], 2)
@@ -60,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
           f"the backbone's FLOPs")
     print(f"destructive: {destructive['count']} of the final head's {destructive['final_mistakes']} mistakes "
           f"({'-' if share is None else f'{100 * share:.2f}%'}) were right at an earlier IC")
-    atomic_write_json(path, result)  # after printing: a full disk loses no figure
+    path = write_overthinking(run_.path, result)  # after printing: a full disk loses no figure
     print(f"wrote {path}")
     return 0

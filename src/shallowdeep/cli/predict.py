@@ -125,7 +125,7 @@ def _chosen_policy(run_: Run, key: str | None, num_ics: int) -> tuple[str, ExitP
     """The key of the run's early-exit result named ``key`` (default: the latest) and its policy with its
     threshold; a one-line error saying to run early-exit again when the result does not hold a usable one."""
     from ..exits import make_policy
-    from ..report.tradeoff import find_early_exit
+    from ..run_results import find_early_exit
     from ..runtime.manifest import Policy
 
     found = find_early_exit(run_.path, key)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..choices import DATASETS, IC_LOSSES, MODES, NORMALIZATIONS, PAPER_RECIPES, SCHEDULES, SHORT_BELOW, SHORT_RECIPES
+from ..choices import (CACHE_BUDGET_GB, IC_LOSS, IC_LOSSES, MODES, PAPER_RECIPES, SCHEDULES, SHORT_BELOW,
+                       SHORT_RECIPES)
 from ..errors import UserError
-from ._common import (add_cache_argument, add_device_argument, add_image_arguments, add_model_arguments, fraction,
-                      image_options, model_spec, non_negative_float, positive_float, positive_int, positive_ints,
-                      progress_bar, random_seed, resolve_device)
+from ._common import (add_cache_views_argument, add_data_arguments, add_device_argument, add_model_arguments,
+                      add_recipe_arguments, add_seed_argument, data_settings, fraction, model_spec, non_negative_float,
+                      positive_ints, progress_bar, resolve_device)
 
 NAME = "train"
 ORDER = 10
@@ -27,17 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", dest="library_weights", action="store_true",
                    help="a torchvision:NAME or timm:NAME backbone starts from the library's own pretrained weights "
                         "(fetched by the library)")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default="cifar10")
-    g.add_argument("--data-dir", type=Path, help="folder holding the data set (recorded as an absolute path; with "
-                   "--resume: where the run's data is now, if it moved)")
-    add_cache_argument(g)
+    g = add_data_arguments(p, "folder holding the data set (recorded as an absolute path; with --resume: where the "
+                              "run's data is now, if it moved)")
     g.add_argument("--download", action="store_true", help="download the data set when it is missing")
-    g.add_argument("--holdout-fraction", type=fraction, default=0.1, help="share of the training set held out")
-    g.add_argument("--limit", type=positive_int, help="train on the first N training images only")
-    add_image_arguments(g)
-    g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
-                   help="input mean/std: the paper's per data set, ImageNet's, or the training split's own")
     g = p.add_argument_group("recipe", "Defaults: the paper's recipe for --mode. " + _paper_recipes() +
                              " Batch 128, momentum 0.9; weight decay 5e-4 for vgg16_bn and wrn32_4, 1e-4 for the others "
                              "and your own. "
@@ -46,15 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=SCHEDULES,
                    help="the paper's (lr x0.1 at the milestones) or the short one (default: short when --epochs is "
                         "well below the paper's and no --milestones are given, else the paper's)")
-    g.add_argument("--epochs", type=positive_int)
-    g.add_argument("--lr", type=positive_float)
-    g.add_argument("--batch-size", type=positive_int)
-    g.add_argument("--weight-decay", type=non_negative_float)
+    add_recipe_arguments(g)
     g.add_argument("--momentum", type=fraction)
     g.add_argument("--milestones", type=positive_ints, help="comma-separated epochs where the learning rate drops x0.1")
     g.add_argument("--optimizer", choices=("sgd", "adam"))
-    g.add_argument("--seed", type=random_seed, default=0)
-    g.add_argument("--ic-loss", choices=IC_LOSSES, default="growing",
+    add_seed_argument(g)
+    g.add_argument("--ic-loss", choices=IC_LOSSES, default=IC_LOSS,
                    help="sdn: the paper's IC loss weights growing over the epochs, or every exit weighted 1 "
                         "from the start (better when fine-tuning a trained network)")
     g = p.add_argument_group("speed")
@@ -62,9 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-amp", action="store_true", help="no bf16 mixed precision on CUDA")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--no-cache-features", action="store_true", help="ic-only: stream the backbone every epoch")
-    g.add_argument("--cache-views", type=positive_int, default=2,
-                   help="ic-only: augmented views of the training set cached")
-    g.add_argument("--cache-budget-gb", type=non_negative_float, default=4.0,
+    add_cache_views_argument(g)
+    g.add_argument("--cache-budget-gb", type=non_negative_float, default=CACHE_BUDGET_GB,
                    help="ic-only: memory for cached features")
 
 
@@ -100,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda row: print(_epoch_line(row), flush=True)) if dist.is_main else None
     try:
         if args.resume:
-            metrics = resume_run(args.out, _resume_splits(args), device=device, dist=dist, progress=progress_bar,
-                                 on_start=_print_lines, on_epoch=log)
+            metrics = resume_run(args.out, device=device, dist=dist, progress=progress_bar, on_start=_print_lines,
+                                 on_epoch=log, data_dir=args.data_dir, cache_dir=args.cache_dir)
         else:
             metrics = _start(args, device, dist, log)
     except Interrupted as exc:
@@ -112,25 +101,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume_splits(args: argparse.Namespace):
-    """The data a run to resume was trained on: a backdoor study's poisoned copy, else its config's (from
-    --data-dir, cached in --cache-dir, when given)."""
-    from ..outputs import load_run_data
-    from ..run import open_run
-
-    run = open_run(args.out)
-    if not run.config.get("poison"):
-        return load_run_data(run, args.data_dir, args.cache_dir)
-    from ..backdoor import poisoned_run_data
-
-    return poisoned_run_data(run)[0]
-
-
 def _start(args: argparse.Namespace, device, dist, log):
     from ..train import TrainConfig, new_run
 
-    if args.data_dir is None and args.dataset != "digits":
-        raise UserError(f"--data-dir is required for --dataset {args.dataset}")
+    data = data_settings(args, download=args.download).options()
     model = model_spec(args)
     if args.library_weights and not model.library:
         raise UserError("--pretrained applies to torchvision:NAME and timm:NAME backbones; for others use --from")
@@ -138,10 +112,6 @@ def _start(args: argparse.Namespace, device, dist, log):
                       cache_features=not args.no_cache_features, cache_views=args.cache_views,
                       cache_budget_gb=args.cache_budget_gb, amp=not args.no_amp, compile=args.compile,
                       ic_loss=args.ic_loss)
-    data = {"name": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
-            "holdout_fraction": args.holdout_fraction, "seed": args.seed, "limit": args.limit,
-            "download": args.download, "normalization": args.normalization, **image_options(args),
-            **({"cache_dir": str(args.cache_dir.expanduser().resolve())} if args.cache_dir else {})}
     return new_run(args.out, data, model, cfg, recipe_changes=_recipe_changes(args), pretrained=args.pretrained,
                    device=device, dist=dist, progress=progress_bar, on_start=_print_lines, on_epoch=log,
                    library_weights=args.library_weights)

@@ -3,7 +3,8 @@
 A seeded share of the training images whose label is not the target class gets the trigger
 stamped on its uint8 pixels (before any augmentation, as in a poisoned data set) and the target
 class as its label. The clean tensors are never modified: poisoning works on copies, so the
-decoded-image cache on disk stays clean.
+decoded-image cache on disk stays clean. A poisoned run records its :class:`PoisonConfig` in its config, so its
+training data can be rebuilt (:func:`shallowdeep.outputs.load_training_data`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from ..choices import DEFAULT_RATE
-from ..data import ImageData, Splits
+from .containers import ImageData, Splits
 from ..errors import UserError
 from .trigger import Trigger, TriggerSpec, build_trigger, stamp
 

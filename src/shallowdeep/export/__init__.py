@@ -106,7 +106,7 @@ def run_policy(run_path: Path, key: str | None, threshold: float | Sequence[floa
                policy: str | None) -> Policy:
     """The exit policy an export of the run at ``run_path`` applies: ``threshold`` (of ``policy``) when given,
     else that of the early-exit result named ``key`` (default: the latest), with where it came from."""
-    from ..report.tradeoff import find_early_exit
+    from ..run_results import find_early_exit
 
     if threshold is not None:
         if key is not None:

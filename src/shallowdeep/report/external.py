@@ -1,5 +1,5 @@
-"""Report sections built from what other commands wrote: the early-exit results (``RUN/early-exit/``) and
-``backdoor.json``."""
+"""Report sections built from what other commands kept in the run: the early-exit results and the backdoor study's
+figures (read through :mod:`shallowdeep.run_results`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 
 from ..exits import MaxProb, curve
-from ..io import read_json
+from ..run_folder import BACKDOOR_JSON
+from ..run_results import latest_early_exit_plot, read_backdoor, read_early_exits, stored_curve, stored_point
 from . import html, plots
 from .cells import PERCENT, flatten, fmt, pct
 from .context import ReportContext
-from .tradeoff import read_early_exits, stored_curve, stored_point
 
 NO_THRESHOLD = "No threshold chosen yet: run `shallowdeep early-exit RUN` to calibrate one on the holdout split"
 NO_CURVE = "No early-exit result holds a test curve this report can read"
@@ -49,9 +49,9 @@ def tradeoff_section(ctx: ReportContext, over: dict[str, Any]) -> str:
     }
     if results:
         parts += _early_exit_tables(results, numbers)
-    drawn = ctx.run.path / "early-exit.png"
-    if results and swept and drawn.is_file():
-        parts.append(html.figure(drawn.read_bytes(), "early-exit.png, as the early-exit command drew it."))
+    drawn = latest_early_exit_plot(ctx.run.path) if results and swept else None
+    if drawn is not None:
+        parts.append(html.figure(drawn, "early-exit.png, as the early-exit command drew it."))
     caption = ("Accuracy against average cost on the test split (a test-half result: on its other half), each "
                "result's chosen threshold numbered as in the table; the oracle lets every sample leave at its "
                "earliest correct exit.")
@@ -61,16 +61,14 @@ def tradeoff_section(ctx: ReportContext, over: dict[str, Any]) -> str:
 
 
 def backdoor_section(ctx: ReportContext) -> str | None:
-    """The backdoor study's numbers and ``RUN/backdoor*.png`` figures, shown as they are, when
-    ``RUN/backdoor.json`` exists; None otherwise."""
-    path = ctx.run.path / "backdoor.json"
-    if not path.is_file():
+    """The backdoor study's numbers and figures, shown as they are, when the run holds them; None otherwise."""
+    found = read_backdoor(ctx.run.path)
+    if found is None:
         return None
-    data = read_json(path, "run shallowdeep backdoor again")
-    figures = sorted(ctx.run.path.glob("backdoor*.png"))
-    parts = [html.table(["backdoor.json", "value"], [(k, fmt(v)) for k, v in flatten(data).items()])]
-    parts += [html.figure(png.read_bytes(), png.name) for png in figures]
-    ctx.summary["backdoor"] = {"source": "backdoor.json", "figures": [p.name for p in figures]}
+    data, figures = found
+    parts = [html.table([BACKDOOR_JSON, "value"], [(k, fmt(v)) for k, v in flatten(data).items()])]
+    parts += [html.figure(png, name) for name, png in figures]
+    ctx.summary["backdoor"] = {"source": BACKDOOR_JSON, "figures": [name for name, _ in figures]}
     return html.section("Backdoor", parts, "backdoor")
 
 

@@ -7,17 +7,13 @@ from pathlib import Path
 import torch
 
 from ..analysis import overthinking
-from ..io import atomic_write_bytes, atomic_write_json
 from ..outputs import load_outputs, load_run_data
 from ..run import open_run
+from ..run_results import report_dir, write_report_files
 from . import html
 from .context import ReportContext
 from .external import backdoor_section, tradeoff_section
 from .sections import confusion_section, exits_section, gradcam_section, overthinking_section
-
-REPORT_DIR = "report"
-# every PNG the report has written (examples.png by earlier versions), removed when this report draws no such figure
-FIGURES = ("accuracy", "tradeoff", "earliest_exit", "examples", "destructive", "confusion", "gradcam")
 
 
 def write_report(run_dir: str | Path, device: str | torch.device = "cpu", gradcam_samples: int = 6,
@@ -35,7 +31,7 @@ def write_report(run_dir: str | Path, device: str | torch.device = "cpu", gradca
     splits = load_run_data(run, data_dir, cache_dir)
     device = torch.device(device)
     outputs = {name: load_outputs(run, name, device, splits=splits) for name in ("train", "holdout", "test")}
-    ctx = ReportContext(run, run.path / REPORT_DIR, splits, outputs, device, seed)
+    ctx = ReportContext(run, report_dir(run.path), splits, outputs, device, seed)
     over = overthinking(outputs["test"], ctx.exit_names)
     sections = [
         exits_section(ctx),
@@ -50,13 +46,6 @@ def write_report(run_dir: str | Path, device: str | torch.device = "cpu", gradca
                 f"on {spec.name} ({spec.num_classes} classes, {spec.input_size}x{spec.input_size}), "
                 f"{ctx.num_exits - 1} internal classifiers")
     page = html.page("Shallow-Deep Network report", subtitle, [s for s in sections if s is not None])
-    for name, png in ctx.figures.items():
-        atomic_write_bytes(ctx.out_dir / name, png)
-    for stale in {f"{f}.png" for f in FIGURES} - set(ctx.figures):
-        (ctx.out_dir / stale).unlink(missing_ok=True)
     settings = {"run": str(run.path), "device": str(device), "gradcam_samples": gradcam_samples,
                 "examples_per_exit": examples_per_exit, "seed": seed, "figures": sorted(ctx.figures)}
-    atomic_write_json(ctx.out_dir / "report.json", {"settings": settings, **ctx.summary})
-    index = ctx.out_dir / "index.html"
-    atomic_write_bytes(index, page.encode("utf-8"))
-    return index
+    return write_report_files(run.path, ctx.figures, {"settings": settings, **ctx.summary}, page)

@@ -8,7 +8,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from ..choices import PAPER_RECIPES, SCHEDULES, SHORT_BELOW, SHORT_RECIPES
+from ..choices import CACHE_VIEWS, PAPER_RECIPES, SCHEDULES, SHORT_BELOW, SHORT_RECIPES
 from ..errors import UserError
 
 SDN_TAU_START = 0.01
@@ -158,7 +158,7 @@ class TrainConfig:
     ic_weights: list[float] = field(default_factory=list)  # C_i for SDN training (set from the exits' costs)
     ic_loss: str = "growing"  # one of shallowdeep.choices.IC_LOSSES
     cache_features: bool = True  # IC-only: train on cached pooled features
-    cache_views: int = 5
+    cache_views: int = CACHE_VIEWS
     cache_budget_gb: float = 4.0
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
