@@ -144,7 +144,7 @@ def test_every_allowed_edge_still_exists_and_still_closes_a_cycle():
 def test_the_model_at_the_bottom_imports_nothing_above_it():
     graph = without_allowed(import_graph())
     bottom = {f"{PACKAGE}.{m}" for m in ("choices", "errors", "eval_mode", "heads", "model_spec", "sdn", "flops",
-                                                "exit_outputs")}
+                                                "exit_outputs", "trace_options")}
     for module in bottom:
         assert graph[module] <= bottom, f"{module} imports {sorted(graph[module] - bottom)}"
 

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from . import models
-from .surgery import attach
 from .errors import UserError, first_line
+from .exit_plan import stored_plan, with_plan
 from .library_models import create_library_model
 from .model_spec import ModelSpec
 from .sdn import SDN, backbone_state
+from .surgery import attach_planned
+
 
 def build_backbone(spec: ModelSpec, library_weights: bool = False) -> nn.Module:
     """The backbone a model spec describes, freshly initialised (a library model with the library's own
@@ -52,16 +54,18 @@ def build_sdn(spec: ModelSpec, backbone_state: Mapping[str, torch.Tensor] | None
               source: str = "weights", library_weights: bool = False) -> SDN:
     """The SDN a model spec describes: the backbone (with ``backbone_state`` loaded, if given, else a
     library's pretrained weights when ``library_weights``) with ICs at ``spec.exits`` (placed by FLOPs
-    when it is None). ``net.spec`` records the exits chosen."""
+    when it is None), traced with ``spec.tracing``. ``net.spec`` records the exits chosen and what attaching them
+    found (its ``analysis``); a spec that carries it already is built with one trace (see
+    :mod:`shallowdeep.exit_plan`)."""
     if not spec.has_backbone:
         raise UserError("say which backbone to build: --arch NAME, --backbone FILE.py:FUNCTION or LIBRARY:NAME, "
                         "or --from RUN")
     backbone = build_backbone(spec, library_weights and backbone_state is None)
     if backbone_state is not None:
         load_backbone_weights(backbone, backbone_state, source)
-    net = attach(backbone, spec.input_shape, spec.num_classes, exits=spec.exits, fractions=spec.fractions,
-                 ic=spec.ic)
-    net.spec = replace(spec, exits=tuple(net.exit_names))
+    net, plan = attach_planned(backbone, spec.input_shape, spec.num_classes, spec.exits, spec.fractions, spec.ic,
+                               spec.tracing, stored_plan(spec))
+    net.spec = with_plan(replace(spec, exits=tuple(net.exit_names)), plan)
     return net
 
 

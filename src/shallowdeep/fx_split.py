@@ -4,16 +4,17 @@ the graph there."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx
 from torch import nn
 
-from .errors import UserError, first_line
 from .layouts import FEATURE_MAP
+from .trace_options import TraceOptions, untraceable
 
 
 @dataclass
@@ -27,16 +28,31 @@ class CutPoint:
     layout: str = FEATURE_MAP  # the value's layout (see shallowdeep.layouts): a C,H,W map, tokens, or an H,W,C map
 
 
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with a one-line error for models that cannot be traced."""
+def trace(model: nn.Module, options: TraceOptions = TraceOptions()) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with ``options``' leaf modules and autowrapped functions, and a one-line error
+    naming what to make a leaf for models that cannot be traced."""
+    tracer = _Tracer(options.leaf_classes(model), options.functions(model))
     try:
-        return torch.fx.symbolic_trace(model, concrete_args=defaulted_arguments(model))
+        graph = tracer.trace(model, defaulted_arguments(model))
+        return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises many kinds of errors for untraceable code
-        first = first_line(exc)
-        raise UserError(
-            f"cannot split {type(model).__name__}: torch.fx could not trace its forward ({first}); "
-            "data-dependent control flow must be removed or wrapped as a leaf module"
-        ) from exc
+        raise untraceable(model, exc) from exc
+
+
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, with every module of the classes ``leaves`` a leaf and the functions ``functions`` wrapped."""
+
+    def __init__(self, leaves: tuple[type, ...], functions: tuple[Callable, ...]) -> None:
+        super().__init__(autowrap_functions=functions)
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return type(m) in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+
+def graph_fingerprint(gm: torch.fx.GraphModule) -> str:
+    """A digest of the code fx generated for ``gm``: equal for two traces of the same model by the same torch."""
+    return hashlib.sha256(gm.code.encode()).hexdigest()[:16]
 
 
 def defaulted_arguments(model: nn.Module) -> dict[str, Any] | None:

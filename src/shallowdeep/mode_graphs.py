@@ -21,6 +21,7 @@ from torch import nn
 
 from .errors import UserError, first_line
 from .fx_split import CutPoint, cut_indices, split_graph, trace
+from .trace_options import TraceOptions
 
 
 class _Unmatched(Exception):
@@ -72,12 +73,13 @@ class ModeSegment(nn.Module):
 
 
 def keep_train_mode(model: nn.Module, eval_graph: torch.fx.GraphModule, cuts: Sequence[CutPoint],
-                    segments: Sequence[torch.fx.GraphModule]) -> list[nn.Module]:
+                    segments: Sequence[torch.fx.GraphModule], tracing: TraceOptions = TraceOptions()
+                    ) -> list[nn.Module]:
     """``segments`` (``eval_graph`` split at ``cuts``), each made a :class:`ModeSegment` where ``model``
     traced in train mode computes something else; unchanged for a model that traces alike in both modes.
     Where the train-mode graph cannot be split likewise, a warning says so and ``segments`` stay as they are."""
     try:
-        train_graph = _traced_in_train_mode(model)
+        train_graph = _traced_in_train_mode(model, tracing)
         if _steps(train_graph) == _steps(eval_graph):
             return list(segments)
         train_segments = split_graph(train_graph, _matching_cuts(eval_graph, train_graph, cuts))
@@ -89,12 +91,12 @@ def keep_train_mode(model: nn.Module, eval_graph: torch.fx.GraphModule, cuts: Se
         return list(segments)
 
 
-def _traced_in_train_mode(model: nn.Module) -> torch.fx.GraphModule:
-    """``model`` traced in train mode; every submodule's mode is left as it was."""
+def _traced_in_train_mode(model: nn.Module, tracing: TraceOptions) -> torch.fx.GraphModule:
+    """``model`` traced in train mode (with ``tracing``'s leaves); every submodule's mode is left as it was."""
     modes = [(m, m.training) for m in model.modules()]
     model.train()
     try:
-        return trace(model)
+        return trace(model, tracing)
     except UserError as exc:
         raise _Unmatched(f"torch.fx cannot trace it in train mode: {first_line(exc.__cause__ or exc)}") from exc
     finally:

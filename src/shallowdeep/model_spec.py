@@ -4,8 +4,11 @@ A :class:`ModelSpec` names the backbone (a built-in ``arch``, a user ``factory``
 ``"file.py:function"``, the file read from ``base_dir``, or a ``library`` model: ``"torchvision:resnet18"``,
 ``"timm:convnext_atto"``, built with ``model_kwargs``), the data it takes (classes, input shape),
 where its exits go (``exits`` by module name; ``()`` for the plain CNN; None to place them at
-``fractions`` of the FLOPs, after which the chosen names are recorded) and the design of their
-heads. ``base_dir`` is where the spec was read from and is not saved.
+``fractions`` of the FLOPs, after which the chosen names are recorded), the design of their
+heads, and the classes and functions torch.fx traces as one call (``leaf_modules`` and ``autowrap_functions``, by
+name: see :mod:`shallowdeep.trace_options`). ``base_dir`` is where the spec was read from and is not saved.
+``analysis`` is what building the network found (see :mod:`shallowdeep.exit_plan`): saved, so that rebuilding it
+from a run does not find it again; it plays no part in comparing specs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from .choices import LIBRARIES
 from .errors import UserError
 from .heads import ICDesign
+from .trace_options import TraceOptions, names
 
 PAPER_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
 
@@ -35,7 +39,10 @@ class ModelSpec:
     exits: tuple[str, ...] | None = None
     fractions: tuple[float, ...] = PAPER_FRACTIONS
     ic: ICDesign = field(default_factory=ICDesign)
+    leaf_modules: tuple[str, ...] = ()
+    autowrap_functions: tuple[str, ...] = ()
     base_dir: Path = Path(".")
+    analysis: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if sum(map(bool, (self.arch, self.factory, self.library))) > 1:
@@ -60,10 +67,20 @@ class ModelSpec:
             raise UserError(f"exits must be module names, got {list(self.exits)}")
         if not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.fractions):
             raise UserError(f"exit fractions must lie in (0, 1], got {list(self.fractions)}")
+        object.__setattr__(self, "ic", ICDesign.parse(self.ic))  # a design's name or settings alone, too
+        object.__setattr__(self, "leaf_modules", names(self.leaf_modules, "leaf_modules"))
+        object.__setattr__(self, "autowrap_functions", names(self.autowrap_functions, "autowrap_functions"))
+        if self.analysis is not None and not isinstance(self.analysis, Mapping):
+            raise UserError(f"the model's analysis must be a JSON object, got {self.analysis!r:.40}")
 
     @property
     def has_backbone(self) -> bool:
         return bool(self.arch or self.factory or self.library)
+
+    @property
+    def tracing(self) -> TraceOptions:
+        """What torch.fx traces as one call in this backbone."""
+        return TraceOptions(self.leaf_modules, self.autowrap_functions)
 
     @property
     def factory_path(self) -> Path:
@@ -74,9 +91,12 @@ class ModelSpec:
         return replace(self, num_classes=num_classes, input_shape=tuple(input_shape))
 
     def with_backbone_of(self, other: "ModelSpec") -> "ModelSpec":
-        """This spec with ``other``'s backbone (its factory file still read from ``other.base_dir``)."""
+        """This spec with ``other``'s backbone (its factory file still read from ``other.base_dir``), and how to
+        trace it unless this spec says so itself."""
         return replace(self, arch=other.arch, factory=other.factory, library=other.library,
-                       model_kwargs=other.model_kwargs, base_dir=other.base_dir)
+                       model_kwargs=other.model_kwargs, base_dir=other.base_dir,
+                       leaf_modules=self.leaf_modules or other.leaf_modules,
+                       autowrap_functions=self.autowrap_functions or other.autowrap_functions)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form saved in ``config.json``."""
@@ -84,7 +104,10 @@ class ModelSpec:
                              else {"library": self.library, "model_kwargs": dict(self.model_kwargs)})
         return {**d, "num_classes": self.num_classes, "input_shape": list(self.input_shape or ()),
                 "exits": None if self.exits is None else list(self.exits), "fractions": list(self.fractions),
-                "ic": self.ic.to_dict()}
+                "ic": self.ic.to_dict(),
+                **({"leaf_modules": list(self.leaf_modules)} if self.leaf_modules else {}),
+                **({"autowrap_functions": list(self.autowrap_functions)} if self.autowrap_functions else {}),
+                **({"analysis": dict(self.analysis)} if self.analysis is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base_dir: str | Path = ".") -> "ModelSpec":
@@ -96,7 +119,8 @@ class ModelSpec:
                        input_shape=tuple(d["input_shape"]) if d.get("input_shape") else None,
                        exits=None if exits is None else tuple(exits),
                        fractions=tuple(d.get("fractions", PAPER_FRACTIONS)), ic=ICDesign.parse(d.get("ic")),
-                       base_dir=Path(base_dir))
+                       leaf_modules=d.get("leaf_modules", ()), autowrap_functions=d.get("autowrap_functions", ()),
+                       base_dir=Path(base_dir), analysis=d.get("analysis"))
         except (AttributeError, TypeError, ValueError, UserError) as exc:
             raise UserError(f"the model description is damaged ({exc})") from exc
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx
@@ -24,14 +24,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UserError, first_line
 from .eval_mode import eval_mode
+from .exit_plan import ExitPlan
 from .flops import count_flops
-from .fx_split import CutPoint, cut_indices, split_graph, trace
+from .fx_split import CutPoint, cut_indices, graph_fingerprint, split_graph, trace
 from .heads import GeometricEnsemble, ICDesign, make_heads
 from .layouts import exit_input
-from .mode_graphs import keep_train_mode
+from .mode_graphs import ModeSegment, keep_train_mode
 from .model_spec import PAPER_FRACTIONS, check_input_size
 from .models.base import StagedNet
 from .sdn import SDN
+from .trace_options import TraceOptions
 
 MAX_AUTO_FRACTION = 0.97
 FAR_FROM_FRACTION = 0.05  # an automatically placed exit further than this from its fraction of the cost is reported
@@ -44,6 +46,8 @@ def attach(
     exits: Sequence[str] | None = None,
     fractions: Sequence[float] = PAPER_FRACTIONS,
     ic: ICDesign | str | Mapping[str, Any] | None = "paper",
+    leaf_modules: Sequence[str | type] = (),
+    autowrap_functions: Sequence[str | Callable] = (),
 ) -> SDN:
     """Return an SDN built from ``model`` with an internal classifier at each exit.
 
@@ -60,8 +64,53 @@ def attach(
     ``stages``, as in the paper; any other model, ``stages`` or not, at any cut point). The SDN
     shares ``model``'s parameters, and its final output equals ``model(x)`` exactly, in train mode too
     from the same random seed (see :mod:`shallowdeep.mode_graphs`).
+
+    ``leaf_modules`` (classes, or their names) and ``autowrap_functions`` (functions, or their names) are traced
+    as one call each, for code torch.fx cannot trace (see :mod:`shallowdeep.trace_options`).
     """
-    gm, points, total_flops = analyse(model, input_shape)
+    tracing = TraceOptions.of(leaf_modules, autowrap_functions)
+    return attach_planned(model, input_shape, num_classes, exits, fractions, ic, tracing)[0]
+
+
+def attach_planned(model: nn.Module, input_shape: Sequence[int], num_classes: int,
+                   exits: Sequence[str] | None = None, fractions: Sequence[float] = PAPER_FRACTIONS,
+                   ic: ICDesign | str | Mapping[str, Any] | None = "paper", tracing: TraceOptions = TraceOptions(),
+                   plan: ExitPlan | None = None) -> tuple[SDN, ExitPlan]:
+    """:func:`attach` with ``tracing``, and what it found (see :mod:`shallowdeep.exit_plan`). Given the ``plan`` an
+    earlier call made for the same settings, the model is traced once (twice when its train-mode code differs) and
+    nothing else is measured; ``exits`` and ``fractions`` are then the plan's. A plan for another graph than the
+    model's trace now is not used."""
+    check_input_size(input_shape)
+    design = ICDesign.parse(ic)
+    with eval_mode(model):
+        gm = trace(model, tracing)
+    fresh = plan is None or plan.graph != graph_fingerprint(gm) or not (
+        {p.index for p in plan.exits} <= set(cut_indices(list(gm.graph.nodes))))
+    if fresh:
+        chosen, total_flops = _choose_exits(model, gm, input_shape, num_classes, exits, fractions)
+    else:
+        chosen, total_flops = list(plan.exits), plan.backbone_flops
+    segments = split_graph(gm, [p.index for p in chosen])
+    if fresh or plan.train_graph:
+        segments = keep_train_mode(model, gm, chosen, segments, tracing)
+    device = next(model.parameters(), torch.zeros(())).device
+    heads = [h.to(device) for h in make_heads(design, [p.shape for p in chosen], num_classes)]
+    if fresh:
+        head_flops = [_head_flops(h, p.shape, num_classes, device) for h, p in zip(heads, chosen)]
+        exit_flops = [p.flops + sum(head_flops[: i + 1]) for i, p in enumerate(chosen)]
+        exit_flops.append(total_flops + sum(head_flops))
+        plan = ExitPlan(graph_fingerprint(gm), tuple(chosen), tuple(exit_flops), total_flops,
+                        any(isinstance(s, ModeSegment) for s in segments))
+    ensemble = GeometricEnsemble(len(heads), num_classes).to(device) if design.ensembles and heads else None
+    net = SDN(segments, heads, [p.name for p in chosen], plan.exit_flops, total_flops, ensemble, design)
+    return net, plan
+
+
+def _choose_exits(model: nn.Module, gm: torch.fx.GraphModule, input_shape: Sequence[int], num_classes: int,
+                  exits: Sequence[str] | None, fractions: Sequence[float]) -> tuple[list[CutPoint], int]:
+    """The cut points of ``gm`` (``model`` traced) where the exits go, and the backbone's FLOPs; a one-line error
+    unless the model returns one tensor of logits for ``num_classes`` classes."""
+    points, total_flops = _measure(model, gm, input_shape)
     out_meta = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if not isinstance(out_meta, torch.fx.Node):
         raise UserError(f"the model returns {_returned(out_meta)}, not one tensor of logits [batch, {num_classes}] "
@@ -70,25 +119,14 @@ def attach(
     if len(out_shape) != 2 or out_shape[1] != num_classes:
         raise UserError(f"the model's output has shape {list(out_shape)} per batch, not [batch, {num_classes}] "
                         f"for the data set's {num_classes} classes")
-    if exits is None and isinstance(model, StagedNet):
+    if exits is not None:
+        return _resolve_exits(gm, points, exits), total_flops
+    if isinstance(model, StagedNet):
         points = [p for p in points if re.fullmatch(r"stages\.\d+", p.name)]  # between blocks, as in the paper
-    if exits is None:
-        chosen = place_exits(points, total_flops, fractions)
-        notes = placement_notes(chosen, total_flops, fractions)
-        for note in notes:
-            warnings.warn(note, stacklevel=2)
-    else:
-        chosen = _resolve_exits(gm, points, exits)
-
-    segments = keep_train_mode(model, gm, chosen, split_graph(gm, [p.index for p in chosen]))
-    design = ICDesign.parse(ic)
-    device = next(model.parameters(), torch.zeros(())).device
-    heads = [h.to(device) for h in make_heads(design, [p.shape for p in chosen], num_classes)]
-    head_flops = [_head_flops(h, p.shape, num_classes, device) for h, p in zip(heads, chosen)]
-    exit_flops = [p.flops + sum(head_flops[: i + 1]) for i, p in enumerate(chosen)]
-    exit_flops.append(total_flops + sum(head_flops))
-    ensemble = GeometricEnsemble(len(heads), num_classes).to(device) if design.ensembles and heads else None
-    return SDN(segments, heads, [p.name for p in chosen], exit_flops, total_flops, ensemble, design)
+    chosen = place_exits(points, total_flops, fractions)
+    for note in placement_notes(chosen, total_flops, fractions):
+        warnings.warn(note, stacklevel=4)
+    return chosen, total_flops
 
 
 def _returned(value: Any) -> str:
@@ -116,11 +154,20 @@ def _head_flops(head: nn.Module, shape: Sequence[int], num_classes: int, device:
         return count_flops(lambda x: head(x, prev), torch.zeros(1, *shape, device=device))
 
 
-def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.GraphModule, list[CutPoint], int]:
-    """Trace ``model``, find its cut points with their shapes and cumulative FLOPs, and its total FLOPs."""
+def analyse(model: nn.Module, input_shape: Sequence[int], tracing: TraceOptions = TraceOptions()
+            ) -> tuple[torch.fx.GraphModule, list[CutPoint], int]:
+    """Trace ``model`` (with ``tracing``), find its cut points with their shapes and cumulative FLOPs, and its total
+    FLOPs."""
     check_input_size(input_shape)
+    with eval_mode(model):
+        gm = trace(model, tracing)
+    return (gm, *_measure(model, gm, input_shape))
+
+
+def _measure(model: nn.Module, gm: torch.fx.GraphModule, input_shape: Sequence[int]) -> tuple[list[CutPoint], int]:
+    """The cut points of ``gm`` (``model`` traced in eval mode) with their shapes, layouts and cumulative FLOPs, and
+    the total FLOPs: one run of the graph node by node on a zero image (in eval mode)."""
     with eval_mode(model), torch.no_grad():
-        gm = trace(model)
         device = next(model.parameters(), torch.zeros(())).device
         example = torch.zeros(1, *input_shape, device=device)
         cumulative = _shapes_and_cumulative_flops(gm, example)
@@ -133,7 +180,7 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.fx.Grap
             if read is not None:
                 points.append(CutPoint(i, names.get(nodes[i].name, nodes[i].name), read[0], cumulative[i], read[1]))
         points = _one_point_per_value(gm, example, points)
-    return gm, points, cumulative[-1]
+    return points, cumulative[-1]
 
 
 def _block_boundaries(nodes: list[torch.fx.Node], cuts: Sequence[int]) -> list[int]:
@@ -194,9 +241,10 @@ def _one_point_per_value(gm: torch.fx.GraphModule, example: torch.Tensor, points
     return [p for p in points if p.index not in repeated]
 
 
-def cut_points(model: nn.Module, input_shape: Sequence[int]) -> list[CutPoint]:
-    """The points of ``model`` where an exit can be attached, in depth order."""
-    return analyse(model, input_shape)[1]
+def cut_points(model: nn.Module, input_shape: Sequence[int], tracing: TraceOptions = TraceOptions()
+               ) -> list[CutPoint]:
+    """The points of ``model`` (traced with ``tracing``) where an exit can be attached, in depth order."""
+    return analyse(model, input_shape, tracing)[1]
 
 
 def place_exits(points: Sequence[CutPoint], total_flops: int, fractions: Sequence[float]) -> list[CutPoint]:

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         net = build_sdn(spec)
     chosen = set(net.exit_names)
-    points = cut_points(build_backbone(spec), spec.input_shape)
+    points = cut_points(build_backbone(spec), spec.input_shape, spec.tracing)
     rows = [(p.name, "x".join(map(str, p.shape)), p.layout, f"{100 * p.flops / net.backbone_flops:.1f} %",
              "IC" if p.name in chosen else "") for p in points]
     print(table(["cut point", "shape", "layout", "FLOPs so far", "exit"], rows))
