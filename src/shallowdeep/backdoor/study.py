@@ -44,9 +44,6 @@ from ..data.poison import PoisonConfig, check_target, choose_poisoned, poison_sp
 from ..data.trigger import build_trigger
 
 FORMAT = "shallowdeep-backdoor-1"
-PAPER = {"triggered_accuracy_cnn": 0.12, "triggered_accuracy_early_exit": 0.84,
-         "source": "Kaya et al., Shallow-Deep Networks (ICML 2019): accuracy on triggered inputs, backdoored "
-                   "CNN vs early exit"}
 TARGET_ASR, TARGET_CLEAN_POINTS = 0.9, 2.0
 FINE_TUNE = {"lr": 0.01, "epochs": 3, "milestones": []}  # constant-rate SGD: fits a CPU
 
@@ -253,7 +250,6 @@ def evaluate_study(out: Path, settings: StudySettings, splits: Splits, poisoned_
         **figures,
         "clean_baseline": baseline,
         "targets": _targets(figures, baseline),
-        "paper": PAPER,
         "settings": settings.to_dict(),
     }
     from .plots import detection_histogram, exit_plot  # matplotlib is loaded only when figures are drawn
