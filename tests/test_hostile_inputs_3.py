@@ -208,7 +208,7 @@ def test_a_runs_data_is_found_from_any_folder_and_moved_with_data_dir(tmp_path, 
 
     (tmp_path / "data").rename(tmp_path / "moved")
     one_line_error(capsys, main(["evaluate", str(run)]), f"trained on the data in {tmp_path / 'data'}, which does "
-                   "not exist here; pass --data-dir")
+                   "not exist here; say where that data is now (--data-dir)")
     moved = ["--data-dir", str(tmp_path / "moved")]
     for command in ("evaluate", "overthinking", "confusion", "early-exit"):
         assert main([command, str(run), *moved]) == 0, command

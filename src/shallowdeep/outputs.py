@@ -22,7 +22,7 @@ from .data import ImageData, Splits, load_dataset
 from .data.fingerprint import check_same_data, check_same_task, split_fingerprint
 from .data.loader import batches
 from .data.poison import PoisonConfig, poison_splits
-from .errors import UserError
+from .errors import SettingError, UserError
 from .exit_outputs import ExitOutputs
 from .io import atomic_save_npz, file_lock, file_sha256
 from .run import Run
@@ -50,8 +50,8 @@ def load_run_data(run: Run, data_dir: str | Path | None = None, cache_dir: str |
     options = run.data_options
     recorded = options.get("data_dir")
     if data_dir is None and recorded and not options.get("download") and not Path(recorded).expanduser().is_dir():
-        raise UserError(f"{run.path} was trained on the data in {recorded}, which does not exist here; pass "
-                        "--data-dir where that data is now")
+        raise SettingError(f"{run.path} was trained on the data in {recorded}, which does not exist here; say where "
+                           "that data is now", "data_dir")
     overrides = {key: value for key, value in (("data_dir", data_dir), ("cache_dir", cache_dir)) if value is not None}
     splits = load_dataset(**{**options, **overrides})
     if data_dir is not None:  # a poisoned run recorded its poisoned training split

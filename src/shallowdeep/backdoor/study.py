@@ -27,7 +27,7 @@ import torch
 from ..build import build_sdn
 from ..choices import BASELINES
 from ..data import ImageData, Splits, load_dataset
-from ..errors import UserError
+from ..errors import SettingError, UserError
 from ..exits import make_policy, simulate
 from ..model_spec import ModelSpec
 from ..exit_outputs import ExitOutputs, exit_names
@@ -145,7 +145,7 @@ def run_study(out: Path, settings: StudySettings | None, device: torch.device, p
 def check_new(out: Path) -> None:
     """A one-line error when ``out`` already holds a study."""
     if holds_study(out):
-        raise UserError(f"{out} already holds a study; pass --resume to continue it or choose another --out")
+        raise SettingError(f"{out} already holds a study; resume it or choose another folder", "resume", "out")
 
 
 def start(out: Path, settings: StudySettings, splits: Splits) -> StudySettings:
@@ -154,7 +154,7 @@ def start(out: Path, settings: StudySettings, splits: Splits) -> StudySettings:
     if settings.clean_baseline not in BASELINES:
         raise UserError(f"clean baseline '{settings.clean_baseline}' must be one of {', '.join(BASELINES)}")
     if settings.clean_baseline == "source" and settings.pretrained is None:
-        raise UserError("the clean baseline 'source' needs pretrained weights (--from)")
+        raise SettingError("the clean baseline 'source' needs pretrained weights", "clean_baseline", "pretrained")
     if settings.test_limit is not None and settings.test_limit < 1:
         raise UserError(f"the test limit must be a positive number of images, got {settings.test_limit}")
     target = class_index(settings.poison.target, splits.spec.classes)

@@ -48,6 +48,8 @@ def steps(out: Path, device: str, threads: int | None = None) -> list[tuple[str,
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..run_folder import REPORT_PAGE
+    from ..run_results import report_dir
     from . import main  # the demo runs the real commands
 
     if args.out.exists() and any(args.out.iterdir()):
@@ -57,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
         code = main(argv)
         if code:
             return code
-    print(f"\nThe report: {args.out / 'ic-only' / 'report' / 'index.html'}")
+    print(f"\nThe report: {report_dir(args.out / 'ic-only') / REPORT_PAGE}")
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..exits import MaxProb, curve
-from ..run_folder import BACKDOOR_JSON
+from ..run_folder import BACKDOOR_JSON, EARLY_EXIT_PNG
 from ..run_results import latest_early_exit_plot, read_backdoor, read_early_exits, stored_curve, stored_point
 from . import html, plots
 from .cells import PERCENT, flatten, fmt, pct
@@ -51,7 +51,7 @@ def tradeoff_section(ctx: ReportContext, over: dict[str, Any]) -> str:
         parts += _early_exit_tables(results, numbers)
     drawn = latest_early_exit_plot(ctx.run.path) if results and swept else None
     if drawn is not None:
-        parts.append(html.figure(drawn, "early-exit.png, as the early-exit command drew it."))
+        parts.append(html.figure(drawn, f"{EARLY_EXIT_PNG}, as the early-exit command drew it."))
     caption = ("Accuracy against average cost on the test split (a test-half result: on its other half), each "
                "result's chosen threshold numbered as in the table; the oracle lets every sample leave at its "
                "earliest correct exit.")
