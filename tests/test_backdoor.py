@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from conftest import write_tiny_cnn
 from shallowdeep.backdoor import (
     PoisonConfig, TriggerSpec, accuracy, attack_success_rate, backdoor_figures, build_trigger, choose_poisoned,
     default_side, poison_splits, poisoned_run_data, random_subset, stamp, triggered_inputs,
@@ -22,16 +23,6 @@ from shallowdeep.errors import UserError
 from shallowdeep.exit_outputs import ExitOutputs
 from shallowdeep.run import open_run
 
-TINY = '''
-from torch import nn
-
-def make():
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-'''
 QUICK = ["--dataset", "digits", "--limit", "600", "--epochs", "4", "--lr", "0.05", "--batch-size", "32",
          "--ic-epochs", "2", "--cache-views", "1", "--device", "cpu"]
 
@@ -197,9 +188,8 @@ def test_figures_on_hand_made_outputs():
 def study(tmp_path_factory, one_thread) -> Path:
     """One end-to-end study on the digits with the default trigger."""
     root = tmp_path_factory.mktemp("backdoor")
-    (root / "tiny.py").write_text(TINY)
     out = root / "study"
-    assert main(["backdoor", "--out", str(out), "--backbone", f"{root / 'tiny.py'}:make", *QUICK]) == 0
+    assert main(["backdoor", "--out", str(out), "--backbone", write_tiny_cnn(root), *QUICK]) == 0
     return out
 
 
@@ -283,7 +273,6 @@ def test_cli_custom_trigger_image_position_target_and_source_baseline(study, tmp
 
 
 def test_cli_rejects_a_target_outside_the_classes(tmp_path, capsys):
-    (tmp_path / "tiny.py").write_text(TINY)
-    code = main(["backdoor", "--out", str(tmp_path / "x"), "--backbone", f"{tmp_path / 'tiny.py'}:make",
-                 "--target", "cat", *QUICK])
+    code = main(["backdoor", "--out", str(tmp_path / "x"), "--backbone", write_tiny_cnn(tmp_path), "--target", "cat",
+                 *QUICK])
     assert code == 2 and "target class 'cat'" in capsys.readouterr().err

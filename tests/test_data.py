@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_cli
 from shallowdeep.data import DATASETS, load_dataset
 from shallowdeep.data import cache as cache_module
 from shallowdeep.data import cifar, dataset
@@ -534,19 +536,15 @@ def test_load_dataset_bad_arguments_are_one_line_user_errors(tmp_path):
 
 
 def test_image_size_resizes_odd_sized_images_and_is_applied_again_when_evaluating(tmp_path):
-    import json
-
-    from test_cli_errors import cli
-
     write_imagefolder(tmp_path / "data", per_class=4, size=12)  # smaller than any built-in backbone takes
-    r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
-            "--epochs", "1", "--out", str(tmp_path / "refused"))
+    r = run_cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+                "--epochs", "1", "--out", str(tmp_path / "refused"))
     assert r.returncode == 2 and "input_size must be an integer of at least 16" in r.stderr
-    r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
-            "--image-size", "16", "--epochs", "1", "--out", str(tmp_path / "run"))
+    r = run_cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+                "--image-size", "16", "--epochs", "1", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     assert "3x16x16" in r.stdout
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"]["image_size"] == 16 and config["data_record"]["input_shape"] == [3, 16, 16]
-    r = cli("evaluate", str(tmp_path / "run"))
+    r = run_cli("evaluate", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr

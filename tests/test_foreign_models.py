@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+from conftest import run_cli
 from shallowdeep.surgery import attach
 from shallowdeep.errors import UserError
 from shallowdeep.exits import early_exit
@@ -69,18 +70,16 @@ def test_a_model_fx_cannot_trace_is_one_line():
 @pytest.mark.parametrize("backbone, kwargs", [("torchvision:mobilenet_v3_small", '{"dropout": 0.1}'),
                                               ("timm:resnet18", '{"drop_path_rate": 0.1}')])
 def test_ic_only_training_from_the_cli_on_a_library_model(tmp_path, backbone, kwargs):
-    from test_cli_errors import cli
-
     library, _, name = backbone.partition(":")
     torch.save(build(library, name).state_dict(), tmp_path / "weights.pt")
     run = tmp_path / "run"
-    r = cli("train", "--mode", "ic-only", "--backbone", backbone, "--model-kwargs", kwargs, "--from",
-            str(tmp_path / "weights.pt"), "--dataset", "digits", "--limit", "64", "--epochs", "1", "--out", str(run))
+    r = run_cli("train", "--mode", "ic-only", "--backbone", backbone, "--model-kwargs", kwargs, "--from",
+                str(tmp_path / "weights.pt"), "--dataset", "digits", "--limit", "64", "--epochs", "1", "--out", str(run))
     assert r.returncode == 0, r.stderr
     assert f"model: {backbone}" in r.stdout
     ics = int(re.search(r"exits: (\d) 'paper' ICs", r.stdout).group(1))
     assert ics == 6 or f"so the SDN has {ics} ICs" in r.stderr  # 16x16 inputs leave few cut points: said so
-    r = cli("evaluate", str(run))
+    r = run_cli("evaluate", str(run))
     assert r.returncode == 0, r.stderr
     evaluated = json.loads((run / "eval-test.json").read_text())
     assert len(evaluated["exits"]) == ics + 1

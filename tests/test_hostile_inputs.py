@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_one_line_error, run_cli
 from shallowdeep.build import build_sdn
 from shallowdeep import images
 from shallowdeep.data import load_dataset
@@ -20,8 +21,6 @@ from shallowdeep.data.imagefolder import read_imagefolder
 from shallowdeep.data.loader import batches
 from shallowdeep.errors import UserError
 from shallowdeep.model_spec import ModelSpec
-
-from test_cli_errors import assert_one_line_error, cli
 from test_data import write_image
 
 NET = """
@@ -102,17 +101,17 @@ def test_ctrl_c_in_the_backbone_function_still_interrupts(tmp_path):
         build(tmp_path, "net.py:interrupted")
 
 
-def test_sys_exit_in_the_backbone_file_fails_through_the_cli(tmp_path):
+def test_sys_exit_in_the_backbone_file_fails_through_the_cli_in_one_line(tmp_path):
     (tmp_path / "net.py").write_text(NET)
-    r = cli("train", "--backbone", f"{tmp_path / 'net.py'}:exits", "--dataset", "digits", "--epochs", "1",
-            "--limit", "8", "--out", str(tmp_path / "run"))
+    r = run_cli("train", "--backbone", f"{tmp_path / 'net.py'}:exits", "--dataset", "digits", "--epochs", "1",
+                "--limit", "8", "--out", str(tmp_path / "run"))
     assert_one_line_error(r, "net.py:exits failed: SystemExit")
 
 
 def test_sys_exit_in_the_backbones_forward_fails_in_one_line(tmp_path):
     (tmp_path / "net.py").write_text(NET)
-    r = cli("train", "--mode", "sdn", "--backbone", f"{tmp_path / 'net.py'}:quits", "--dataset",
-            "digits", "--epochs", "1", "--limit", "8", "--out", str(tmp_path / "run"))
+    r = run_cli("train", "--mode", "sdn", "--backbone", f"{tmp_path / 'net.py'}:quits", "--dataset",
+                "digits", "--epochs", "1", "--limit", "8", "--out", str(tmp_path / "run"))
     assert_one_line_error(r, "the backbone's code called sys.exit(0)")
 
 
@@ -124,8 +123,8 @@ def test_a_warning_through_the_cli_is_one_line(tmp_path):
                 array = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
                 array[..., 2] = 0
                 write_image(tmp_path / "data" / split / c / f"{i}.png", array)
-    r = cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
-            "--epochs", "1", "--out", str(tmp_path / "run"))
+    r = run_cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+                "--epochs", "1", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     warned = [line for line in r.stderr.splitlines() if "blue channel" in line]
     assert len(warned) == 1 and warned[0].startswith("shallowdeep train: warning: the blue channel")

@@ -14,8 +14,7 @@ from shallowdeep.build import extract_state_dict, load_checkpoint_file
 from shallowdeep.data import load_dataset
 from shallowdeep.data.loader import batches
 
-from conftest import AKAMASTER, REPO, load_example
-from test_cli_errors import cli
+from conftest import AKAMASTER, REPO, cli, load_example
 
 
 @pytest.mark.slow

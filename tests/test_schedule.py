@@ -3,14 +3,13 @@ the paper's milestones never collapse, and a run on the short schedule resumes t
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import warnings
 
 import pytest
 import torch
 
+from conftest import sigterm_in, write_tiny_cnn
 from shallowdeep.choices import PAPER_RECIPES
 from shallowdeep.errors import UserError
 from shallowdeep.model_spec import ModelSpec
@@ -20,15 +19,6 @@ from shallowdeep.train.recipe import describe_recipe, resolve_recipe
 
 DATA = {"name": "digits", "data_dir": None, "holdout_fraction": 0.1, "seed": 0, "limit": 96}
 CPU = torch.device("cpu")
-TINY = """
-from torch import nn
-
-def make():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-"""
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,8 +59,7 @@ def test_the_paper_milestones_never_collapse_or_repeat_for_any_number_of_epochs(
 
 
 def test_a_short_run_says_why_and_resumes_to_the_same_weights(tmp_path):
-    (tmp_path / "tiny.py").write_text(TINY)
-    model = ModelSpec(factory=f"{tmp_path / 'tiny.py'}:make", exits=("2", "5"))
+    model = ModelSpec(factory=write_tiny_cnn(tmp_path), exits=("2", "5"))
     cfg = TrainConfig("sdn", seed=1)
     changes = {"epochs": 2, "batch_size": 32}
     seen = []
@@ -78,15 +67,8 @@ def test_a_short_run_says_why_and_resumes_to_the_same_weights(tmp_path):
             on_start=seen.append)
     assert "schedule: short (2 epochs are well below the paper's 100; --schedule paper keeps the paper's)" in seen[0]
 
-    def stop_in_epoch_2(stream, total, desc):
-        for i, item in enumerate(stream):
-            if desc.startswith("epoch 2") and i == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield item
-
     with pytest.raises(Interrupted):
-        new_run(tmp_path / "cut", DATA, model, cfg, recipe_changes=changes, device=CPU,
-                progress=stop_in_epoch_2)
+        new_run(tmp_path / "cut", DATA, model, cfg, recipe_changes=changes, device=CPU, progress=sigterm_in(2))
     resume_run(tmp_path / "cut", device=CPU)
     whole, cut = (open_run(tmp_path / name).load_checkpoint()["model"] for name in ("whole", "cut"))
     assert all(torch.equal(whole[k], cut[k]) for k in whole)

@@ -3,15 +3,14 @@ streaming, an interrupted run resumes to the same weights, NaN losses stop clean
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import sigterm_in
 from shallowdeep.build import build_sdn, extract_state_dict
 from shallowdeep.data import load_dataset
 from shallowdeep.errors import UserError
@@ -94,14 +93,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     cfg = quick("sdn", epochs=2)
     new_run(tmp_path / "whole", DATA, MODEL, cfg, device=CPU)
 
-    def kill_after_two(stream, total, desc):
-        for i, item in enumerate(stream):
-            if desc.startswith("epoch 2") and i == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield item
-
     with pytest.raises(Interrupted):
-        new_run(tmp_path / "cut", DATA, MODEL, quick("sdn", epochs=2), device=CPU, progress=kill_after_two)
+        new_run(tmp_path / "cut", DATA, MODEL, quick("sdn", epochs=2), device=CPU, progress=sigterm_in(2))
     assert open_run(tmp_path / "cut").load_checkpoint()["step"] == 2
     resume_run(tmp_path / "cut", device=CPU)
     whole = open_run(tmp_path / "whole").load_checkpoint()["model"]

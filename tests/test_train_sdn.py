@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import shallowdeep
-from conftest import REPO
+from conftest import REPO, TINY_CNN, write_tiny_cnn
 from shallowdeep.build import build_sdn, load_factory
 from shallowdeep.cli import main
 from shallowdeep.data import load_dataset
@@ -21,15 +21,6 @@ from shallowdeep.heads import ICDesign
 from shallowdeep.model_spec import ModelSpec
 from shallowdeep.run import open_run
 
-TINY = """
-from torch import nn
-
-def make():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-"""
 DATA = {"name": "digits", "data_dir": None, "limit": 64}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,8 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def tiny(tmp_path) -> ModelSpec:
-    (tmp_path / "tiny.py").write_text(TINY)
-    return ModelSpec(factory=f"{tmp_path / 'tiny.py'}:make", num_classes=10, input_shape=(3, 16, 16), exits=("2", "5"))
+    return ModelSpec(factory=write_tiny_cnn(tmp_path), num_classes=10, input_shape=(3, 16, 16), exits=("2", "5"))
 
 
 def digits_loader(split: str = "train") -> DataLoader:
@@ -84,8 +74,7 @@ def test_a_run_without_a_folder_and_bad_input(tmp_path, tiny):
     ztw, _ = shallowdeep.train_sdn(build_sdn(replace(tiny, ic=ICDesign("ztw", 8))), train, epochs=1)
     assert ztw.ensemble.bias.abs().sum() > 0  # the exit ensemble fitted on the loader's batches
     attached = shallowdeep.attach(load_factory(tiny)(), (3, 16, 16), 10, exits=tiny.exits)
-    (tmp_path / "wider.py").write_text(TINY.replace("8", "12"))
-    other = ModelSpec(factory=f"{tmp_path / 'wider.py'}:make")
+    other = ModelSpec(factory=write_tiny_cnn(tmp_path, "wider.py", TINY_CNN.replace("8", "12")))
     with pytest.raises(UserError, match="trains an SDN, not a Linear"):
         shallowdeep.train_sdn(torch.nn.Linear(2, 2), train)
     with pytest.raises(UserError, match="unknown mode 'cnn'"):
