@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.fx
+from torch.utils.data import DataLoader, TensorDataset
 
 import shallowdeep
 from shallowdeep.build import build_sdn
@@ -114,6 +115,18 @@ def test_a_run_stores_its_analysis_and_load_reuses_it(made, counted):
     net = shallowdeep.load(run).net
     assert counted == {"traces": 1, "passes": 0}
     assert same_network(net, reference)
+
+
+def test_a_run_trained_from_python_keeps_its_analysis_too(tmp_path, counted):
+    (tmp_path / "tiny.py").write_text(TINY)
+    spec = ModelSpec(factory=f"{tmp_path / 'tiny.py'}:make", num_classes=10, input_shape=(3, 16, 16), exits=("2", "5"))
+    images, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+    net, _ = shallowdeep.train_sdn(build_sdn(spec), loader, epochs=1, out=tmp_path / "run", mean=(0.5,) * 3,
+                                   std=(0.25,) * 3)
+    counted.update(traces=0, passes=0)
+    loaded = shallowdeep.load(tmp_path / "run").net
+    assert counted == {"traces": 1, "passes": 0} and same_network(loaded, net)
 
 
 def test_a_run_made_before_analyses_were_stored_still_loads(run_copy, made, counted):

@@ -8,17 +8,27 @@ All figures are per image.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .eval_mode import eval_mode
+
+if TYPE_CHECKING:
+    from torch.utils.flop_counter import FlopCounterMode
+
+
+def flop_counter() -> FlopCounterMode:
+    """A :class:`~torch.utils.flop_counter.FlopCounterMode` that prints nothing. Its module is imported here, on first
+    use: it imports triton where that is installed, most of a second, which loading a run does not need."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False)
 
 
 def count_flops(fn: Callable[..., Any], *inputs: torch.Tensor) -> int:
     """FLOPs of one call ``fn(*inputs)`` divided by the batch size of the first input."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         fn(*inputs)
     return counter.get_total_flops() // max(1, inputs[0].shape[0])
 

@@ -20,12 +20,11 @@ import torch
 import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UserError, first_line
 from .eval_mode import eval_mode
 from .exit_plan import ExitPlan
-from .flops import count_flops
+from .flops import count_flops, flop_counter
 from .fx_split import CutPoint, cut_indices, graph_fingerprint, split_graph, trace
 from .heads import GeometricEnsemble, ICDesign, make_heads
 from .layouts import exit_input
@@ -371,7 +370,7 @@ def _shapes_and_cumulative_flops(gm: torch.fx.GraphModule, example: torch.Tensor
             return result
 
     try:
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             _Counter(gm).propagate(example)
     except _ModelError as failed:
         node = failed.node

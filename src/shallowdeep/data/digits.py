@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from shallowdeep.data.containers import ImageData, RawDataset
 
@@ -13,6 +12,8 @@ TEST_FRACTION = 0.2  # the last 20 % of scikit-learn's order is the test split
 
 def read_digits() -> RawDataset:
     """The 1,797 digits scaled from 0..16 to 0..255, upscaled 2x (nearest) to 16x16, grey copied to 3 channels."""
+    from sklearn.datasets import load_digits  # here: importing scikit-learn takes most of a second
+
     digits = load_digits()
     grey = np.rint(digits.images * (255 / 16)).astype(np.uint8)
     grey = grey.repeat(2, axis=1).repeat(2, axis=2)

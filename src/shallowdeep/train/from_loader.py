@@ -104,20 +104,21 @@ def first_batch(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
 
 def full_spec(net: SDN, spec: ModelSpec | None, input_shape: Sequence[int]) -> ModelSpec:
     """How a run builds ``net`` again: ``spec`` (or ``net.spec``) with ``net``'s classes, input shape, exits and
-    IC design; a one-line error unless what it builds has ``net``'s parameters and buffers."""
+    IC design, and what attaching found (its ``analysis``, kept in the run); a one-line error unless what it builds has
+    ``net``'s parameters and buffers."""
     spec = spec or net.spec
     if spec is None or not spec.has_backbone:
         raise UserError("out= needs spec=ModelSpec(...) saying how to build the backbone again, e.g. "
                         "ModelSpec(library='torchvision:resnet18', model_kwargs={'num_classes': 10})")
     spec = replace(spec, num_classes=net.ics[0].linear.out_features, input_shape=tuple(input_shape),
                    exits=tuple(net.exit_names), ic=net.ic_design)
-    rebuilt = build_sdn(spec).state_dict()
-    ours = net.state_dict()
+    built = build_sdn(spec)
+    rebuilt, ours = built.state_dict(), net.state_dict()
     if {k: v.shape for k, v in rebuilt.items()} != {k: v.shape for k, v in ours.items()}:
         missing = sorted(set(ours) ^ set(rebuilt)) or [k for k in ours if ours[k].shape != rebuilt[k].shape]
         raise UserError(f"the spec does not build this network again (it differs at {', '.join(missing[:3])}); "
                         "give the spec of the model you attached")
-    return spec
+    return built.spec
 
 
 def loader_record(model: ModelSpec, data: Mapping[str, Any] | None, classes: Sequence[str] | None,
