@@ -41,6 +41,8 @@ class TraceOptions:
 
     def leaf_classes(self, model: nn.Module) -> tuple[type, ...]:
         """The classes of ``model``'s modules that :attr:`leaf_modules` names; one that names none is an error."""
+        if not self.leaf_modules:
+            return ()
         classes = {type(m) for m in model.modules()}
         return tuple(_resolve(self.leaf_modules, classes, "leaf module", "class of the model's modules",
                               "leaf_modules"))
@@ -48,6 +50,8 @@ class TraceOptions:
     def functions(self, model: nn.Module) -> tuple[Callable, ...]:
         """The functions :attr:`autowrap_functions` names, among those the model's forward code calls by a global
         name (the only calls fx can wrap); one that names none is an error."""
+        if not self.autowrap_functions:
+            return ()
         found = {value for m in model.modules()
                  for value in getattr(type(m).forward, "__globals__", {}).values()
                  if isinstance(value, types.FunctionType)}
