@@ -344,12 +344,12 @@ def _tradeoff_png(result: dict[str, Any]) -> bytes:
 def overthinking(run: Run, data: _RunData, ctx: Context) -> None:
     """Wasteful and destructive effects on the test split (``RUN/overthinking.json``)."""
     from ..analysis import overthinking as measure
+    from ..exit_outputs import exit_names
     from ..outputs import load_outputs
     from ..run_results import write_overthinking
 
     outputs = load_outputs(run, "test", ctx.device, data.splits(run.path))
-    exits = run.config["model"].get("exits")
-    names = [*exits, "final"] if isinstance(exits, list) and len(exits) == len(outputs.exit_flops) - 1 else None
+    names = exit_names(len(outputs.exit_flops), run.config["model"].get("exits"))
     write_overthinking(run.path, {"run": str(run.path), "split": "test", **measure(outputs, names)})
 
 
