@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,10 +130,18 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
 
 def check_finite_weights(state: Mapping[str, torch.Tensor], source: str) -> None:
     """A one-line error when a floating-point tensor of ``state`` holds NaN or infinite values."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in state.items() if v.is_floating_point() and not _all_finite(v)]
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise UserError(f"{source} hold NaN or infinite values ({bad[0]}{more}); they cannot be trained or evaluated")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of ``tensor`` is finite: checked by numpy where it can hold the tensor (a CPU float), which
+    starts no thread pool (torch's first parallel operation waits for one: up to a second on a busy machine)."""
+    if tensor.device.type == "cpu" and tensor.dtype in (torch.float16, torch.float32, torch.float64):
+        return bool(np.isfinite(tensor.detach().numpy()).all())
+    return bool(torch.isfinite(tensor).all())
 
 
 def load_backbone_weights(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:
