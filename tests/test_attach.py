@@ -151,6 +151,7 @@ def test_placement_says_when_it_falls_short_of_the_fractions():
     assert notes[0].startswith("only 2 distinct cut points are nearest to the 3 exit fractions") and len(notes) == 1
 
 
+@pytest.mark.slow
 def test_the_exits_command_lists_cut_points_and_marks_the_chosen_ones():
     from test_cli_errors import cli
 

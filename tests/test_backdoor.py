@@ -193,6 +193,7 @@ def study(tmp_path_factory, one_thread) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_cli_study_writes_runs_json_and_figures(study):
     result = json.loads((study / "backdoor.json").read_text())
     assert {p.name for p in study.glob("backdoor-*.png")} == {"backdoor-confusion.png", "backdoor-exits.png",
@@ -224,12 +225,14 @@ def test_cli_study_writes_runs_json_and_figures(study):
     assert (rebuilt.train.images[index][:, :, 13:, 13:] == 255).all()
 
 
+@pytest.mark.slow
 def test_cli_study_runs_are_ordinary_runs(study, capsys):
     assert main(["evaluate", str(study), "--device", "cpu"]) == 0
     assert main(["early-exit", str(study), "--device", "cpu"]) == 0
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_resume_reuses_finished_stages_and_refuses_a_second_start(study, capsys):
     checkpoints = [study / "backdoored-cnn" / "checkpoint.pt", study / "checkpoint.pt"]
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
@@ -244,6 +247,7 @@ def test_cli_resume_reuses_finished_stages_and_refuses_a_second_start(study, cap
     assert "already holds a study" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_custom_trigger_image_position_target_and_source_baseline(study, tmp_path):
     logo = np.zeros((4, 4, 3), np.uint8)
     logo[::2, ::2] = (255, 255, 0)

@@ -82,6 +82,7 @@ def test_p_value_is_valid_at_the_null_boundary_and_powerful_below_it():
     assert drop_p_value(np.ones(n), 0.01) == 1.0
 
 
+@pytest.mark.slow
 def test_learn_then_test_bounds_the_true_drop_where_plain_calibration_does_not():
     """Calibrate on 200 random samples of 1,000 from a large population; the true drop of the chosen threshold
     (on the whole population) exceeds max_drop in at most 10 % of them with confidence 0.9, and far more often
@@ -117,6 +118,7 @@ def test_certified_calibration_errors_and_the_cautious_fallback():
     assert simulate(outputs, policy).exits.min() == outputs.logits.shape[0] - 1
 
 
+@pytest.mark.slow
 def test_thresholds_are_measured_against_a_given_reference():
     outputs = population(20_000, seed=3)
     final = outputs.correct[-1]
@@ -220,6 +222,7 @@ def early_exit_json(run: Path, *options: str) -> dict:
     return json.loads((run / "early-exit.json").read_text())
 
 
+@pytest.mark.slow
 def test_command_calibrates_on_one_test_half_and_reports_the_other(tiny_run, capsys):
     result = early_exit_json(tiny_run, "--calibrate-on", "test-half", "--split-seed", "3", "--max-drop", "0.05")
     test = load_outputs(open_run(tiny_run), "test")
@@ -243,6 +246,7 @@ def test_command_calibrates_on_one_test_half_and_reports_the_other(tiny_run, cap
     assert other["seed"] == 0 and other["calibration_indices_sha256"] != recorded["calibration_indices_sha256"]
 
 
+@pytest.mark.slow
 def test_command_certifies_and_fits_per_exit_thresholds(tiny_run, capsys):
     result = early_exit_json(tiny_run, "--calibrate-on", "test-half", "--max-drop", "0.05", "--confidence", "0.9")
     criterion = result["criterion"]
@@ -257,6 +261,7 @@ def test_command_certifies_and_fits_per_exit_thresholds(tiny_run, capsys):
     assert "test-half" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_shows_the_budget_table(tiny_run):
     early_exit_json(tiny_run, "--calibrate-on", "test-half", "--max-drop", "0.05")
     assert main(["report", str(tiny_run), "--device", "cpu", "--gradcam", "0", "--examples", "0"]) == 0

@@ -25,6 +25,7 @@ def sdn_run(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_a_classifier_answers_raw_images_as_the_stored_outputs_do(sdn_run):
     clf = load(sdn_run)
     images = load_dataset(**DATA).test.images  # uint8, as read from files
@@ -41,6 +42,7 @@ def test_a_classifier_answers_raw_images_as_the_stored_outputs_do(sdn_run):
     assert np.array_equal(floats.indices.numpy(), outputs.predictions[-1])
 
 
+@pytest.mark.slow
 def test_images_of_another_shape_are_one_line(sdn_run):
     with pytest.raises(UserError, match=r"images of shape \(3, 32, 32\) given, but this network takes \(3, 16, 16\)"):
         load(sdn_run).predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))

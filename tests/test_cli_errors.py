@@ -57,6 +57,7 @@ def test_evaluate_missing_or_damaged_run(tmp_path):
     assert_one_line_error(run_cli("evaluate", str(tmp_path / "bad")), "config.json is damaged (not valid JSON)")
 
 
+@pytest.mark.slow
 def test_weights_of_another_architecture_name_the_keys(tmp_path):
     torch.save({"state_dict": {"module.features.0.weight": torch.zeros(3)}}, tmp_path / "w.th")
     r = run_cli("train", "--mode", "ic-only", "--arch", "resnet56", "--from", str(tmp_path / "w.th"),
@@ -115,6 +116,7 @@ def test_corrupt_image_is_named(tmp_path):
     assert_one_line_error(r, "cannot decode image", "2.png")
 
 
+@pytest.mark.slow
 def test_data_set_with_other_classes_than_the_checkpoint(tmp_path):
     digits_run = tmp_path / "digits"
     r = run_cli("train", "--arch", "resnet56", "--dataset", "digits", "--limit", "64", "--epochs", "1",

@@ -61,6 +61,8 @@ def test_train_runs_without_plotting(tmp_path):
     """The train command up to a user error: its library is imported, matplotlib and captum are not."""
     code = f"""
 from shallowdeep.cli import main
+
+pytestmark = pytest.mark.slow  # each check runs in a fresh interpreter
 code = main(["train", "--arch", "resnet56", "--backbone", "x.py:f", "--dataset", "digits", "--device", "cpu",
              "--out", {str(tmp_path / "run")!r}])
 assert code == 2, code

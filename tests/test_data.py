@@ -535,6 +535,7 @@ def test_load_dataset_bad_arguments_are_one_line_user_errors(tmp_path):
         assert "\n" not in str(info.value) and str(info.value)
 
 
+@pytest.mark.slow
 def test_image_size_resizes_odd_sized_images_and_is_applied_again_when_evaluating(tmp_path):
     write_imagefolder(tmp_path / "data", per_class=4, size=12)  # smaller than any built-in backbone takes
     r = run_cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),

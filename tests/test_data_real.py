@@ -86,6 +86,7 @@ def test_official_pickles_match_the_jpeg_copy_image_by_image():
         assert same.max() < 15 and shifted.min() > 25, (label, same, shifted)
 
 
+@pytest.mark.slow
 def test_pretrained_network_is_accurate_on_loaded_data(tmp_path):
     model = akamaster_resnet20()
     splits = load_dataset("cifar10", extracted("cifar-10-subset-batches-py"), cache_dir=tmp_path)

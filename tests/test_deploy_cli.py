@@ -15,7 +15,7 @@ from PIL import Image
 import shallowdeep
 from shallowdeep.cli import main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # ONNX exports and a torch-free subprocess
 
 BACKBONE = '''
 from torch import nn

@@ -13,6 +13,8 @@ import torch
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # torchrun starts two processes
+
 COMMON = ["--dataset", "digits", "--limit", "128", "--batch-size", "64", "--epochs", "2"]
 
 

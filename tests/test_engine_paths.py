@@ -45,6 +45,7 @@ def spread_policy(net, x: torch.Tensor) -> tuple[PerExitMaxProb, ExitOutputs]:
     return PerExitMaxProb(tuple(thresholds)), outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("design", ("paper", "conv", "ztw"))
 def test_channels_last_engine_stays_channels_last_and_equals_the_simulation(design):
     net = sharpened(design, 5).to(memory_format=CHANNELS_LAST)

@@ -261,6 +261,7 @@ def backbone(name: str) -> tuple[nn.Module, int]:
     return models.create(name, 10, 16), 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone_name",
                          ["option-A resnet", "sequential", "resnet56", "vgg16_bn", "mobilenet", "wrn32_4"])
 def test_engine_equals_one_sample_at_a_time_and_the_simulation(backbone_name):

@@ -34,6 +34,7 @@ def early_exit_json(run: Path, *options: str) -> dict:
     return json.loads((run / "early-exit.json").read_text())
 
 
+@pytest.mark.slow
 def test_command_calibrates_on_holdout_and_reports_what_the_engine_does_on_test(tiny_run, capsys):
     result = early_exit_json(tiny_run, "--max-drop", "0.05")
     run = open_run(tiny_run)
@@ -69,6 +70,7 @@ def test_command_calibrates_on_holdout_and_reports_what_the_engine_does_on_test(
     assert "holdout" in out and "early exit" in out and "oracle" in out and f"{result['threshold']:.6g}" in out
 
 
+@pytest.mark.slow
 def test_budget_and_other_policies(tiny_run):
     result = early_exit_json(tiny_run, "--budget", "0.3", "--policy", "entropy")
     assert result["criterion"] == {"budget": 0.3} and result["policy"] == "entropy"
@@ -94,6 +96,7 @@ def test_the_test_set_never_chooses_the_threshold(tiny_run, tmp_path, capsys):
     assert "budget" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_separate_calibration_data_is_used_and_recorded(tiny_run, tmp_path):
     """The run's holdout images written as an image folder calibrate exactly as the holdout split does."""
     holdout = load_dataset("digits", None).holdout
@@ -110,6 +113,7 @@ def test_separate_calibration_data_is_used_and_recorded(tiny_run, tmp_path):
     assert separate["calibration"] == own["calibration"]
 
 
+@pytest.mark.slow
 def test_each_criterion_policy_and_calibration_keeps_its_own_result(tiny_run):
     folder = tiny_run / "early-exit"
     shutil.rmtree(folder, ignore_errors=True)

@@ -17,6 +17,7 @@ from shallowdeep.exits import early_exit
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
+pytestmark = pytest.mark.slow  # library networks, traced and trained at full size
 
 TORCHVISION = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "regnet_y_400mf",
                "densenet121", "vgg11_bn", "mnasnet0_5"]

@@ -133,6 +133,7 @@ def test_engine_equals_one_by_one_for_every_design(resnet20, design, one_thread)
         assert flops[i] == net.exit_flops[stop]
 
 
+@pytest.mark.slow
 def test_design_is_saved_in_the_run_and_rebuilt(tmp_path, one_thread):
     cfg = TrainConfig("sdn", Recipe("sgd", 0.02, 1, [], batch_size=64), seed=1)
     new_run(tmp_path / "z", DATA, ModelSpec(arch="resnet56", ic=ICDesign("ztw", 8)), cfg, device=CPU)
@@ -148,6 +149,7 @@ def test_design_is_saved_in_the_run_and_rebuilt(tmp_path, one_thread):
         ICDesign.parse({"design": "conv", "depth": 3})
 
 
+@pytest.mark.slow
 def test_every_command_runs_on_a_ztw_run_from_the_cli(tmp_path, capsys, one_thread):
     cnn, ztw = tmp_path / "cnn", tmp_path / "ztw"
     common = ["--dataset", "digits", "--limit", "300", "--batch-size", "64"]

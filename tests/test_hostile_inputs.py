@@ -115,6 +115,7 @@ def test_sys_exit_in_the_backbones_forward_fails_in_one_line(tmp_path):
     assert_one_line_error(r, "the backbone's code called sys.exit(0)")
 
 
+@pytest.mark.slow
 def test_a_warning_through_the_cli_is_one_line(tmp_path):
     rng = np.random.default_rng(0)
     for split in ("train", "test"):

@@ -77,6 +77,7 @@ def test_predict_output_never_lands_on_a_runs_files_nor_replaces_a_file_unasked(
     assert json.loads(mine.read_text())[0]["path"] == str(image)
 
 
+@pytest.mark.slow
 def test_the_output_check_and_atomic_writes_need_no_torch():
     """predict on an export folder runs without PyTorch, --output included."""
     import subprocess

@@ -135,6 +135,7 @@ def test_resnet56_and_vgg16_bn_at_32_match_closed_form_sums() -> None:
     assert n_params(vgg) == 14_723_136 + 2 * (512 * 512 + 512) + 5130
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_output_shapes_and_stage_contract(name: str) -> None:
     channels, last_side = LAST_MAP[name]
@@ -155,6 +156,7 @@ def test_output_shapes_and_stage_contract(name: str) -> None:
         assert logits.shape == (2, 7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_fx_trace_reproduces_the_model(name: str) -> None:
     model = models.create(name, 10).eval()
@@ -164,6 +166,7 @@ def test_fx_trace_reproduces_the_model(name: str) -> None:
         assert torch.allclose(traced(x), model(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_parameter_gets_a_gradient(name: str) -> None:
     model = models.create(name, 5, 16).train()

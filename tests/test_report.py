@@ -328,6 +328,7 @@ def test_numbers_of_chosen_points_close_together_cover_neither_each_other_nor_a_
     assert not any(box.contains(*point) for box in boxes for point in points), "a number covers a point"
 
 
+@pytest.mark.slow
 @needs_chromium
 @pytest.mark.parametrize("width", [800, 1280])
 def test_report_fits_the_window_in_headless_chromium(results_report, tmp_path, width):
@@ -351,6 +352,7 @@ def test_report_fits_the_window_in_headless_chromium(results_report, tmp_path, w
     assert (image[:, -20:] > 250).all(), "something is drawn in the page's right margin"
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     run, _ = reported_run

@@ -110,6 +110,7 @@ def test_a_new_run_never_overwrites_the_users_files(tmp_path):
         new_run(tmp_path / "file", DATA, ModelSpec(arch="resnet56"), quick_cnn(), device=CPU)
 
 
+@pytest.mark.slow
 def test_weights_holding_nan_are_refused_in_one_line(tmp_path):
     net = build_sdn(ModelSpec(arch="resnet56", num_classes=10, input_shape=(3, 16, 16), exits=()))
     state = net.state_dict()
@@ -122,6 +123,7 @@ def test_weights_holding_nan_are_refused_in_one_line(tmp_path):
     assert not (tmp_path / "ic").exists()  # a start that failed leaves no folder behind
 
 
+@pytest.mark.slow
 def test_a_run_notices_when_its_data_changed_under_it(tmp_path):
     write_imagefolder(tmp_path / "data", per_class=4, size=16)
     data = {"name": "imagefolder", "data_dir": str(tmp_path / "data"), "holdout_fraction": 0.25, "seed": 0}
@@ -181,6 +183,7 @@ def test_edited_per_exit_outputs_are_computed_again(tmp_path_factory, tamper):
         path.write_bytes(original)
 
 
+@pytest.mark.slow
 def test_computing_outputs_waits_for_another_process_that_computes_them(tmp_path_factory):
     """While another process holds the outputs' lock, a second one waits; then it computes them once."""
     import subprocess

@@ -32,7 +32,7 @@ from shallowdeep.runtime import Policy, load
 from shallowdeep.serve.app import INLINE_PIXELS
 
 pytest.importorskip("aiohttp")
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # a server in a subprocess
 
 
 def _tiny() -> torch.nn.Module:

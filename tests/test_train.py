@@ -50,6 +50,7 @@ def test_recipes_and_growing_ic_weights():
     assert mid == pytest.approx([0.01 + (x - 0.01) / 2 for x in c])
 
 
+@pytest.mark.slow
 def test_ic_only_keeps_the_backbone_exactly(cnn_run, tmp_path):
     out = tmp_path / "ic"
     new_run(out, DATA, ModelSpec(), quick("ic-only", epochs=2), pretrained=str(cnn_run), device=CPU)
@@ -65,6 +66,7 @@ def test_ic_only_keeps_the_backbone_exactly(cnn_run, tmp_path):
     assert len(open_run(out).read_metrics()) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("design", ("paper", "conv", "ztw"))
 def test_cached_features_train_the_same_ics_as_streaming(cnn_run, tmp_path, design):
     splits = load_dataset(**DATA)
@@ -89,6 +91,7 @@ def test_cached_features_train_the_same_ics_as_streaming(cnn_run, tmp_path, desi
         assert not torch.equal(nets[0].ensemble.bias, torch.zeros_like(nets[0].ensemble.bias))  # fitted
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     cfg = quick("sdn", epochs=2)
     new_run(tmp_path / "whole", DATA, MODEL, cfg, device=CPU)
@@ -103,6 +106,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert len(open_run(tmp_path / "cut").read_metrics()) == 2
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_keeps_nothing_half_written(tmp_path):
     with pytest.raises(UserError, match="learning rate"):
         new_run(tmp_path / "nan", DATA, MODEL, quick("cnn", lr=1e30), device=CPU)
@@ -115,6 +119,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_nothing_half_written(tmp_pa
         new_run(tmp_path / "nan", DATA, MODEL, quick("cnn"), device=CPU)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", (StreamedImages, CachedMaps))
 def test_a_nan_loss_stops_both_batch_sources_before_saving(cnn_run, tmp_path, source):
     splits = load_dataset(**DATA)
@@ -127,6 +132,7 @@ def test_a_nan_loss_stops_both_batch_sources_before_saving(cnn_run, tmp_path, so
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_the_recipe_is_resolved_after_the_backbone_of_the_source_run(tmp_path):
     data = dict(DATA, limit=64)
     vgg = tmp_path / "vgg"
