@@ -14,6 +14,7 @@ from conftest import REPO
 from shallowdeep.choices import ARCHS, POLICY_NAMES
 from shallowdeep.cli import _command_modules
 
+pytestmark = pytest.mark.slow  # each check runs in a fresh interpreter
 COMMANDS = [m.NAME for m in _command_modules()]
 HEAVY = ("torch", "matplotlib", "captum")
 
@@ -61,8 +62,6 @@ def test_train_runs_without_plotting(tmp_path):
     """The train command up to a user error: its library is imported, matplotlib and captum are not."""
     code = f"""
 from shallowdeep.cli import main
-
-pytestmark = pytest.mark.slow  # each check runs in a fresh interpreter
 code = main(["train", "--arch", "resnet56", "--backbone", "x.py:f", "--dataset", "digits", "--device", "cpu",
              "--out", {str(tmp_path / "run")!r}])
 assert code == 2, code
