@@ -83,7 +83,8 @@ def attach_planned(model: nn.Module, input_shape: Sequence[int], num_classes: in
     design = ICDesign.parse(ic)
     with eval_mode(model):
         gm = trace(model, tracing)
-    fresh = plan is None or plan.graph != graph_fingerprint(gm) or not (
+    fingerprint = graph_fingerprint(gm)
+    fresh = plan is None or plan.graph != fingerprint or not (
         {p.index for p in plan.exits} <= set(cut_indices(list(gm.graph.nodes))))
     if fresh:
         chosen, total_flops = _choose_exits(model, gm, input_shape, num_classes, exits, fractions)
@@ -98,7 +99,7 @@ def attach_planned(model: nn.Module, input_shape: Sequence[int], num_classes: in
         head_flops = [_head_flops(h, p.shape, num_classes, device) for h, p in zip(heads, chosen)]
         exit_flops = [p.flops + sum(head_flops[: i + 1]) for i, p in enumerate(chosen)]
         exit_flops.append(total_flops + sum(head_flops))
-        plan = ExitPlan(graph_fingerprint(gm), tuple(chosen), tuple(exit_flops), total_flops,
+        plan = ExitPlan(fingerprint, tuple(chosen), tuple(exit_flops), total_flops,
                         any(isinstance(s, ModeSegment) for s in segments))
     ensemble = GeometricEnsemble(len(heads), num_classes).to(device) if design.ensembles and heads else None
     net = SDN(segments, heads, [p.name for p in chosen], plan.exit_flops, total_flops, ensemble, design)
