@@ -8,12 +8,19 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
 
 import shallowdeep
 from shallowdeep.cli import main
+from shallowdeep.exit_outputs import ExitOutputs
+from shallowdeep.exits import calibrate
+from shallowdeep.export import run_policy
+from shallowdeep.export.quantise import run_calibration
+from shallowdeep.run import open_run
+from shallowdeep.runtime import load, read_manifest
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # ONNX exports and a torch-free subprocess
 
@@ -109,3 +116,27 @@ def test_export_errors_are_one_line(exported, capsys):
                  "--policy", "entropy"]) == 0  # an earlier export is replaced
     manifest = json.loads((root / "export" / "manifest.json").read_text())
     assert manifest["policy"]["name"] == "entropy" and manifest["policy"]["threshold"] == 0.5
+
+
+def test_an_int8_export_quantises_its_stages_and_chooses_the_threshold_again(exported):
+    root = exported
+    assert main(["export", str(root / "run"), "--out", str(root / "int8"), "--quantize", "int8"]) == 0
+    manifest = read_manifest(root / "int8")
+    assert manifest.quantisation["precision"] == "int8"
+    ops = [{n.op_type for n in onnx.load(str(root / "int8" / s.file)).graph.node} for s in manifest.stages]
+    assert any("DequantizeLinear" in o for o in ops)  # the 32-channel convolutions are int8
+    # the threshold: the early-exit result's criterion (a budget of 0.75) on the int8 outputs of its own data
+    run = open_run(root / "run")
+    calibration = run_calibration(run, run_policy(run.path, None, None, None))
+    runtime = load(root / "int8")
+    outputs = ExitOutputs(np.stack(runtime.exit_logits(calibration.images)), calibration.labels,
+                          np.asarray(manifest.exit_flops), manifest.backbone_flops)
+    assert manifest.policy.threshold == pytest.approx(calibrate(outputs, "maxprob", budget=0.75).threshold)
+    assert manifest.policy.source["fp32_policy"]["threshold"] == read_manifest(root / "export").policy.threshold
+    # batch 1 (the fused graph) and streaming answer alike, and close to fp32
+    _, images = runtime.read_images([root / "images"])
+    alone, streamed = runtime.predict(images, batch_size=1), runtime.predict(images, batch_size=8)
+    assert (alone.exits == streamed.exits).all() and (alone.indices == streamed.indices).all()
+    fp32_final, int8_final = load(root / "export").exit_logits(images)[-1], runtime.exit_logits(images)[-1]
+    assert (fp32_final.argmax(1) == int8_final.argmax(1)).mean() >= 0.9
+    assert main(["export", str(root / "run"), "--out", str(root / "x"), "--data-dir", str(root)]) == 2

@@ -33,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", choices=POLICY_NAMES, help="policy of --threshold; maxprob when not given")
     p.add_argument("--no-exits", action="store_true",
                    help="export the backbone alone (one stage, no IC), to measure early exit against")
+    p.add_argument("--quantize", choices=("int8",), help="quantise the stages to int8 (onnxruntime static "
+                   "quantisation) and choose the early-exit result's threshold again on their outputs, on that "
+                   "result's calibration data; with --threshold, the threshold is kept and the run's holdout (or "
+                   "training) split sets the int8 ranges")
+    p.add_argument("--data-dir", type=Path, help="where the run's data is now, when it moved (for --quantize)")
     p.add_argument("--threads", type=positive_int, help="CPU threads PyTorch uses while exporting")
 
 
@@ -46,11 +51,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--policy goes with --threshold")
     if args.threads:
         torch.set_num_threads(args.threads)
-    manifest = export_run(args.run, args.out, args.early_exit, args.threshold, args.policy, args.no_exits)
+    if args.data_dir is not None and args.quantize is None:
+        raise UserError("--data-dir goes with --quantize")
+    manifest = export_run(args.run, args.out, args.early_exit, args.threshold, args.policy, args.no_exits,
+                          args.quantize or "fp32", args.data_dir)
     policy = manifest.policy
     source = policy.source.get("early_exit_result") or policy.source.get("chosen_by", "")
     print(f"exits: {', '.join(f'{n} ({f / manifest.backbone_flops:.0%})' for n, f in zip(manifest.exit_names, manifest.exit_flops))}")
     print(f"policy: {policy.name} at {_threshold(policy.threshold)} ({source})")
+    if manifest.quantisation is not None and "fp32_policy" in policy.source:
+        print(f"int8: threshold chosen again on {policy.source['calibrated_on'].get('samples')} calibration images "
+              f"(fp32: {_threshold(policy.source['fp32_policy']['threshold'])})")
     print(f"wrote {len(manifest.stages)} stage graphs, the fused early-exit graph and the manifest to {args.out}")
     return 0
 

@@ -32,6 +32,7 @@ from ..runtime.graphs import fused_early_exit
 from ..run_folder import is_run_folder
 from ..runtime.manifest import FUSED_GRAPH, MANIFEST, Manifest, Policy, Stage, is_export
 from ..sdn import SDN
+from .quantise import PRECISIONS, Calibration, quantise_export, run_calibration
 from .stages import OPSET, StageModule, export_stage
 
 CHECK_TOLERANCE = 1e-3  # largest difference between onnxruntime's and PyTorch's logits an export may show
@@ -39,10 +40,10 @@ CHECK_TOLERANCE = 1e-3  # largest difference between onnxruntime's and PyTorch's
 
 def export_sdn(net: SDN, out: str | Path, *, classes: Sequence[str], mean: Sequence[float], std: Sequence[float],
                policy: Policy, input_shape: Sequence[int] | None = None,
-               made_from: dict[str, Any] | None = None) -> Manifest:
+               made_from: dict[str, Any] | None = None, int8: Calibration | None = None) -> Manifest:
     """Export ``net`` for images of ``input_shape`` (C, H, W; default: the one its ``spec`` records) with its
     data's ``classes`` and normalisation and the exit ``policy`` to the folder ``out``; returns the manifest
-    written there."""
+    written there. ``int8``: quantise the stages, with this calibration data (see :mod:`.quantise`)."""
     net = net.eval()
     shape = tuple(input_shape or (net.spec.input_shape if net.spec is not None else ()))
     if len(shape) != 3:
@@ -66,7 +67,9 @@ def export_sdn(net: SDN, out: str | Path, *, classes: Sequence[str], mean: Seque
             exit_flops=tuple(net.exit_flops), backbone_flops=net.backbone_flops, stages=tuple(stages),
             policy=policy, ic_design={**net.ic_design.to_dict(), "cascade": net.ic_design.cascades},
             ensemble=ensemble, made_from={"shallowdeep": __version__, "torch": torch.__version__, **(made_from or {})})
-        fused = fused_early_exit(manifest, graphs, policy.name, policy.keys(len(net.ics)))
+        if int8 is not None:
+            manifest, graphs = quantise_export(folder, manifest, int8)
+        fused = fused_early_exit(manifest, graphs, manifest.policy.name, manifest.policy.keys(len(net.ics)))
         onnx.checker.check_model(fused)
         onnx.save(fused, str(folder / FUSED_GRAPH))
         atomic_write_json(folder / MANIFEST, manifest.to_dict())
@@ -75,23 +78,28 @@ def export_sdn(net: SDN, out: str | Path, *, classes: Sequence[str], mean: Seque
 
 def export_run(run_dir: str | Path, out: str | Path, early_exit_key: str | None = None,
                threshold: float | Sequence[float] | None = None, policy: str | None = None,
-               no_exits: bool = False) -> Manifest:
+               no_exits: bool = False, precision: str = "fp32", data_dir: str | Path | None = None) -> Manifest:
     """Export the trained SDN of ``run_dir`` to ``out`` with the policy and threshold of one of its early-exit
     results (``early_exit_key``; default the latest), or ``threshold`` (of ``policy``, default maxprob); with
-    ``no_exits``, its backbone alone (one stage, no IC: what early exit is measured against)."""
+    ``no_exits``, its backbone alone (one stage, no IC: what early exit is measured against). ``precision``
+    'int8' quantises the stages and chooses the result's threshold again on the int8 outputs, on the result's
+    own calibration data (read from ``data_dir`` when the run's data moved)."""
     from ..classifier import load
     from ..run import open_run
 
     run = open_run(run_dir)
     if no_exits and (early_exit_key is not None or threshold is not None or policy is not None):
         raise UserError("an export without exits has no policy or threshold")
+    if precision not in ("fp32", *PRECISIONS):
+        raise UserError(f"unknown precision '{precision}': choose fp32 or {', '.join(PRECISIONS)}")
     chosen = NO_EXITS if no_exits else run_policy(run.path, early_exit_key, threshold, policy)
     _check_destination(Path(out))
+    int8 = None if precision == "fp32" else run_calibration(run, chosen, data_dir)
     classifier = load(run.path)
     made_from = {"run": str(run.path.resolve()), "checkpoint_sha256": file_sha256(run.checkpoint_path)}
     net = backbone_only(classifier.net) if no_exits else classifier.net
     return export_sdn(net, out, classes=classifier.class_names, mean=classifier.mean, std=classifier.std,
-                      policy=chosen, input_shape=classifier.input_shape, made_from=made_from)
+                      policy=chosen, input_shape=classifier.input_shape, made_from=made_from, int8=int8)
 
 
 NO_EXITS = Policy("maxprob", 1.0, {"chosen_by": "none: the export has no exit but the final head"})

@@ -4,7 +4,8 @@ An export folder holds one ONNX graph per stage and this manifest::
 
     DIR/manifest.json      format tag, opset, input shape and normalisation, classes, exits with their
                            cumulative FLOPs, the stages' graphs and their inputs and outputs, the exit
-                           policy with its threshold and where it came from
+                           policy with its threshold and where it came from, and, for an int8 export,
+                           how its stages were quantised
     DIR/stage<k>.onnx      stage k: backbone segment k, then IC k (every stage but the last), then, for
                            Zero Time Waste, the ensemble: what exit k answers
     DIR/early_exit.onnx    the whole early exit for one image as one graph (ONNX ``If`` nodes), with the
@@ -88,6 +89,7 @@ class Manifest:
     ic_design: dict[str, Any] = field(default_factory=dict)
     ensemble: dict[str, Any] | None = None
     made_from: dict[str, Any] = field(default_factory=dict)
+    quantisation: dict[str, Any] | None = None  # None: fp32 stages; else how they were quantised
 
     @property
     def num_ics(self) -> int:
@@ -149,7 +151,8 @@ def _parse(data: dict[str, Any]) -> Manifest:
         classes=tuple(map(str, data["classes"])), exit_names=tuple(str(e["name"]) for e in exits),
         exit_flops=tuple(int(e["flops"]) for e in exits), backbone_flops=int(data["backbone_flops"]),
         stages=stages, policy=policy, ic_design=dict(data.get("ic_design") or {}),
-        ensemble=data.get("ensemble"), made_from=dict(data.get("made_from") or {}))
+        ensemble=data.get("ensemble"), made_from=dict(data.get("made_from") or {}),
+        quantisation=data.get("quantisation"))
     if not stages or len(exits) != len(stages):
         raise ValueError(f"{len(exits)} exits for {len(stages)} stages")
     if len(manifest.mean) != manifest.input_shape[0] or len(manifest.std) != manifest.input_shape[0]:
