@@ -322,6 +322,7 @@ def test_commands_turn_bad_input_into_one_line(tmp_path, tiny_run, capsys):
                                              ("confusion", "AUROC"), ("early-exit", "threshold")])
 def test_a_full_disk_loses_no_figure(tiny_run, monkeypatch, capsys, command, figure):
     import errno
+    import sys
 
     import shallowdeep.io
 
@@ -330,6 +331,9 @@ def test_a_full_disk_loses_no_figure(tiny_run, monkeypatch, capsys, command, fig
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    for name, module in list(sys.modules.items()):  # every module that took the function by name
+        if name.startswith("shallowdeep") and hasattr(module, "atomic_write_json"):
+            monkeypatch.setattr(module, "atomic_write_json", full)
     monkeypatch.setattr(shallowdeep.io, "atomic_write_json", full)
     assert main([command, str(tiny_run)]) == 2
     out, err = capsys.readouterr()
