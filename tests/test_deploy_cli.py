@@ -132,7 +132,7 @@ def test_an_int8_export_quantises_its_stages_and_chooses_the_threshold_again(exp
     outputs = ExitOutputs(np.stack(runtime.exit_logits(calibration.images)), calibration.labels,
                           np.asarray(manifest.exit_flops), manifest.backbone_flops)
     assert manifest.policy.threshold == pytest.approx(calibrate(outputs, "maxprob", budget=0.75).threshold)
-    assert manifest.policy.source["fp32_policy"]["threshold"] == read_manifest(root / "export").policy.threshold
+    assert manifest.policy.source["fp32_policy"]["threshold"] == run_policy(run.path, None, None, None).threshold
     # batch 1 (the fused graph) and streaming answer alike, and close to fp32
     _, images = runtime.read_images([root / "images"])
     alone, streamed = runtime.predict(images, batch_size=1), runtime.predict(images, batch_size=8)
