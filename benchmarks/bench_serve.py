@@ -8,7 +8,8 @@ it, in path order). For each server and each concurrency, a ``shallowdeep serve`
 every image once, as the raw bytes of its file, from that many concurrent HTTP clients (keep-alive connections
 of a lean client, on the same machine), with at most --max-seconds of sending per run. Reports per run: images/s, p50, p99 and p99.9 latency,
 errors and the exit histogram; the early-exit server's answers against ``predict`` (the runtime on the same
-files); its memory (RSS) after a warm-up (1,000 images at
+files); the runtime alone in this process, without HTTP, on batches of the highest concurrency (what the server
+could reach); its memory (RSS) after a warm-up (1,000 images at
 the highest concurrency, one per request, then as many again grouped) and after all runs; and the targets: throughput at 32 clients, early
 exit / backbone, against the FLOPs-predicted speed-up (>= 0.8 of it; also reported, without a target, for a last
 run at that concurrency whose requests carry --images-per-request images each); p50 at 1 client, early exit / backbone,
@@ -36,7 +37,7 @@ import numpy as np
 
 from shallowdeep.images import image_files
 from shallowdeep.io import atomic_write_json, strict_json
-from shallowdeep.runtime import load
+from shallowdeep.runtime import Runtime, load
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "serve.json"
@@ -163,6 +164,17 @@ async def load_run(url: str, requests: list[Request], clients: int, max_seconds:
             "mean_flops": float(np.mean([a["flops"] for a in answers.values()])), "_answers": answers}
 
 
+def runtime_alone(runtime: Runtime, images: np.ndarray, batch: int) -> float:
+    """Images/s of the runtime in this process, no HTTP: each batch of ``batch`` images run through every stage
+    before the next (as ``batch`` clients that each wait for their answer keep the server fed)."""
+    x = runtime.preprocess(images)
+    runtime.stream([x[:batch]])
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        runtime.stream([x[i:i + batch]])
+    return len(x) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path)
@@ -206,7 +218,12 @@ def main() -> None:
         memory[name]["stopped"] = stopped
 
     runtime = load(args.export, threads=args.threads)
-    expected = runtime.predict_files(files)
+    files_read, pixels = runtime.read_images(files)
+    expected = runtime.predict(pixels, batch_size=1)
+    ceiling = {name: runtime_alone(load(folder, threads=args.threads), pixels, max(concurrency))
+               for name, folder in (("early_exit", args.export), ("backbone", args.backbone))}
+    print(f"the runtime alone, batches of {max(concurrency)} run through: early exit "
+          f"{ceiling['early_exit']:.0f} images/s, backbone {ceiling['backbone']:.0f} images/s", flush=True)
     mismatches = 0
     for result in runs["early_exit"]:
         for i, answer in result["_answers"].items():
@@ -220,6 +237,7 @@ def main() -> None:
     cost_share = ee_top["mean_flops"] / manifest.backbone_flops
     measures = {
         "throughput_share_of_predicted": ee_top["images_per_second"] / bb_top["images_per_second"] / predicted,
+        "runtime_alone_share_of_predicted": ceiling["early_exit"] / ceiling["backbone"] / predicted,
         "p50_ratio_over_cost_share": by_clients["early_exit"][one]["latency_ms"]["p50"]
         / by_clients["backbone"][one]["latency_ms"]["p50"] / cost_share,
         "errors_at_top_concurrency": sum(ee_top["errors"].values()),
@@ -244,6 +262,7 @@ def main() -> None:
                            "python": platform.python_version(), "machine": platform.machine(),
                            "note": "server and load generator share the machine's cores"},
               "flops_predicted_speedup": predicted, "average_cost_share": cost_share,
+              "runtime_alone_images_per_second": ceiling,
               "runs": runs, "memory": memory, "measures": measures, "targets": targets, "met": met}
     print(strict_json({"measures": measures, "met": met, "memory": memory}, indent=2))
     atomic_write_json(args.output, result)
