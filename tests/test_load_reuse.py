@@ -13,6 +13,7 @@ import torch
 import torch.fx
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import TINY_CNN
 import shallowdeep
 from shallowdeep.build import build_sdn
 from shallowdeep.errors import UserError
@@ -21,15 +22,6 @@ from shallowdeep.model_spec import ModelSpec
 from shallowdeep.run import open_run
 from shallowdeep.train import Recipe, TrainConfig, new_run
 
-TINY = """
-from torch import nn
-
-def make():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-"""
 DROPOUT = """
 import torch.nn.functional as F
 from torch import nn
@@ -56,7 +48,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def made(tmp_path_factory):
     """A small SDN run and the reference SDN: built by analysing the backbone afresh, with the run's weights."""
     folder = tmp_path_factory.mktemp("load-reuse")
-    (folder / "tiny.py").write_text(TINY)
+    (folder / "tiny.py").write_text(TINY_CNN)
     run = folder / "run"
     new_run(run, DATA, ModelSpec(factory=f"{folder / 'tiny.py'}:make", exits=("2", "5")),
             TrainConfig("sdn", Recipe("sgd", 0.02, 1, [], batch_size=64)), device=torch.device("cpu"))
@@ -118,7 +110,7 @@ def test_a_run_stores_its_analysis_and_load_reuses_it(made, counted):
 
 
 def test_a_run_trained_from_python_keeps_its_analysis_too(tmp_path, counted):
-    (tmp_path / "tiny.py").write_text(TINY)
+    (tmp_path / "tiny.py").write_text(TINY_CNN)
     spec = ModelSpec(factory=f"{tmp_path / 'tiny.py'}:make", num_classes=10, input_shape=(3, 16, 16), exits=("2", "5"))
     images, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
     loader = DataLoader(TensorDataset(images, labels), batch_size=8)

@@ -16,20 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_CNN
 from shallowdeep.reproduce import steps as steps_module
 from shallowdeep.reproduce.paper import NOT_STATED, paper_cell, paper_figures
 from shallowdeep.reproduce.steps import Context, Outcome, Settings, Step, run_reproduction
 
-TINY = """
-from torch import nn
 
-def make():
-    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                         nn.Conv2d(32, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
-                         nn.Conv2d(32, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-"""
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
 
@@ -41,7 +33,7 @@ def command(backbone: Path, out: Path, steps: str = "cnn,ic-only,sdn,mixed,backd
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("backbone") / "tiny.py"
-    path.write_text(TINY)
+    path.write_text(TINY_CNN)
     return path
 
 
