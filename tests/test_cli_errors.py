@@ -128,7 +128,7 @@ def test_data_set_with_other_classes_than_the_checkpoint(tmp_path):
     assert_one_line_error(r, "wrong shape")
     before = (digits_run / "checkpoint.pt").read_bytes()
     r = run_cli("train", "--arch", "resnet56", "--dataset", "digits", "--out", str(digits_run))  # would overwrite
-    assert_one_line_error(r, "already holds a run")
+    assert_one_line_error(r, "already holds a run; resume it or choose another folder (--resume, --out)")
     assert (digits_run / "checkpoint.pt").read_bytes() == before
 
 

@@ -145,7 +145,7 @@ def test_a_runs_backbone_file_must_be_its_own_and_unchanged(tmp_path, monkeypatc
     run = open_run(tmp_path / "run")
     assert run.model.factory == "backbone.py:make"
     (tmp_path / "run" / "backbone.py").write_text("import os\ndef make():\n    pass\n")
-    with pytest.raises(UserError, match="changed since the run was made; .*--trust-code"):
+    with pytest.raises(UserError, match="changed since the run was made; .*SHALLOWDEEP_TRUST_CODE=1"):
         open_run(tmp_path / "run").model
     monkeypatch.setenv("SHALLOWDEEP_TRUST_CODE", "1")
     assert open_run(tmp_path / "run").model.factory == "backbone.py:make"

@@ -152,16 +152,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 @contextmanager
-def file_lock(path: str | os.PathLike, busy: str | None = None) -> Iterator[None]:
+def file_lock(path: str | os.PathLike, busy: str | UserError | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created when missing) while the block runs: wait for another
-    process that holds it or, when ``busy`` is given, raise a :class:`UserError` saying ``busy`` at once.
+    process that holds it or, when ``busy`` is given, raise it (a :class:`UserError` saying it) at once.
     The lock goes with the process, so a crash never leaves it held."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if busy is None else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(busy) from None
+            raise (busy if isinstance(busy, UserError) else UserError(busy)) from None
         try:
             yield
         finally:

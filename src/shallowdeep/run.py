@@ -27,7 +27,7 @@ import torch
 
 from .build import build_sdn, check_finite_weights, load_checkpoint_file
 from .choices import TRUST_CODE
-from .errors import UserError, first_line
+from .errors import SettingError, UserError, first_line
 from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock, file_sha256, read_json,
                  remove_stale_temporaries, strict_json)
 from .model_spec import ModelSpec
@@ -61,8 +61,8 @@ class Run:
                                 "refusing to run code from it")
             recorded = self.config.get("code", {}).get(path.name)
             if recorded and path.is_file() and file_sha256(path) != recorded and os.environ.get(TRUST_CODE) != "1":
-                raise UserError(f"{path} changed since the run was made; if you changed it on purpose, "
-                                "pass --trust-code")
+                raise SettingError(f"{path} changed since the run was made; if you changed it on purpose, set "
+                                   f"{TRUST_CODE}=1", "trust_code")
         return spec
 
     @property
@@ -154,11 +154,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir`` for this process while the block runs (created when missing). A second process
     gets a one-line error at once; the lock goes with the process, so a crash never leaves it held."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir} is a file, not a run folder; choose another --out")
+        raise SettingError(f"{run_dir} is a file, not a run folder; choose another folder", "out")
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    busy = f"{run_dir} is in use by another shallowdeep process; wait for it or choose another --out"
-    with file_lock(run_dir / LOCK, busy):
+    busy = f"{run_dir} is in use by another shallowdeep process; wait for it or choose another folder"
+    with file_lock(run_dir / LOCK, SettingError(busy, "out")):
         try:
             yield
         finally:
@@ -175,7 +175,7 @@ def check_new_run_folder(run_dir: Path, require_empty: bool = True) -> None:
     becomes a run with its first checkpoint: the config and backbone copy of a start that failed before are
     replaced, when the folder holds that start's marker (:data:`NEW_RUN`), which only :func:`create_run` writes."""
     if (run_dir / CHECKPOINT).exists() or (run_dir / CHECKPOINT).is_symlink():
-        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        raise SettingError(f"{run_dir} already holds a run; resume it or choose another folder", "resume", "out")
     if run_dir.is_dir():
         remove_left_behind(run_dir)
     failed_start = (run_dir / NEW_RUN).is_file()
