@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from shallowdeep.exits.halves import split_halves
-from shallowdeep.images import image_files
 from shallowdeep.io import atomic_write_json, strict_json
 from shallowdeep.runtime import Runtime, load
 
@@ -33,19 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "int8.json"
 
 
-def evaluation(runtime: Runtime, images: np.ndarray, labels: np.ndarray, half: np.ndarray,
-               final_fp32: float) -> dict:
-    """Early exit's accuracy, cost share and drop (against the fp32 final head) on the evaluation half, and every
-    exit's accuracy there."""
-    answer = runtime.predict(images[half], batch_size=128)
-    logits = [np.concatenate(p) for p in zip(*(runtime.exit_logits(images[half][i:i + 500])
-                                                for i in range(0, len(half), 500)))]
-    accuracy = float((answer.indices == labels[half]).mean())
-    return {"threshold": runtime.policy.threshold, "accuracy": accuracy,
+def evaluation(runtime: Runtime, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Early exit's accuracy and cost share on ``images``, every exit's accuracy and the share leaving at each."""
+    answer = runtime.predict(images, batch_size=128)
+    logits = [np.concatenate(p) for p in zip(*(runtime.exit_logits(images[i:i + 500])
+                                                for i in range(0, len(images), 500)))]
+    return {"threshold": runtime.policy.threshold, "accuracy": float((answer.indices == labels).mean()),
             "cost_share": float(np.mean(answer.flops) / runtime.manifest.backbone_flops),
-            "drop_against_fp32_final_head": final_fp32 - accuracy,
-            "exit_accuracy": [float((l.argmax(1) == labels[half]).mean()) for l in logits],
-            "exit_shares": (np.bincount(answer.exits, minlength=len(logits)) / len(half)).tolist()}
+            "exit_accuracy": [float((l.argmax(1) == labels).mean()) for l in logits],
+            "exit_shares": (np.bincount(answer.exits, minlength=len(logits)) / len(labels)).tolist()}
 
 
 def seconds(runtime: Runtime, images: np.ndarray, repeats: int) -> dict:
@@ -88,12 +83,11 @@ def main() -> None:
     if calibrated_on.get("source") != "test-half" or int8.manifest.quantisation is None:
         sys.exit("give an fp32 export calibrated on a test half, and its int8 export")
     _, half = split_halves(len(files), int(calibrated_on.get("seed", 0)))
-    fp32_final = [np.concatenate(p) for p in zip(*(fp32.exit_logits(images[half][i:i + 500])
-                                                    for i in range(0, len(half), 500)))][-1]
-    final_fp32 = float((fp32_final.argmax(1) == labels[half]).mean())
-    quality = {"fp32": evaluation(fp32, images, labels, half, final_fp32),
-               "int8": evaluation(int8, images, labels, half, final_fp32)}
+    quality = {name: evaluation(runtime, images[half], labels[half]) for name, runtime in (("fp32", fp32),
+                                                                                           ("int8", int8))}
+    final_fp32 = quality["fp32"]["exit_accuracy"][-1]
     for name, q in quality.items():
+        q["drop_against_fp32_final_head"] = final_fp32 - q["accuracy"]
         print(f"{name}: threshold {q['threshold']:.4f}, accuracy {q['accuracy']:.4f}, cost {q['cost_share']:.3f}, "
               f"drop {q['drop_against_fp32_final_head']:+.4f}", flush=True)
 

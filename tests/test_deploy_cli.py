@@ -118,7 +118,7 @@ def test_export_errors_are_one_line(exported, capsys):
     assert manifest["policy"]["name"] == "entropy" and manifest["policy"]["threshold"] == 0.5
 
 
-def test_an_int8_export_quantises_its_stages_and_chooses_the_threshold_again(exported):
+def test_an_int8_export_quantises_its_stages_and_chooses_the_threshold_again(exported, capsys):
     root = exported
     assert main(["export", str(root / "run"), "--out", str(root / "int8"), "--quantize", "int8"]) == 0
     manifest = read_manifest(root / "int8")
@@ -127,16 +127,19 @@ def test_an_int8_export_quantises_its_stages_and_chooses_the_threshold_again(exp
     assert any("DequantizeLinear" in o for o in ops)  # the 32-channel convolutions are int8
     # the threshold: the early-exit result's criterion (a budget of 0.75) on the int8 outputs of its own data
     run = open_run(root / "run")
-    calibration = run_calibration(run, run_policy(run.path, None, None, None))
+    fp32_policy = run_policy(run.path, None, None, None)
+    calibration = run_calibration(run, fp32_policy)
     runtime = load(root / "int8")
     outputs = ExitOutputs(np.stack(runtime.exit_logits(calibration.images)), calibration.labels,
                           np.asarray(manifest.exit_flops), manifest.backbone_flops)
     assert manifest.policy.threshold == pytest.approx(calibrate(outputs, "maxprob", budget=0.75).threshold)
-    assert manifest.policy.source["fp32_policy"]["threshold"] == run_policy(run.path, None, None, None).threshold
+    assert manifest.policy.source["fp32_policy"]["threshold"] == fp32_policy.threshold
     # batch 1 (the fused graph) and streaming answer alike, and close to fp32
     _, images = runtime.read_images([root / "images"])
     alone, streamed = runtime.predict(images, batch_size=1), runtime.predict(images, batch_size=8)
     assert (alone.exits == streamed.exits).all() and (alone.indices == streamed.indices).all()
     fp32_final, int8_final = load(root / "export").exit_logits(images)[-1], runtime.exit_logits(images)[-1]
     assert (fp32_final.argmax(1) == int8_final.argmax(1)).mean() >= 0.9
+    capsys.readouterr()
     assert main(["export", str(root / "run"), "--out", str(root / "x"), "--data-dir", str(root)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["shallowdeep export: error: --data-dir goes with --quantize"]

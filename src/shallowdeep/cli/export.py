@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..choices import POLICY_NAMES
+from ..choices import POLICY_NAMES, PRECISIONS
 from ._common import non_negative_float, positive_int
 
 NAME = "export"
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", choices=POLICY_NAMES, help="policy of --threshold; maxprob when not given")
     p.add_argument("--no-exits", action="store_true",
                    help="export the backbone alone (one stage, no IC), to measure early exit against")
-    p.add_argument("--quantize", choices=("int8",), help="quantise the stages to int8 (onnxruntime static "
+    p.add_argument("--quantize", choices=PRECISIONS, help="quantise the stages to int8 (onnxruntime static "
                    "quantisation) and choose the early-exit result's threshold again on their outputs, on that "
                    "result's calibration data; with --threshold, the threshold is kept and the run's holdout (or "
                    "training) split sets the int8 ranges")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..choices import PRECISIONS
 from ..errors import UserError
 from ..exit_outputs import exit_names
 from ..io import atomic_write_json, file_sha256
@@ -32,7 +33,7 @@ from ..runtime.graphs import fused_early_exit
 from ..run_folder import is_run_folder
 from ..runtime.manifest import FUSED_GRAPH, MANIFEST, Manifest, Policy, Stage, is_export
 from ..sdn import SDN
-from .quantise import PRECISIONS, Calibration, quantise_export, run_calibration
+from .quantise import Calibration, quantise_export, run_calibration
 from .stages import OPSET, StageModule, export_stage
 
 CHECK_TOLERANCE = 1e-3  # largest difference between onnxruntime's and PyTorch's logits an export may show

@@ -25,27 +25,26 @@ import onnx
 from ..errors import UserError
 from ..exit_outputs import ExitOutputs
 from ..exits import calibrate
-from ..runtime.engine import Runtime, make_session
 from ..exits.halves import split_halves
 from ..io import atomic_write_json
+from ..runtime.engine import Runtime, make_session
 from ..runtime.manifest import MANIFEST, Manifest, Policy
 from .int8_worker import QUANTISED_OPS
 
-PRECISIONS = ("int8",)
 RANGE_SAMPLES = 512  # calibration images whose activations set the int8 ranges
+CHUNK = 512  # images run through the int8 stages at a time when the threshold is chosen again
 
 
 @dataclass(frozen=True)
 class Calibration:
     """The labelled images (uint8 ``(N, C, H, W)``) that set the int8 ranges and choose the threshold again, the
-    criterion the threshold is chosen by (None: the threshold was given, and is kept), a record of where the
-    images came from, and the seed of a certified choice."""
+    criterion the threshold is chosen by (None: the threshold was given, and is kept) and a record of where the
+    images came from."""
 
     images: np.ndarray
     labels: np.ndarray
     criterion: dict[str, Any] | None
     data: dict[str, Any]
-    seed: int = 0
 
 
 def quantise_export(folder: Path, manifest: Manifest, calibration: Calibration) -> tuple[Manifest,
@@ -58,21 +57,21 @@ def quantise_export(folder: Path, manifest: Manifest, calibration: Calibration) 
     graphs = quantise_stages(folder, manifest, images)
     record = {"precision": "int8", "method": "onnxruntime static quantisation, QDQ: int8 weights per output "
               "channel, uint8 activations", "operators": list(QUANTISED_OPS),
-              "range_samples": int(min(len(images), RANGE_SAMPLES)), "calibrated_on": calibration.data}
+              "range_samples": len(images), "calibrated_on": calibration.data}
     manifest = replace(manifest, quantisation=record)
     atomic_write_json(folder / MANIFEST, manifest.to_dict())
     if calibration.criterion is not None:
-        policy = rechoose_policy(folder, manifest.policy, calibration.criterion, calibration.images, calibration.labels,
-                                 calibration.data, calibration.seed)
+        policy = rechoose_policy(folder, manifest.policy, calibration.criterion, calibration.images,
+                                 calibration.labels, calibration.data)
         manifest = replace(manifest, policy=policy)
     return manifest, graphs
 
 
 def quantise_stages(folder: Path, manifest: Manifest, images: np.ndarray) -> list[onnx.ModelProto]:
     """Replace every stage graph of the export being written in ``folder`` by its int8 version, activation ranges
-    measured on (up to :data:`RANGE_SAMPLES` of) the normalised ``images``; returns the new graphs in order. The
-    quantiser runs in a process of its own (see :mod:`.int8_worker`)."""
-    values: dict[str, np.ndarray] = {"h": images[:RANGE_SAMPLES]}
+    measured on the normalised ``images``; returns the new graphs in order. The quantiser runs in a process of
+    its own (see :mod:`.int8_worker`)."""
+    values: dict[str, np.ndarray] = {"h": images}
     work = Path(tempfile.mkdtemp(prefix="int8-", dir=folder))
     try:
         jobs = []
@@ -98,20 +97,20 @@ def quantise_stages(folder: Path, manifest: Manifest, images: np.ndarray) -> lis
 
 
 def rechoose_policy(folder: Path, policy: Policy, criterion: dict[str, Any], images: np.ndarray,
-                    labels: np.ndarray, data: dict[str, Any], seed: int = 0) -> Policy:
+                    labels: np.ndarray, data: dict[str, Any]) -> Policy:
     """``policy`` with its threshold chosen again by ``criterion`` (``max_drop``, ``budget``, ``confidence`` as an
-    early-exit result records them) on what the int8 export in ``folder`` answers on the uint8 ``images``
-    (labels ``labels``; ``data`` says where they came from)."""
+    early-exit result records them, a certified one with the default seed as ``shallowdeep early-exit`` uses) on
+    what the int8 export in ``folder`` answers on the uint8 ``images`` (labels ``labels``; ``data`` says where
+    they came from)."""
     runtime = Runtime(folder)
     manifest = runtime.manifest
-    logits = [np.concatenate(parts) for parts in zip(*(runtime.exit_logits(images[i:i + RANGE_SAMPLES])
-                                                        for i in range(0, len(images), RANGE_SAMPLES)))]
+    logits = [np.concatenate(parts) for parts in zip(*(runtime.exit_logits(images[i:i + CHUNK])
+                                                        for i in range(0, len(images), CHUNK)))]
     outputs = ExitOutputs(np.stack(logits).astype(np.float32), labels.astype(np.int64),
                           np.asarray(manifest.exit_flops, np.int64), manifest.backbone_flops)
     per_exit = policy.name.endswith("-per-exit")
     chosen = calibrate(outputs, policy.name.removesuffix("-per-exit"), max_drop=criterion.get("max_drop"),
-                       budget=criterion.get("budget"), confidence=criterion.get("confidence"), per_exit=per_exit,
-                       seed=seed)
+                       budget=criterion.get("budget"), confidence=criterion.get("confidence"), per_exit=per_exit)
     threshold = chosen.threshold
     return Policy(policy.name, tuple(map(float, threshold)) if isinstance(threshold, tuple) else float(threshold),
                   {"chosen_by": "re-chosen on the int8 stages' outputs", "criterion": criterion, "calibrated_on": data,
@@ -138,12 +137,11 @@ def run_calibration(run: Any, policy: Policy, data_dir: str | Path | None = None
         return Calibration(split.images.numpy(), split.labels.numpy(), None,
                            {"source": "run", "split": name, "samples": len(split)})
     if source["source"] == "test-half":
-        seed = int(source.get("seed", 0))
-        half, _ = split_halves(len(splits.test), seed)
+        half, _ = split_halves(len(splits.test), int(source.get("seed", 0)))
         images, labels = splits.test.images.numpy()[half], splits.test.labels.numpy()[half]
     elif source.get("split") in ("holdout", "train"):
         split = getattr(splits, source["split"])
-        images, labels, seed = split.images.numpy(), split.labels.numpy(), 0
+        images, labels = split.images.numpy(), split.labels.numpy()
     else:
         raise UserError(f"the early-exit result '{policy.source['early_exit_result']}' records calibration data "
                         f"{source!r} that an int8 export cannot read again; run shallowdeep early-exit again")
@@ -151,4 +149,4 @@ def run_calibration(run: Any, policy: Policy, data_dir: str | Path | None = None
         raise UserError(f"the run's data now has {len(labels)} calibration samples where its early-exit result had "
                         f"{source['samples']}; pass --data-dir where the run's data is")
     criterion = policy.source.get("criterion") or {}
-    return Calibration(images, labels, dict(criterion), {**source, "note": "the early-exit result's own data"}, seed)
+    return Calibration(images, labels, dict(criterion), {**source, "note": "the early-exit result's own data"})
