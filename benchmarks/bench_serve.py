@@ -3,17 +3,18 @@
     python benchmarks/bench_serve.py EXPORT BACKBONE_EXPORT IMAGES_DIR [--clients 1,8,32] [--threads 2]
 
 EXPORT: ``shallowdeep export RUN`` at the threshold of ``early-exit RUN --calibrate-on test-half --max-drop
-0.01``; BACKBONE_EXPORT: ``shallowdeep export RUN --no-exits``; IMAGES_DIR: the test images (every file under
-it, in path order). For each server and each concurrency, a ``shallowdeep serve`` process (--threads threads) gets
-every image once, as the raw bytes of its file, from that many concurrent HTTP clients (keep-alive connections
-of a lean client, on the same machine), with at most --max-seconds of sending per run. Reports per run: images/s, p50, p99 and p99.9 latency,
-errors and the exit histogram; the early-exit server's answers against ``predict`` (the runtime on the same
-files); the runtime alone in this process, without HTTP, on batches of the highest concurrency (what the server
-could reach); its memory (RSS) after a warm-up (1,000 images at
-the highest concurrency, one per request, then as many again grouped) and after all runs; and the targets: throughput at 32 clients, early
-exit / backbone, against the FLOPs-predicted speed-up (>= 0.8 of it; also reported, without a target, for a last
-run at that concurrency whose requests carry --images-per-request images each); p50 at 1 client, early exit / backbone,
-against the average cost share (<= 1.1 times it); no error at 32 clients; memory within 10 %.
+0.01``; BACKBONE_EXPORT: ``shallowdeep export RUN --no-exits``; IMAGES_DIR: the test images (every file under it,
+in path order). For each server and each concurrency, a ``shallowdeep serve`` process (--threads threads) gets
+every image once, as the raw bytes of its file, from that many concurrent HTTP clients (keep-alive connections of
+a lean client, on the same machine), with at most --max-seconds of sending per run. Reports per run: images/s,
+p50, p99 and p99.9 latency, errors and the exit histogram; the early-exit server's answers against ``predict``
+(the runtime on the same files); the runtime alone in this process, without HTTP, on batches of the highest
+concurrency (what the server could reach); its memory (RSS) after a warm-up (1,000 images at the highest
+concurrency, one per request, then as many again grouped) and after all runs; and the targets: throughput at 32
+clients, early exit / backbone, against the FLOPs-predicted speed-up (>= 0.8 of it; also reported, without a
+target, for a last run at that concurrency whose requests carry --images-per-request images each); p50 at 1
+client, early exit / backbone, against the average cost share (<= 1.1 times it); no error at 32 clients; memory
+within 10 %.
 Writes benchmarks/results/serve.json. Run it on a quiet machine (``nice -n -20``).
 """
 

@@ -117,12 +117,17 @@ class Server:
         self.answered += 1
         return web.json_response(body, status=status, headers=headers)
 
+    @property
+    def in_flight(self) -> int:
+        """/predict requests taken and not yet answered."""
+        return self.accepted - self.answered
+
     async def _answers(self, images: np.ndarray, gone: Callable[[], bool]) -> list[Answer]:
         """Each normalised image's answer: a lone image in an idle server on the event loop's thread (no hop to
         the batcher's and back), anything else through the batcher."""
-        if len(images) == 1 and self.accepted - self.answered == 1:
+        if len(images) == 1 and self.in_flight == 1:
             await asyncio.sleep(0)  # requests that arrived with this one start first, so that a busy server batches
-            if self.accepted - self.answered == 1 and (answer := self.batcher.answer_alone(images[0])) is not None:
+            if self.in_flight == 1 and (answer := self.batcher.answer_alone(images[0])) is not None:
                 return [answer]
         try:
             futures = self.batcher.submit(images, gone)
@@ -164,11 +169,9 @@ class Server:
         try:
             return np.stack([decode_image_bytes(data, side, channels, name or "the request's image", max_pixels)
                              for name, data in named])
-        except TooManyPixels as exc:
-            if max_pixels < self.settings.max_pixels:
-                raise
-            raise _BadRequest(400, "bad_image", str(exc)) from None
         except UserError as exc:
+            if isinstance(exc, TooManyPixels) and max_pixels < self.settings.max_pixels:
+                raise
             raise _BadRequest(400, "bad_image", str(exc)) from None
 
     def _answer(self, name: str | None, answer: Answer) -> dict[str, Any]:

@@ -90,6 +90,10 @@ class Batcher:
         with self._wake:
             if self._inbox or self._running or self._stopping:
                 return None
+        return self._fused(image)
+
+    def _fused(self, image: np.ndarray) -> Answer:
+        """One normalised image's answer from the fused graph (one onnxruntime call)."""
         logits, exits, confidence = self.runtime.fused(image[None])
         return Answer(logits[0], int(exits[0]), float(confidence[0]))
 
@@ -137,9 +141,7 @@ class Batcher:
 
     def _compute(self, batch: list[_Pending], door_empty: bool) -> None:
         if len(batch) == 1 and not self._running and door_empty:  # alone: one call of the fused graph
-            pending = batch[0]
-            logits, exits, confidence = self.runtime.fused(pending.image[None])
-            _deliver(pending, Answer(logits[0], int(exits[0]), float(confidence[0])))
+            _deliver(batch[0], self._fused(batch[0].image))
             return
         if batch:
             ids = np.arange(self._next_id, self._next_id + len(batch))
