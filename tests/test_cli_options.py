@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from shallowdeep.cli import build_parser, main
-from shallowdeep.cli._common import require_samples, resolve_device
-from shallowdeep.errors import UserError
+from shallowdeep.cli._common import resolve_device
+from shallowdeep.errors import SettingError
 from shallowdeep.io import atomic_write_json
 
 PREFIX = {"train": ["train", "--out", "RUN"], "backdoor": ["backdoor", "--out", "RUN"], "demo": ["demo"]}
@@ -86,10 +86,17 @@ def test_values_in_range_pass_with_their_types():
     assert (certified.max_drop, certified.confidence) == (0.0, 0.9)
 
 
-def test_an_empty_split_is_one_line_saying_why():
-    require_samples(SimpleNamespace(labels=np.zeros(1)), "holdout", "unused")
-    with pytest.raises(UserError, match=r"holdout split is empty \(the run's holdout fraction is 0\); try train"):
-        require_samples(SimpleNamespace(labels=np.zeros(0)), "holdout", "try train")
+def test_an_empty_split_is_one_line_saying_why(monkeypatch):
+    from shallowdeep import run_analyses
+
+    outputs = SimpleNamespace(labels=np.zeros(1))
+    monkeypatch.setattr(run_analyses, "load_outputs", lambda *args: outputs)
+    assert run_analyses._outputs(None, "holdout", "cpu", None) is outputs
+    outputs = SimpleNamespace(labels=np.zeros(0))
+    with pytest.raises(SettingError, match=r"holdout split is empty \(the run's holdout fraction is 0\); choose "
+                                           r"another split") as exc:
+        run_analyses._outputs(None, "holdout", "cpu", None)
+    assert exc.value.settings == ("split",)
 
 
 def test_results_are_strict_json_with_null_for_undefined_numbers(tmp_path):

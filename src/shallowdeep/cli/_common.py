@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import torch
 
     from ..data import Splits
-    from ..exit_outputs import ExitOutputs
     from ..model_spec import ModelSpec
     from ..run import Run
     from ..train.data_settings import DataSettings
@@ -134,13 +133,6 @@ def cap_threads(threads: int) -> int:
         warnings.warn(f"--threads {threads} is more than the {cores} cores this process may use; using {cores}")
         return cores
     return threads
-
-
-def require_samples(outputs: ExitOutputs, split: str, remedy: str) -> None:
-    """A one-line error, ending in ``remedy``, when ``split`` holds no images: no figure is defined on it."""
-    if outputs.labels.size == 0:
-        why = " (the run's holdout fraction is 0)" if split == "holdout" else ""
-        raise UserError(f"the run's {split} split is empty{why}; {remedy}")
 
 
 def require_ics(run_: Run, command: str) -> None:

@@ -66,53 +66,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibration_data import CalibrationData, calibration_outputs
-    from ..exits import POLICIES, calibrate, certify, early_exit_result
-    from ..outputs import load_outputs
+    from ..calibration_data import CalibrationData
     from ..run import open_run
+    from ..run_analyses import early_exit, tradeoff_png
     from ..run_results import latest_early_exit_path, write_early_exit
 
     run_ = open_run(args.run)
     require_ics(run_, "early-exit")
-    device = resolve_device(args.device, args.threads)
     if args.confidence is not None and args.budget is not None:
         raise UserError("--confidence certifies a maximum accuracy drop; it does not go with --budget")
-    run_splits = run_data(run_, args)
     choice = CalibrationData(args.calibrate_on, args.calibration_split, args.calibration_data, args.calibration_dataset,
                              args.split_seed)
-    calibration, test, calibrated_on = calibration_outputs(run_, choice, run_splits, device, args.data_dir)
-    drop = DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop
-    criterion: dict[str, Any] = {"budget": args.budget} if args.budget is not None else {"max_drop": drop}
-    if args.confidence is not None and not args.per_exit:
-        certificate = certify(calibration, POLICIES[args.policy], drop, args.confidence)
-        policy = certificate.policy
-        criterion.update(certificate.as_dict(args.confidence))
-    else:
-        policy = calibrate(calibration, args.policy, max_drop=args.max_drop, budget=args.budget,
-                           confidence=args.confidence, per_exit=args.per_exit)
-    if args.per_exit:
-        criterion["per_exit"] = True
-    if test is None:
-        test = load_outputs(run_, "test", device, splits=run_splits)
-    layers = run_.config["model"].get("exits")  # early_exit_result names the exits after them
     result = {"run": str(args.run),
-              **early_exit_result(policy, criterion, calibrated_on, calibration, test, layers)}
+              **early_exit(run_, choice, resolve_device(args.device, args.threads), run_data(run_, args), args.policy,
+                           args.max_drop, args.budget, args.confidence, args.per_exit, args.data_dir)}
     _print(result)
-    path = write_early_exit(run_.path, result, _plot)  # after printing: a full disk loses no figure
+    path = write_early_exit(run_.path, result, tradeoff_png)  # after printing: a full disk loses no figure
     print(f"wrote {path} with its plot, and the same as the latest result: {latest_early_exit_path(run_.path)}")
     return 0
-
-
-def _plot(result: dict[str, Any]) -> bytes:
-    from ..report.plots import tradeoff_plot
-
-    test, curve = result["test"], result["curve"]["test"]
-    point = lambda s: (s["flops_fraction"], s["accuracy"])  # noqa: E731
-    source = result["calibrated_on"]
-    data = "the other half of the test" if source["source"] == "test-half" else "the test"
-    label = f"{result['policy']} policy on {data} data"
-    return tradeoff_plot([(label, curve["flops_fraction"], curve["accuracy"])], point(test["oracle"]),
-                         point(test["final_head"]), [(result["key"], point(test["early_exit"]))])
 
 
 def _print(result: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_device_argument, add_run_data_arguments, require_samples, resolve_device, run_data, table
+from ._common import add_device_argument, add_run_data_arguments, resolve_device, run_data, table
 
 NAME = "evaluate"
 ORDER = 20
@@ -21,21 +21,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import exit_table
-    from ..outputs import load_outputs
     from ..run import open_run
+    from ..run_analyses import evaluation
     from ..run_results import write_evaluation
 
     run_ = open_run(args.run)
-    outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads), run_data(run_, args))
-    require_samples(outputs, args.split, "evaluate another --split")
-    rows = exit_table(outputs, run_.config["model"]["exits"])
-    result = {"run": str(args.run), "split": args.split, "images": int(len(outputs.labels)),
-              "backbone_flops": outputs.backbone_flops, "exits": rows,
-              "top1": rows[-1]["top1"], "top5": rows[-1]["top5"]}
+    result = {"run": str(args.run),
+              **evaluation(run_, args.split, resolve_device(args.device, args.threads), run_data(run_, args))}
+    rows = result["exits"]
     print(table(["exit", "name", "top-1 %", "top-5 %", "MFLOPs", "of backbone"],
                 [(r["exit"], r["name"], f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}",
                   f"{r['flops'] / 1e6:.2f}", f"{100 * r['flops_fraction']:.1f}%") for r in rows]))
     path = write_evaluation(run_.path, args.split, result)  # after printing: a full disk loses no figure
-    print(f"{len(outputs.labels)} {args.split} images; wrote {path}")
+    print(f"{result['images']} {args.split} images; wrote {path}")
     return 0

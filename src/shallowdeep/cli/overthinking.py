@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..choices import SPLITS
-from ._common import (add_device_argument, add_run_data_arguments, percentages, require_ics, require_samples,
+from ._common import (add_device_argument, add_run_data_arguments, percentages, require_ics,
                       resolve_device, run_data, table)
 
 NAME = "overthinking"
@@ -29,18 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis import overthinking
-    from ..exit_outputs import exit_names
-    from ..outputs import load_outputs
     from ..run import open_run
+    from ..run_analyses import overthinking
     from ..run_results import write_overthinking
 
     run_ = open_run(args.run)
     require_ics(run_, "overthinking")
-    outputs = load_outputs(run_, args.split, resolve_device(args.device, args.threads), run_data(run_, args))
-    require_samples(outputs, args.split, "measure another --split")
-    names = exit_names(len(outputs.exit_flops), run_.config["model"].get("exits"))
-    result = {"run": str(args.run), "split": args.split, **overthinking(outputs, names)}
+    result = {"run": str(args.run),
+              **overthinking(run_, args.split, resolve_device(args.device, args.threads), run_data(run_, args))}
 
     dist, destructive = result["wasteful"]["earliest_correct_exit"], result["destructive"]
     rows, shares = [], percentages([*dist["shares"], dist["none_share"]], 2)

@@ -43,7 +43,6 @@ MIXED_LR = 0.01  # the mixed regime fine-tunes a trained network: a tenth of the
 BACKDOOR_EPOCHS = {"quick": 1, "paper": 3}  # the CNN fine-tuned on poisoned data (the backdoor command's 3)
 MAX_DROP, CONFIDENCE, SPLIT_SEED = 0.01, 0.9, 0
 CALIBRATIONS = ("holdout", "test-half", "certified")
-TRAIN_SAMPLES, SAMPLE_SEED = 5000, 0  # confusion's normalisation sample, as the confusion command takes it
 BACKDOOR = "backdoor"
 
 
@@ -296,77 +295,42 @@ def analysis_finished(path: Path, analysis: str) -> bool:
 
 def evaluate(run: Run, data: _RunData, ctx: Context) -> None:
     """Every exit's accuracy and cost on the test split (``RUN/eval-test.json``)."""
-    from ..evaluate import exit_table
-    from ..outputs import load_outputs
+    from ..run_analyses import evaluation
     from ..run_results import write_evaluation
 
-    outputs = load_outputs(run, "test", ctx.device, data.splits(run.path))
-    rows = exit_table(outputs, run.config["model"]["exits"])
-    write_evaluation(run.path, "test", {"run": str(run.path), "split": "test", "images": int(len(outputs.labels)),
-                                        "backbone_flops": outputs.backbone_flops, "exits": rows,
-                                        "top1": rows[-1]["top1"], "top5": rows[-1]["top5"]})
+    write_evaluation(run.path, "test", {"run": str(run.path),
+                                        **evaluation(run, "test", ctx.device, data.splits(run.path))})
 
 
 def early_exit(run: Run, data: _RunData, ctx: Context) -> None:
     """Maxprob early exit at a 1-point drop, for each of :data:`CALIBRATIONS` (``RUN/early-exit/<key>.json``)."""
-    from ..calibration_data import CalibrationData, calibration_outputs
-    from ..exits import POLICIES, calibrate, certify, early_exit_result
-    from ..outputs import load_outputs
+    from ..calibration_data import CalibrationData
+    from ..run_analyses import early_exit as choose, tradeoff_png
     from ..run_results import write_early_exit
 
     splits = data.splits(run.path)
     for calibration in CALIBRATIONS:
         choice = CalibrationData("test-half", split_seed=SPLIT_SEED) if calibration == "test-half" else CalibrationData()
-        chosen_on, test, record = calibration_outputs(run, choice, splits, ctx.device, ctx.data_dir)
-        criterion: dict[str, Any] = {"max_drop": MAX_DROP}
-        if calibration == "certified":
-            certificate = certify(chosen_on, POLICIES["maxprob"], MAX_DROP, CONFIDENCE)
-            policy = certificate.policy
-            criterion.update(certificate.as_dict(CONFIDENCE))
-        else:
-            policy = calibrate(chosen_on, "maxprob", max_drop=MAX_DROP)
-        test = test if test is not None else load_outputs(run, "test", ctx.device, splits)
-        result = early_exit_result(policy, criterion, record, chosen_on, test, run.config["model"].get("exits") or None)
-        write_early_exit(run.path, {"run": str(run.path), **result}, _tradeoff_png)
-
-
-def _tradeoff_png(result: dict[str, Any]) -> bytes:
-    """An early-exit result's test trade-off curve with its chosen point and the oracle."""
-    from ..report.plots import tradeoff_plot
-
-    test, curve = result["test"], result["curve"]["test"]
-    point = lambda s: (s["flops_fraction"], s["accuracy"])  # noqa: E731
-    data = "the other half of the test" if result["calibrated_on"]["source"] == "test-half" else "the test"
-    return tradeoff_plot([(f"{result['policy']} policy on {data} data", curve["flops_fraction"], curve["accuracy"])],
-                         point(test["oracle"]), point(test["final_head"]), [(result["key"], point(test["early_exit"]))])
+        confidence = CONFIDENCE if calibration == "certified" else None
+        result = choose(run, choice, ctx.device, splits, max_drop=MAX_DROP, confidence=confidence,
+                        data_dir=ctx.data_dir)
+        write_early_exit(run.path, {"run": str(run.path), **result}, tradeoff_png)
 
 
 def overthinking(run: Run, data: _RunData, ctx: Context) -> None:
     """Wasteful and destructive effects on the test split (``RUN/overthinking.json``)."""
-    from ..analysis import overthinking as measure
-    from ..exit_outputs import exit_names
-    from ..outputs import load_outputs
+    from ..run_analyses import overthinking as measure
     from ..run_results import write_overthinking
 
-    outputs = load_outputs(run, "test", ctx.device, data.splits(run.path))
-    names = exit_names(len(outputs.exit_flops), run.config["model"].get("exits"))
-    write_overthinking(run.path, {"run": str(run.path), "split": "test", **measure(outputs, names)})
+    write_overthinking(run.path, {"run": str(run.path), **measure(run, "test", ctx.device, data.splits(run.path))})
 
 
 def confusion(run: Run, data: _RunData, ctx: Context) -> None:
     """The confusion score as an error indicator on the test split (``RUN/confusion.json``)."""
-    from ..analysis import confusion_report
-    from ..outputs import load_outputs, load_train_sample
+    from ..run_analyses import confusion as measure
     from ..run_results import write_confusion
 
-    splits = data.splits(run.path)
-    outputs = load_outputs(run, "test", ctx.device, splits)
-    report = confusion_report(load_train_sample(run, TRAIN_SAMPLES, SAMPLE_SEED, ctx.device, splits), outputs)
-    sampled, total = report["normalisation"]["train_samples"], len(splits.train)
-    report["normalisation"].update(train_split_images=total, sample_seed=SAMPLE_SEED if sampled < total else None)
-    normalised_on = (f"a seeded random sample of {sampled} of the {total} training images (un-augmented)"
-                     if sampled < total else f"the {total} training images (un-augmented)")
-    write_confusion(run.path, {"run": str(run.path), "split": "test", "normalised_on": normalised_on, **report})
+    write_confusion(run.path, {"run": str(run.path), **measure(run, "test", ctx.device, data.splits(run.path))})
 
 
 ANALYSES: dict[str, Callable[[Run, _RunData, Context], None]] = {
