@@ -333,8 +333,7 @@ def test_a_full_disk_loses_no_figure(tiny_run, monkeypatch, capsys, command, fig
 
     for name, module in list(sys.modules.items()):  # every module that took the function by name
         if name.startswith("shallowdeep") and hasattr(module, "atomic_write_json"):
-            monkeypatch.setattr(module, "atomic_write_json", full)
-    monkeypatch.setattr(shallowdeep.io, "atomic_write_json", full)
+            monkeypatch.setattr(module, "atomic_write_json", full)  # shallowdeep.io among them
     assert main([command, str(tiny_run)]) == 2
     out, err = capsys.readouterr()
     assert figure in out and "no space left on device" in err and len(err.strip().splitlines()) == 1
