@@ -324,7 +324,7 @@ def test_a_full_disk_loses_no_figure(tiny_run, monkeypatch, capsys, command, fig
     import errno
     import sys
 
-    import shallowdeep.io
+    import shallowdeep.io  # noqa: F401 - loaded, so that the loop below patches it
 
     load_outputs(open_run(tiny_run), "train")  # the outputs exist; only the result files fail to write
 

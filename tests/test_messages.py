@@ -4,11 +4,9 @@ up, the heads' cost for the user's input size, ``dir(shallowdeep)``."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 
 import pytest
-import torch
 from torch import nn
 
 import shallowdeep
