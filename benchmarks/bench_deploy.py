@@ -21,7 +21,9 @@ early-exit result chosen with ``--calibrate-on test-half --max-drop 0.01``. On t
 - the runtime's answers against PyTorch's streaming engine, sample by sample, and its accuracy, exit shares
   and cost on the evaluation half against the early-exit result's (computed by PyTorch on stored outputs).
 
-The backbone is the SDN's segments without any IC (identical to the original network), exported the same way.
+The backbone is the SDN's segments without any IC (identical to the original network), exported the same way
+(with the same layout rewrites; also timed as ``torch.onnx.export`` writes it, ``ort_backbone_plain``, to show
+what the rewrites buy).
 Every onnxruntime session shares the runtime's thread pool (``make_session``). Writes benchmarks/results/deploy.json. Run it on a quiet machine with a high priority (``nice -n -20``).
 """
 
@@ -40,11 +42,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 import shallowdeep
 from shallowdeep.data.augment import normalize
+from shallowdeep.export.blocked_layout import shortcuts_as_convolutions
 from shallowdeep.exits import early_exit_stream, make_policy, run_backbone, split_halves
 from shallowdeep.io import atomic_write_json, strict_json
 from shallowdeep.outputs import load_run_data
@@ -71,14 +75,21 @@ class Backbone(torch.nn.Module):
         return x
 
 
-def onnx_backbone(net: shallowdeep.SDN, shape: tuple[int, ...], threads: int, folder: Path) -> ort.InferenceSession:
-    """The backbone exported as the stages are, in a session on the runtime's thread pool."""
-    path = folder / "backbone.onnx"
+def onnx_backbone(net: shallowdeep.SDN, shape: tuple[int, ...], threads: int, folder: Path,
+                  blocked: bool = True) -> ort.InferenceSession:
+    """The backbone exported as the stages are (with the layout rewrites of ``shallowdeep.export.blocked_layout``,
+    unless not ``blocked``: ``torch.onnx.export``'s graph as it comes), in a session on the runtime's thread
+    pool."""
+    path = folder / f"backbone-{'blocked' if blocked else 'plain'}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Backbone(net).eval(), (torch.randn(2, *shape),), str(path), input_names=["x"],
                           output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
                           dynamo=True, verbose=False)
+    if blocked:
+        model = onnx.load(str(path))
+        shortcuts_as_convolutions(model)
+        onnx.save(model, str(path))
     return make_session(path, threads, "the backbone")
 
 
@@ -123,7 +134,9 @@ def main() -> None:
     net_last = copy.deepcopy(net).to(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         backbone = onnx_backbone(net, tuple(clf.input_shape), args.threads, Path(tmp))
+        plain = onnx_backbone(net, tuple(clf.input_shape), args.threads, Path(tmp), blocked=False)
     ort_backbone = lambda batch: backbone.run(None, {"x": batch})[0]  # noqa: E731
+    ort_backbone_plain = lambda batch: plain.run(None, {"x": batch})[0]  # noqa: E731
     print(f"{n} test images, {args.threads} threads; policy {runtime.policy.name} at {runtime.policy.threshold} "
           f"({runtime.policy.source.get('early_exit_result')})")
 
@@ -131,13 +144,17 @@ def main() -> None:
     print("batch 1 ...", flush=True)
     runtime.predict(images[:8], batch_size=1)  # warm-up, sessions made
     ort_backbone(x_np[:1])
-    seconds = {"ort_early_exit": 0.0, "ort_backbone": 0.0, "torch_backbone": 0.0, "torch_backbone_channels_last": 0.0}
+    ort_backbone_plain(x_np[:1])
+    seconds = {"ort_early_exit": 0.0, "ort_backbone": 0.0, "ort_backbone_plain": 0.0, "torch_backbone": 0.0,
+               "torch_backbone_channels_last": 0.0}
     torch_images = min(n, args.torch_batch1_images)
     exits_b1 = np.empty(n, np.int64)
     for start in range(0, n, args.chunk):
         part = slice(start, min(n, start + args.chunk))
         seconds["ort_early_exit"] += timed(lambda: exits_b1.__setitem__(part, runtime.predict(images[part], 1).exits))
         seconds["ort_backbone"] += timed(lambda: [ort_backbone(x_np[i:i + 1]) for i in range(part.start, part.stop)])
+        seconds["ort_backbone_plain"] += timed(
+            lambda: [ort_backbone_plain(x_np[i:i + 1]) for i in range(part.start, part.stop)])
         if start < torch_images:
             stop = min(part.stop, torch_images)
             with torch.inference_mode():
@@ -153,11 +170,10 @@ def main() -> None:
     print("final-head images ...", flush=True)
     finals = np.flatnonzero(exits_b1 == runtime.num_ics)[: args.final_head_images]
     fused = runtime.fused_session()
-    keys = {"keys": runtime.keys}
     ratios = []
     for i in finals:
         one = x_np[i:i + 1]
-        ee = fastest(lambda: fused.run(None, {"h": one, **keys}), args.repeats + 2)
+        ee = fastest(lambda: fused.run(None, {"h": one}), args.repeats + 2)
         bb = fastest(lambda: ort_backbone(one), args.repeats + 2)
         ratios.append(ee / bb)
 
@@ -184,6 +200,7 @@ def main() -> None:
                 run_backbone(net_last, c)
 
     b128 = {"ort_early_exit": ort_stream, "ort_backbone": lambda: [ort_backbone(c) for c in chunks_np],
+            "ort_backbone_plain": lambda: [ort_backbone_plain(c) for c in chunks_np],
             "torch_backbone_channels_last": torch_backbone_128, "torch_stream_channels_last": torch_stream}
     best128 = {name: float("inf") for name in b128}
     for _ in range(args.repeats):
@@ -239,7 +256,8 @@ def main() -> None:
                    "realised_speedup": realised_b1,
                    "ort_backbone_over_torch_backbone": per_image_ms["torch_backbone"] / per_image_ms["ort_backbone"],
                    "ort_backbone_over_torch_channels_last": per_image_ms["torch_backbone_channels_last"]
-                   / per_image_ms["ort_backbone"]},
+                   / per_image_ms["ort_backbone"],
+                   "layout_rewrites_speedup": per_image_ms["ort_backbone_plain"] / per_image_ms["ort_backbone"]},
         "final_head": {"median_ratio": measures["final_head_slowdown"],
                        "quartiles": np.percentile(ratios, [25, 75]).tolist() if ratios else None},
         "batch128": {"images_per_second": images_per_s, "flops_predicted_speedup": predicted_128,
@@ -250,7 +268,8 @@ def main() -> None:
                      "realised_speedup_over_faster_backbone": realised_128,
                      "faster_backbone": min(("ort_backbone", "torch_backbone_channels_last"), key=best128.get),
                      "ort_backbone_over_torch_channels_last": best128["torch_backbone_channels_last"]
-                     / best128["ort_backbone"]},
+                     / best128["ort_backbone"],
+                     "layout_rewrites_speedup": best128["ort_backbone_plain"] / best128["ort_backbone"]},
         "answers": {"samples": n, "same_exit": int(same_exit.sum()), "same_class": int(same_class.sum()),
                     "differing": np.flatnonzero(~(same_exit & same_class)).tolist()[:20],
                     "batch1_equals_streamed": bool(np.array_equal(exits_b1, stream_out["exits"]))},

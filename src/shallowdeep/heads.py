@@ -115,11 +115,18 @@ def mixed_pool_parts(x: torch.Tensor, size: int) -> Reduced:
 
 
 def _mix(reduced: Reduced, alpha: nn.Parameter | None) -> torch.Tensor:
-    """``alpha * max + (1 - alpha) * avg`` of :func:`mixed_pool_parts`' output."""
+    """``alpha * max + (1 - alpha) * avg`` of :func:`mixed_pool_parts`' output. Exported (``torch.export``) as
+    two depthwise 1x1 convolutions and an add, which onnxruntime runs in its blocked layout (the exported
+    ``lerp`` made it convert both maps back, and the head's input again)."""
     if len(reduced) == 1:
         return reduced[0]
     maxp, avgp = reduced
-    return torch.lerp(avgp, maxp, alpha if alpha.dtype == maxp.dtype else alpha.to(maxp.dtype))
+    alpha = alpha if alpha.dtype == maxp.dtype else alpha.to(maxp.dtype)
+    if torch.compiler.is_exporting():
+        weight = alpha.reshape(1, 1, 1, 1).expand(maxp.shape[1], 1, 1, 1)
+        return (F.conv2d(maxp, weight, groups=maxp.shape[1])
+                + F.conv2d(avgp, 1 - weight, groups=maxp.shape[1]))
+    return torch.lerp(avgp, maxp, alpha)
 
 
 class InternalClassifier(ExitHead):

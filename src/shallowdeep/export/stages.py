@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import UserError, first_line
 from ..sdn import SDN
+from .blocked_layout import blocked_input, shortcuts_as_convolutions
 
 OPSET = 18
 
@@ -64,7 +65,8 @@ class StageModule(nn.Module):
 
 
 def export_stage(stage: StageModule, example: dict[str, torch.Tensor], path: Path, what: str) -> onnx.ModelProto:
-    """Write ``stage`` as an ONNX graph with a dynamic batch axis to ``path`` (checked by ``onnx.checker``), given
+    """Write ``stage`` as an ONNX graph with a dynamic batch axis to ``path`` (checked by ``onnx.checker``, and
+    rewritten for onnxruntime's blocked layout: see :mod:`.blocked_layout`), given
     an ``example`` of its inputs by name; a one-line error naming ``what`` (the stage) and, where the exporter
     names it, the operator it cannot export."""
     batch = torch.export.Dim("batch")
@@ -77,6 +79,8 @@ def export_stage(stage: StageModule, example: dict[str, torch.Tensor], path: Pat
                               dynamic_shapes={name: {0: batch} for name in example}, opset_version=OPSET,
                               dynamo=True, verbose=False, external_data=False)
         model = onnx.load(str(path))
+        if shortcuts_as_convolutions(model) + blocked_input(model):
+            onnx.save(model, str(path))
         onnx.checker.check_model(model)
     except Exception as exc:  # the exporter raises many types; each becomes one line naming the stage
         raise UserError(f"{what} cannot be exported to ONNX: {_reason(exc)}") from None

@@ -173,10 +173,8 @@ class Runtime:
         session = self.fused_session()
         logits = np.empty((len(x), len(self.manifest.classes)), np.float32)
         exits, confidence = np.empty(len(x), np.int64), np.empty(len(x), np.float32)
-        feeds = {KEYS: self.keys}
         for i in range(len(x)):
-            feeds[IMAGE] = x[i:i + 1]
-            logits[i:i + 1], exits[i:i + 1], confidence[i:i + 1] = session.run(None, feeds)
+            logits[i:i + 1], exits[i:i + 1], confidence[i:i + 1] = session.run(None, {IMAGE: x[i:i + 1]})
         return logits, exits, confidence
 
     def _prediction(self, logits: np.ndarray, exits: np.ndarray, confidence: np.ndarray) -> Prediction:
@@ -188,7 +186,7 @@ class Runtime:
     # -- sessions ----------------------------------------------------------------------------------------------
     def fused_graph(self) -> onnx.ModelProto:
         """The whole early exit of one image under this runtime's policy, as one ONNX graph."""
-        return fused_early_exit(self.manifest, self._graphs, self.policy.name, self.keys)
+        return fused_early_exit(self.manifest, self._graphs, self.policy.name, self.keys, overridable=False)
 
     def _stage_sessions(self) -> list[ort.InferenceSession]:
         if self._stages is None:
@@ -197,7 +195,7 @@ class Runtime:
         return self._stages
 
     def fused_session(self) -> ort.InferenceSession:
-        """The onnxruntime session of :meth:`fused_graph` (inputs ``h``, one normalised image, and ``keys``)."""
+        """The onnxruntime session of :meth:`fused_graph` (input ``h``: one normalised image)."""
         if self._fused is None:
             self._fused = self._session(self.fused_graph(), "the fused early-exit graph")
         return self._fused

@@ -77,9 +77,10 @@ def decision_stage(manifest: Manifest, stage: onnx.ModelProto, index: int, polic
 
 
 def fused_early_exit(manifest: Manifest, stages: Sequence[onnx.ModelProto], policy: str,
-                     keys: Sequence[float]) -> onnx.ModelProto:
+                     keys: Sequence[float], overridable: bool = True) -> onnx.ModelProto:
     """The whole early exit of one image under ``policy`` as one graph. Input ``h``: the normalised image
-    ``(1, C, H, W)``; ``keys`` (default: the given ones) and the policy's start state are inputs with defaults.
+    ``(1, C, H, W)``; ``keys`` (default: the given ones) and the policy's start state are inputs with defaults
+    where ``overridable``, else constants (one input fewer to feed, and onnxruntime folds what they decide).
     Outputs: ``logits`` (what the exit that answers answers), ``exit`` (its index) and ``confidence``."""
     classes = len(manifest.classes)
 
@@ -115,8 +116,10 @@ def fused_early_exit(manifest: Manifest, stages: Sequence[onnx.ModelProto], poli
     nodes += [helper.make_node("Identity", [value], [name], name=f"{name}/out") for value, name in zip(answer, OUTPUTS)]
     image = stages[0].graph.input[0]
     defaults = {KEYS: np.asarray(keys, np.float32), **start_state(policy, 1)}
-    inputs = [_with_batch(image, 1), *(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype),
-                                                                     list(v.shape)) for name, v in defaults.items())]
+    inputs = [_with_batch(image, 1)]
+    if overridable:
+        inputs += [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+                   for name, v in defaults.items()]
     initializers += [numpy_helper.from_array(v, name) for name, v in defaults.items()]
     graph = helper.make_graph(nodes, f"early-exit+{policy}", inputs, _answer_infos("", classes),
                               initializer=initializers)
