@@ -9,7 +9,8 @@ every image once, as the raw bytes of its file, from that many concurrent HTTP c
 a lean client, on the same machine), with at most --max-seconds of sending per run. Reports per run: images/s,
 p50, p99 and p99.9 latency, errors and the exit histogram; the early-exit server's answers against ``predict``
 (the runtime on the same files); the runtime alone in this process, without HTTP, on batches of the highest
-concurrency (what the server could reach); its memory (RSS) after a warm-up (1,000 images at the highest
+concurrency (what the server could reach), and one image at a time through the fused graph (the p50 a lone
+request would have if HTTP cost nothing; the server's p50 less it is what HTTP costs per request); its memory (RSS) after a warm-up (1,000 images at the highest
 concurrency, one per request, then as many again grouped) and after all runs; and the targets: throughput at 32
 clients, early exit / backbone, against the FLOPs-predicted speed-up (>= 0.8 of it; also reported, without a
 target, for a last run at that concurrency whose requests carry --images-per-request images each); p50 at 1
@@ -176,6 +177,18 @@ def runtime_alone(runtime: Runtime, images: np.ndarray, batch: int) -> float:
     return len(x) / (time.perf_counter() - start)
 
 
+def runtime_alone_p50_ms(runtime: Runtime, images: np.ndarray) -> float:
+    """The median time of one image through the fused graph in this process, no HTTP (as a lone request runs)."""
+    x = runtime.preprocess(images)
+    runtime.fused(x[:1])
+    times = []
+    for i in range(len(x)):
+        start = time.perf_counter()
+        runtime.fused(x[i:i + 1])
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path)
@@ -223,8 +236,11 @@ def main() -> None:
     expected = runtime.predict(pixels, batch_size=1)
     ceiling = {name: runtime_alone(load(folder, threads=args.threads), pixels, max(concurrency))
                for name, folder in (("early_exit", args.export), ("backbone", args.backbone))}
+    alone_p50 = {name: runtime_alone_p50_ms(load(folder, threads=args.threads), pixels)
+                 for name, folder in (("early_exit", args.export), ("backbone", args.backbone))}
     print(f"the runtime alone, batches of {max(concurrency)} run through: early exit "
-          f"{ceiling['early_exit']:.0f} images/s, backbone {ceiling['backbone']:.0f} images/s", flush=True)
+          f"{ceiling['early_exit']:.0f} images/s, backbone {ceiling['backbone']:.0f} images/s; one image at a time, "
+          f"p50 {alone_p50['early_exit']:.3f} ms and {alone_p50['backbone']:.3f} ms", flush=True)
     mismatches = 0
     for result in runs["early_exit"]:
         for i, answer in result["_answers"].items():
@@ -241,6 +257,9 @@ def main() -> None:
         "runtime_alone_share_of_predicted": ceiling["early_exit"] / ceiling["backbone"] / predicted,
         "p50_ratio_over_cost_share": by_clients["early_exit"][one]["latency_ms"]["p50"]
         / by_clients["backbone"][one]["latency_ms"]["p50"] / cost_share,
+        "runtime_alone_p50_ratio_over_cost_share": alone_p50["early_exit"] / alone_p50["backbone"] / cost_share,
+        "http_ms_per_lone_request": {name: by_clients[name][one]["latency_ms"]["p50"] - alone_p50[name]
+                                     for name in alone_p50},
         "errors_at_top_concurrency": sum(ee_top["errors"].values()),
         f"throughput_share_of_predicted_{args.images_per_request}_per_request":
         ee_grouped["images_per_second"] / bb_grouped["images_per_second"] / predicted,
@@ -263,7 +282,7 @@ def main() -> None:
                            "python": platform.python_version(), "machine": platform.machine(),
                            "note": "server and load generator share the machine's cores"},
               "flops_predicted_speedup": predicted, "average_cost_share": cost_share,
-              "runtime_alone_images_per_second": ceiling,
+              "runtime_alone_images_per_second": ceiling, "runtime_alone_p50_ms": alone_p50,
               "runs": runs, "memory": memory, "measures": measures, "targets": targets, "met": met}
     print(strict_json({"measures": measures, "met": met, "memory": memory}, indent=2))
     atomic_write_json(args.output, result)
