@@ -35,7 +35,7 @@ def test_few_epochs_take_the_short_schedule_unless_the_paper_is_named_or_milesto
     assert resolve_recipe("cnn", 1e-4, {"schedule": "short"}).epochs == 100
     with pytest.raises(UserError, match="the short schedule has none"):
         resolve_recipe("cnn", 1e-4, {"schedule": "short", "milestones": [2]})
-    with pytest.raises(UserError, match=re.escape("--milestones [3, 3] is out of range: it must be distinct")):
+    with pytest.raises(UserError, match=re.escape("milestones [3, 3] is out of range: it must be distinct")):
         resolve_recipe("cnn", 1e-4, {"epochs": 5, "milestones": [3, 3]})
 
 
@@ -83,3 +83,14 @@ def test_a_run_recorded_before_schedules_keeps_the_paper_schedule():
     recipe = config_from_dict(old).recipe
     assert (recipe.schedule, recipe.label_smoothing, recipe.nesterov) == ("paper", 0.0, False)
     assert recipe.lr_at(2, 7, 10) == pytest.approx(0.001)
+
+
+def test_the_command_line_names_the_options_behind_a_recipe_refusal(tmp_path, capsys):
+    from shallowdeep.cli import main
+
+    code = main(["train", "--arch", "resnet56", "--dataset", "digits", "--schedule", "short", "--milestones", "2",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].endswith("the short schedule has none (--milestones, --schedule)")
+    assert not (tmp_path / "run").exists()

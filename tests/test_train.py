@@ -13,7 +13,7 @@ import torch
 from conftest import sigterm_in
 from shallowdeep.build import build_sdn, extract_state_dict
 from shallowdeep.data import load_dataset
-from shallowdeep.errors import UserError
+from shallowdeep.errors import SettingError, UserError
 from shallowdeep.heads import ICDesign
 from shallowdeep.model_spec import ModelSpec
 from shallowdeep.run import open_run
@@ -152,13 +152,14 @@ def test_the_recipe_is_resolved_after_the_backbone_of_the_source_run(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"lr": float("nan")}, "--lr nan is out of range"), ({"weight_decay": -1.0}, "--weight-decay -1.0"),
-    ({"momentum": -0.5}, "--momentum -0.5"), ({"epochs": 0}, "--epochs must be at least 1"),
-    ({"milestones": [0]}, "--milestones [0]"),
+    ({"lr": float("nan")}, "lr nan is out of range"), ({"weight_decay": -1.0}, "weight_decay -1.0"),
+    ({"momentum": -0.5}, "momentum -0.5"), ({"epochs": 0}, "epochs must be at least 1"),
+    ({"milestones": [0]}, "milestones [0]"),
 ])
-def test_recipe_values_out_of_range_are_refused_in_one_line(changes, message):
-    with pytest.raises(UserError, match=re.escape(message)):
+def test_recipe_values_out_of_range_are_refused_in_one_line_naming_the_setting(changes, message):
+    with pytest.raises(SettingError, match=re.escape(message)) as refused:
         resolve_recipe("cnn", 1e-4, changes)
+    assert refused.value.settings == tuple(changes)
 
 
 def test_resolve_recipe_rescales_milestones_then_applies_the_users_values():

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from ..choices import CACHE_VIEWS, PAPER_RECIPES, SCHEDULES, SHORT_BELOW, SHORT_RECIPES
-from ..errors import UserError
+from ..errors import SettingError
 
 SDN_TAU_START = 0.01
 USER_BACKBONE_WEIGHT_DECAY = 1e-4  # for a backbone the registry does not know
@@ -83,9 +83,10 @@ def choose_schedule(mode: str, changes: Mapping[str, Any]) -> tuple[str, str]:
     schedule = changes.get("schedule")
     if schedule is not None:
         if schedule not in SCHEDULES:
-            raise UserError(f"unknown schedule '{schedule}': choose one of {', '.join(SCHEDULES)}")
+            raise SettingError(f"unknown schedule '{schedule}': choose one of {', '.join(SCHEDULES)}", "schedule")
         if schedule == "short" and "milestones" in changes:
-            raise UserError("--milestones set the paper schedule's drops; the short schedule has none")
+            raise SettingError("milestones set the paper schedule's drops; the short schedule has none",
+                               "milestones", "schedule")
         return schedule, f"named with --schedule {schedule}"
     epochs = changes.get("epochs", paper_epochs)
     if "milestones" not in changes and epochs < SHORT_BELOW * paper_epochs:
@@ -103,7 +104,7 @@ def resolve_recipe(mode: str, weight_decay: float, changes: Mapping[str, Any]) -
     if unknown:
         raise ValueError(f"not recipe settings: {sorted(unknown)}")
     if changes.get("epochs", 1) < 1:
-        raise UserError("--epochs must be at least 1")
+        raise SettingError("epochs must be at least 1", "epochs")
     schedule, note = choose_schedule(mode, changes)
     recipe = Recipe(**{**default_recipe(mode, weight_decay, schedule).to_dict(), "note": note})
     if "epochs" in changes:
@@ -111,19 +112,19 @@ def resolve_recipe(mode: str, weight_decay: float, changes: Mapping[str, Any]) -
             else Recipe(**{**recipe.to_dict(), "epochs": changes["epochs"]})
     recipe = Recipe(**{**recipe.to_dict(), **changes})
     milestones = recipe.milestones
-    checks = (("--lr", recipe.lr, math.isfinite(recipe.lr) and recipe.lr > 0, "a positive number"),
-              ("--weight-decay", recipe.weight_decay, math.isfinite(recipe.weight_decay) and recipe.weight_decay >= 0,
+    checks = (("lr", recipe.lr, math.isfinite(recipe.lr) and recipe.lr > 0, "a positive number"),
+              ("weight_decay", recipe.weight_decay, math.isfinite(recipe.weight_decay) and recipe.weight_decay >= 0,
                "zero or a positive number"),
-              ("--momentum", recipe.momentum, 0 <= recipe.momentum < 1, "from 0 up to (not including) 1"),
-              ("--batch-size", recipe.batch_size, recipe.batch_size >= 1, "at least 1"),
-              ("--milestones", milestones, all(m >= 1 for m in milestones) and milestones == sorted(set(milestones)),
+              ("momentum", recipe.momentum, 0 <= recipe.momentum < 1, "from 0 up to (not including) 1"),
+              ("batch_size", recipe.batch_size, recipe.batch_size >= 1, "at least 1"),
+              ("milestones", milestones, all(m >= 1 for m in milestones) and milestones == sorted(set(milestones)),
                "distinct epochs from 1 on, in increasing order"),
               ("warmup", recipe.warmup, 0 <= recipe.warmup < 1, "from 0 up to (not including) 1"),
-              ("label smoothing", recipe.label_smoothing, 0 <= recipe.label_smoothing < 1,
+              ("label_smoothing", recipe.label_smoothing, 0 <= recipe.label_smoothing < 1,
                "from 0 up to (not including) 1"))
-    for option, value, ok, rule in checks:
+    for setting, value, ok, rule in checks:
         if not ok:
-            raise UserError(f"{option} {value} is out of range: it must be {rule}")
+            raise SettingError(f"{setting} {value} is out of range: it must be {rule}", setting)
     return recipe
 
 
