@@ -24,6 +24,7 @@ from shallowdeep.exits import Entropy, MaxProb, early_exit_stream, make_policy
 from shallowdeep.export import export_sdn
 from shallowdeep.export.stages import StageModule
 from shallowdeep.runtime import Policy, load, read_manifest
+from shallowdeep.runtime.engine import make_session
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -153,7 +154,7 @@ def _near_threshold(net: nn.Module, x: torch.Tensor, rule) -> np.ndarray:
 
 @pytest.mark.slow
 def test_the_manifest_and_graphs(exported):
-    net, folder, _ = exported
+    net, folder, images = exported
     manifest = read_manifest(folder)
     assert manifest.exit_flops == tuple(net.exit_flops) and manifest.backbone_flops == net.backbone_flops
     assert manifest.exit_names[-1] == "final" and len(manifest.stages) == net.num_exits
@@ -165,6 +166,17 @@ def test_the_manifest_and_graphs(exported):
         assert [i.name for i in model.graph.input] == list(stage.inputs)
     fused = onnx.load(str(folder / "early_exit.onnx"))
     assert sum(n.op_type == "If" for n in fused.graph.node) == 1  # the next If sits inside its branch
+    # the shipped graph takes the thresholds as an input (default: the exported ones); the runtime bakes them in
+    runtime = load(folder)
+    assert [i.name for i in runtime.fused_session().get_inputs()] == ["h"]
+    session = make_session(folder / "early_exit.onnx")  # as onnxruntime loads it, on this process's thread pool
+    x = runtime.preprocess(images[:8].numpy())
+    for i in range(len(x)):
+        logits, exit_, _ = session.run(None, {"h": x[i:i + 1]})
+        expected_logits, expected_exit, _ = runtime.fused(x[i:i + 1])
+        assert exit_[0] == expected_exit[0] and np.allclose(logits, expected_logits, atol=1e-5)
+        never = np.full(net.num_exits - 1, np.inf, np.float32)
+        assert session.run(None, {"h": x[i:i + 1], "keys": never})[1][0] == net.num_exits - 1
 
 
 @pytest.mark.slow
