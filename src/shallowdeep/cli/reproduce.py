@@ -4,7 +4,7 @@ the trained CNN fine-tuned as a whole SDN with every exit weighted 1 (OUT/mixed)
 exit at a 1-point drop (calibrated on the holdout split, on a test half, and certified with confidence 0.9),
 overthinking and confusion, written as those commands write them; optionally the backdoor study on the CNN
 (OUT/backdoor). --scale quick trains with the short schedule and the same budget in epochs for cnn + ic-only, sdn
-and cnn + mixed (4 + 2, 6, 4 + 2); --scale paper with the paper's recipes (100 epochs CNN and SDN, 25 IC-only; the
+and cnn + mixed (4 + 1, 5, 4 + 1); --scale paper with the paper's recipes (100 epochs CNN and SDN, 25 IC-only; the
 mixed regime 25 at lr 0.01). Run the same command again to skip what is finished and continue what was interrupted.
 Writes OUT/tables.md and OUT/tables.json: every figure beside the paper's for the same cell, with its citation, or
 "not stated", and the answer: at an equal training budget, does SDN training (or the mixed regime) beat IC-only
