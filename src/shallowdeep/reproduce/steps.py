@@ -37,7 +37,7 @@ from . import SCALES, STEPS, TRAININGS
 SETTINGS_JSON = "reproduce.json"
 FORMAT = "shallowdeep-reproduce-1"
 # epochs of each training; at the quick scale cnn + ic-only, sdn, and cnn + mixed get the same number of epochs,
-# 5 over the training images: about 2 hours on 2 cores for ResNet-56 on CIFAR-10
+# 5 over the training images (the time of each step on CIFAR-10: benchmarks/results/reproduce-resnet56-cifar10-quick)
 EPOCHS = {"quick": {"cnn": 4, "ic-only": 1, "sdn": 5, "mixed": 1},
           "paper": {"cnn": 100, "ic-only": 25, "sdn": 100, "mixed": 25}}
 MIXED_LR = 0.01  # the mixed regime fine-tunes a trained network: a tenth of the learning rate from scratch
