@@ -49,7 +49,7 @@ import torch
 
 import shallowdeep
 from shallowdeep.data.augment import normalize
-from shallowdeep.export.blocked_layout import shortcuts_as_convolutions
+from shallowdeep.export.blocked_layout import keep_blocked
 from shallowdeep.exits import early_exit_stream, make_policy, run_backbone, split_halves
 from shallowdeep.io import atomic_write_json, strict_json
 from shallowdeep.outputs import load_run_data
@@ -89,7 +89,7 @@ def onnx_backbone(net: shallowdeep.SDN, shape: tuple[int, ...], threads: int, fo
                           dynamo=True, verbose=False)
     if blocked:
         model = onnx.load(str(path))
-        shortcuts_as_convolutions(model)
+        keep_blocked(model)
         onnx.save(model, str(path))
     return make_session(path, threads, "the backbone")
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shallowdeep.export.blocked_layout import blocked_input, shortcuts_as_convolutions
+from shallowdeep.export.blocked_layout import blocked_input, keep_blocked, shortcuts_as_convolutions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,6 +97,10 @@ def test_a_stage_input_is_read_blocked_with_the_same_numbers(tmp_path: Path) -> 
     shortcuts_as_convolutions(rewritten)
     assert blocked_input(rewritten)
     onnx.checker.check_model(rewritten)
+    both = _copy(plain)
+    assert keep_blocked(both)  # what the export applies: the same two rewrites
+    assert [(n.op_type, list(n.input)) for n in both.graph.node] == [(n.op_type, list(n.input))
+                                                                     for n in rewritten.graph.node]
     x = np.random.default_rng(1).standard_normal((2, 16, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(rewritten, x), _run(plain, x), rtol=0, atol=1e-5)
     shortcut_only = _copy(plain)

@@ -10,6 +10,8 @@ the first downsampling block on, every residual block paid two layout conversion
 - :func:`blocked_input`: a stage that starts inside a residual stage reads its input in plain layout, so the
   first residual add, and every block after it, ran unblocked until the next downsampling. An identity
   depthwise 1x1 convolution on the input (weights 1) makes the input blocked from the start.
+
+:func:`keep_blocked` applies both; every exported graph goes through it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+
+def keep_blocked(model: onnx.ModelProto) -> bool:
+    """Every rewrite of this module on ``model``, in place; whether any applied."""
+    return bool(shortcuts_as_convolutions(model) + blocked_input(model))
+
 
 def shortcuts_as_convolutions(model: onnx.ModelProto) -> int:
     """Rewrite in place every ``Slice(step 2 on H) -> Slice(step 2 on W) -> Pad(zero channels)`` (either slice
@@ -28,14 +36,15 @@ def shortcuts_as_convolutions(model: onnx.ModelProto) -> int:
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     channels = _channel_counts(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
+    producers = {value: node for node in graph.node for value in node.output}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     graph_outputs = {o.name for o in graph.output}
     rewritten = 0
     for pad in [n for n in graph.node if n.op_type == "Pad"]:
-        second = _producer(graph, pad.input[0])
-        first = _producer(graph, second.input[0]) if second is not None and second.op_type == "Slice" else None
+        second = producers.get(pad.input[0])
+        first = producers.get(second.input[0]) if second is not None and second.op_type == "Slice" else None
         if first is None or first.op_type != "Slice":
             continue
         axes = [_halving_axis(s, constants) for s in (first, second)]
@@ -75,10 +84,6 @@ def blocked_input(model: onnx.ModelProto, name: str = "h", block: int = 8) -> bo
     graph.node.insert(0, helper.make_node("Conv", [name, f"{blocked}.weight"], [blocked], name=blocked,
                                           kernel_shape=[1, 1], group=channels))
     return True
-
-
-def _producer(graph: onnx.GraphProto, value: str) -> onnx.NodeProto | None:
-    return next((n for n in graph.node if value in n.output), None)
 
 
 def _halving_axis(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> int | None:

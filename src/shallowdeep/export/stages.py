@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import UserError, first_line
 from ..sdn import SDN
-from .blocked_layout import blocked_input, shortcuts_as_convolutions
+from .blocked_layout import keep_blocked
 
 OPSET = 18
 
@@ -79,7 +79,7 @@ def export_stage(stage: StageModule, example: dict[str, torch.Tensor], path: Pat
                               dynamic_shapes={name: {0: batch} for name in example}, opset_version=OPSET,
                               dynamo=True, verbose=False, external_data=False)
         model = onnx.load(str(path))
-        if shortcuts_as_convolutions(model) + blocked_input(model):
+        if keep_blocked(model):
             onnx.save(model, str(path))
         onnx.checker.check_model(model)
     except Exception as exc:  # the exporter raises many types; each becomes one line naming the stage
