@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import shallowdeep
@@ -177,6 +178,29 @@ def test_the_manifest_and_graphs(exported):
         assert exit_[0] == expected_exit[0] and np.allclose(logits, expected_logits, atol=1e-5)
         never = np.full(net.num_exits - 1, np.inf, np.float32)
         assert session.run(None, {"h": x[i:i + 1], "keys": never})[1][0] == net.num_exits - 1
+
+
+def test_the_runtime_checks_pixels_as_the_pytorch_classifier_does(exported, tmp_path):
+    _, folder, images = exported
+    runtime = load(folder)
+    pixels = images[:3].numpy()
+    expected = runtime.predict(pixels).indices.tolist()
+    for same in (pixels.astype(np.int64), pixels.tolist(), list(pixels), pixels.astype(np.float64) / 255, images[:3]):
+        assert runtime.predict(same, batch_size=2).indices.tolist() == expected
+    shape = tuple(pixels.shape[1:])
+    refused = {"float images must be in \\[0, 1\\]": pixels.astype(np.float32), "NaN or infinite":
+               np.full((1, *shape), np.nan, np.float32), "pixel values 0..255": pixels.astype(np.int64) - 1,
+               "of type bool": pixels > 9, f"images of shape \\({shape[1]}, {shape[2]}\\) given, but this export":
+               pixels[0, 0], "call predict_files": "x.png"}
+    for message, given in refused.items():
+        with pytest.raises(UserError, match=message):
+            runtime.predict(given)
+    for batch_size in (0, 2.5, True):
+        with pytest.raises(UserError, match="batch_size must be a whole number >= 1"):
+            runtime.predict(pixels, batch_size=batch_size)
+    one = tmp_path / "one.png"
+    Image.fromarray(pixels[0].transpose(1, 2, 0).squeeze()).save(one)
+    assert runtime.predict_files(str(one)).paths == [one]  # one path is one file, not a list of characters
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,9 +17,10 @@ import torch
 
 from .data.augment import normalize
 from .images import decode_images, image_files
-from .errors import UserError, first_line
+from .errors import UserError
 from .exits import ExitPolicy, early_exit_stream, run_backbone
 from .outputs import load_run_data
+from .predict_inputs import check_batch_size, checked_pixels
 from .run import Run, open_run
 from .sdn import SDN
 
@@ -62,42 +62,7 @@ class Classifier:
 
     def _pixels(self, images: torch.Tensor | np.ndarray | Sequence) -> torch.Tensor:
         """``images`` (see :meth:`preprocess`) as checked (N, C, H, W) pixels: uint8, or floats in [0, 1]."""
-        if isinstance(images, (str, os.PathLike)) or (isinstance(images, (list, tuple)) and images
-                                                    and isinstance(images[0], (str, os.PathLike))):
-            raise UserError("predict takes pixels; to classify image files call predict_files(paths)")
-        try:
-            if isinstance(images, (list, tuple)) and images and isinstance(images[0], (torch.Tensor, np.ndarray)):
-                x = torch.stack([torch.as_tensor(np.ascontiguousarray(i)) for i in images])
-            else:
-                x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise UserError(f"images must be one array of pixels, (N, C, H, W) or (C, H, W): {first_line(exc)}") \
-                from None
-        x = x.unsqueeze(0) if x.dim() == len(self.input_shape) else x
-        if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != tuple(self.input_shape):
-            given = tuple(x.shape[1:]) if x.dim() == len(self.input_shape) + 1 else tuple(x.shape)
-            hint = ("; an (N, H, W, C) array goes in as array.transpose(0, 3, 1, 2)"
-                    if x.dim() == 4 and tuple(x.shape[1:]) == (*self.input_shape[1:], self.input_shape[0]) else "")
-            raise UserError(f"images of shape {given} given, but this network takes {tuple(self.input_shape)} "
-                            f"(channels, height, width), one image or a batch (N, C, H, W){hint}")
-        if x.dtype == torch.uint8 or x.numel() == 0:
-            return x
-        if x.dtype.is_floating_point:
-            if not torch.isfinite(x).all():
-                raise UserError("images hold NaN or infinite pixel values; give uint8 pixels or floats in [0, 1]")
-            lo, hi = x.aminmax()
-            if lo < 0 or hi > 1:
-                raise UserError(f"float images must be in [0, 1], these go from {lo.item():g} to {hi.item():g}; "
-                                "divide pixel values of 0..255 by 255 (or give them as uint8)")
-            return x
-        if x.dtype == torch.bool or x.dtype.is_complex:
-            raise UserError(f"images of type {str(x.dtype).removeprefix('torch.')}; give uint8 pixels or floats in "
-                            "[0, 1]")
-        lo, hi = x.to(torch.int64).aminmax()
-        if lo < 0 or hi > 255:
-            raise UserError(f"integer images must hold pixel values 0..255, these go from {lo.item()} to {hi.item()}; "
-                            "scale them to 0..255 (16-bit images: // 257) or to floats in [0, 1]")
-        return x.to(torch.uint8)
+        return torch.from_numpy(np.ascontiguousarray(checked_pixels(images, self.input_shape)))
 
     def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """The network's inputs for checked ``pixels`` (see :meth:`_pixels`), on its device."""
@@ -108,7 +73,7 @@ class Classifier:
         was: grey or RGB as the network takes them, resized (bilinear) to its input size. A file that cannot be
         read is a one-line error naming it."""
         channels, _, side = self.input_shape
-        files = image_files([paths] if isinstance(paths, (str, os.PathLike)) else paths)
+        files = image_files(paths)
         return files, torch.from_numpy(decode_images(files, image_size=side, channels=channels))
 
     @torch.inference_mode()
@@ -116,7 +81,7 @@ class Classifier:
                 policy: ExitPolicy | str | None = None, batch_size: int = BATCH_SIZE) -> Answer:
         """Classify ``images`` (see :meth:`preprocess`), ``batch_size`` at a time: with the final head alone (no
         threshold or policy), or with early exit (the streaming engine: every stage runs on full batches)."""
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         x = self._pixels(images)
         if x.shape[0] == 0:
             raise UserError("no images to classify")
@@ -132,16 +97,11 @@ class Classifier:
                       policy: ExitPolicy | str | None = None, batch_size: int = BATCH_SIZE) -> Answer:
         """:meth:`predict` on the image files ``paths`` name (see :meth:`read_images`; one path alone is a file or
         folder too), with their paths."""
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         files, images = self.read_images(paths)
         answer = self.predict(images, threshold, policy, batch_size)
         answer.paths = files
         return answer
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:

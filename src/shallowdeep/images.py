@@ -217,10 +217,11 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The image files ``paths`` name, in order: a file as it is, a folder's image files (recursively, sorted by
-    path, hidden files and folders left out); a one-line error for a path that does not exist or a folder
-    without images."""
+def image_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The image files ``paths`` (one path, or several) name, in order: a file as it is, a folder's image files
+    (recursively, sorted by path, hidden files and folders left out); a one-line error for a path that does not
+    exist or a folder without images."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from ..errors import UserError, first_line
 from ..images import decode_images, image_files
+from ..predict_inputs import check_batch_size, checked_pixels
 from .graphs import IMAGE, KEYS, decision_stage, fused_early_exit
 from .manifest import NEXT, Policy, read_manifest
 from .policies import start_state
@@ -63,23 +64,15 @@ class Runtime:
     # -- inputs ------------------------------------------------------------------------------------------------
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """Normalised float32 inputs for uint8 images ``(N, C, H, W)`` (or one ``(C, H, W)``) as read from files,
-        or floats already in [0, 1]; a one-line error for another shape or kind of array."""
-        x = np.asarray(images)
-        x = x[None] if x.ndim == len(self.manifest.input_shape) else x
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.manifest.input_shape:
-            raise UserError(f"images of shape {tuple(x.shape[1:])} given, but this export takes "
-                            f"{self.manifest.input_shape} (channels, height, width)")
-        if x.dtype == np.uint8:
-            x = x.astype(np.float32) / np.float32(255)
-        elif np.issubdtype(x.dtype, np.floating):
-            x = x.astype(np.float32)
-        else:
-            raise UserError(f"images of type {x.dtype} given: pass uint8 pixels (0..255) or floats in [0, 1]")
+        integers within 0..255, or floats in [0, 1]; a one-line error naming the fix for anything else (see
+        :func:`shallowdeep.predict_inputs.checked_pixels`)."""
+        x = checked_pixels(images, self.manifest.input_shape, "this export")
+        x = x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x
         mean = np.asarray(self.manifest.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.manifest.std, np.float32).reshape(1, -1, 1, 1)
         return np.ascontiguousarray((x - mean) / std)
 
-    def read_images(self, paths: Sequence[str | Path]) -> tuple[list[Path], np.ndarray]:
+    def read_images(self, paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], np.ndarray]:
         """The image files ``paths`` name (folders read recursively) and their pixels, read as the run's data was
         (grey or RGB as the network takes them, resized bilinearly to its input size)."""
         channels, _, side = self.manifest.input_shape
@@ -90,8 +83,7 @@ class Runtime:
     def predict(self, images: np.ndarray, batch_size: int = BATCH_SIZE) -> Prediction:
         """Classify ``images`` (see :meth:`preprocess`) with early exit: batch size 1 runs each image through the
         fused graph, larger batches stream (every stage runs on ``batch_size`` waiting samples)."""
-        if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         x = self.preprocess(images)
         if x.shape[0] == 0:
             raise UserError("no images to classify")
@@ -102,8 +94,9 @@ class Runtime:
                                                     batch_size)
         return self._prediction(logits, exits, confidence)
 
-    def predict_files(self, paths: Sequence[str | Path], batch_size: int = BATCH_SIZE) -> Prediction:
+    def predict_files(self, paths: str | Path | Sequence[str | Path], batch_size: int = BATCH_SIZE) -> Prediction:
         """:meth:`predict` on the image files ``paths`` name (see :meth:`read_images`), with their paths."""
+        check_batch_size(batch_size)
         files, images = self.read_images(paths)
         answer = self.predict(images, batch_size)
         answer.paths = files
