@@ -107,7 +107,9 @@ def test_export_errors_are_one_line(exported, capsys):
             (["export", str(root / "run"), "--out", str(root / "run" / "deploy")], "lies in the run folder"),
             (["export", str(root / "run"), "--out", str(root / "images")], "not empty and holds no export"),
             (["export", str(root / "run"), "--out", str(root / "x"), "--early-exit", "nope"], "no early-exit result 'nope'"),
-            (["predict", str(root / "export"), str(root / "images"), "--from-early-exit"], "applies its own policy")):
+            (["predict", str(root / "export"), str(root / "images"), "--from-early-exit"], "applies its own policy"),
+            (["predict", str(root / "export"), str(root / "images"), "--output", str(root / "export" / "manifest.json"),
+              "--force"], "lies in the export folder")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err

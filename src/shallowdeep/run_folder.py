@@ -71,16 +71,19 @@ def is_run_folder(path: Path) -> bool:
 
 def check_output_file(path: Path, force: bool = False, option: str = "--output") -> None:
     """A one-line error unless a command may write the user-named file ``path`` (given as ``option``): never a
-    folder, never anything inside a run folder (its files are the run's), and an existing file only with
-    ``force``. Every command that writes a file the user names calls this first."""
+    folder, never anything inside a run or export folder (its files are the run's or the export's), and an
+    existing file only with ``force``. Every command that writes a file the user names calls this first."""
+    from .runtime.manifest import is_export  # here, not above: the runtime's package loads onnxruntime
+
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} {path} is a folder; name a file")
     for candidate in dict.fromkeys((path.absolute(), path.resolve())):
         for folder in candidate.parents:
-            if is_run_folder(folder):
-                raise UserError(f"{option} {path} lies in the run folder {folder}, whose files are the run's; "
-                                "write it elsewhere")
+            for kind, ours in (("run", is_run_folder), ("export", is_export)):
+                if ours(folder):
+                    raise UserError(f"{option} {path} lies in the {kind} folder {folder}, whose files are the "
+                                    f"{kind}'s; write it elsewhere")
     if path.exists() or path.is_symlink():
         if not force:
             raise UserError(f"{option} {path} exists; pass --force to replace it")
