@@ -30,6 +30,14 @@ def test_missing_data_folder(tmp_path):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_a_file_where_a_folder_belongs(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"not a folder")
+    r = run_cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "a.png"),
+                "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "a.png", "is a file, not a folder")
+    assert_one_line_error(run_cli("evaluate", str(tmp_path / "a.png")), "run folder", "is a file, not a folder")
+
+
 def test_empty_image_folder(tmp_path):
     (tmp_path / "data").mkdir()
     r = run_cli("train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),

@@ -127,7 +127,8 @@ def open_run(path: str | Path) -> Run:
     path = Path(path)
     config_path = path / CONFIG
     if not path.is_dir():
-        raise UserError(f"run folder {path} does not exist")
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"run folder {path} {what}")
     if not config_path.is_file():
         raise UserError(f"{path} is not a run folder: {CONFIG} is missing")
     config = read_json(config_path)

@@ -45,7 +45,8 @@ def _decode(name: str, data_dir: str | Path | None, download: bool, cache_dir: s
     elif download:
         raise UserError(f"{name} cannot be downloaded automatically; put its files under {data_dir}")
     if not data_dir.is_dir():
-        raise UserError(f"data directory {data_dir} does not exist")
+        what = "is a file, not a folder" if data_dir.exists() else "does not exist"
+        raise UserError(f"data directory {data_dir} {what}")
     cache_dir = default_cache_dir(data_dir) if cache_dir is None else cache_dir
     if name in ("cifar10", "cifar100") and (find_cifar(name, data_dir) or not _is_image_folder(data_dir)):
         folder = locate_cifar(name, data_dir)

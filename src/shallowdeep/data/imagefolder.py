@@ -84,7 +84,8 @@ def read_imagefolder(root: str | Path, image_size: int | None = None, max_per_cl
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UserError(f"image folder {root} does not exist; {_LAYOUT}")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise UserError(f"image folder {root} {what}; {_LAYOUT}")
     classes, listing = _listing(root, max_per_class)
     pairs = listing["train"] + listing["test"]
     images = torch.from_numpy(decode_images([p for p, _ in pairs], image_size, channels))
