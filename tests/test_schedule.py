@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_few_epochs_take_the_short_schedule_unless_the_paper_is_named_or_milestones_given():
     short = resolve_recipe("cnn", 1e-4, {"epochs": 4})
     assert (short.schedule, short.milestones, short.nesterov, short.label_smoothing) == ("short", [], True, 0.2)
-    assert (short.lr, short.batch_size, short.weight_decay) == (0.1, 32, 5e-4)
+    assert (short.lr, short.batch_size, short.weight_decay) == (0.1, 16, 5e-4)
     assert "4 epochs are well below the paper's 100; --schedule paper keeps the paper's" == short.note
     assert "short schedule: lr up over the first 20 % of the batches, then down to 0" in describe_recipe(short)
     assert resolve_recipe("cnn", 1e-4, {"epochs": 30}).schedule == "paper"

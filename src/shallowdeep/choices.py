@@ -30,9 +30,9 @@ SHORT_BELOW = 0.25  # without a schedule named, runs of fewer epochs than this s
 # small batches (more steps in few epochs) with weight decay 5e-4 whatever the backbone
 # (benchmarks/bench_short_schedule.py)
 SHORT_RECIPES = {
-    "cnn": {"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "weight_decay": 5e-4, "nesterov": True,
+    "cnn": {"optimizer": "sgd", "lr": 0.1, "batch_size": 16, "weight_decay": 5e-4, "nesterov": True,
             "label_smoothing": 0.2, "warmup": 0.2},
-    "sdn": {"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "weight_decay": 5e-4, "nesterov": True,
+    "sdn": {"optimizer": "sgd", "lr": 0.1, "batch_size": 16, "weight_decay": 5e-4, "nesterov": True,
             "label_smoothing": 0.2, "warmup": 0.2},
     "ic-only": {"optimizer": "adam", "lr": 3e-3, "warmup": 0.1},
 }
