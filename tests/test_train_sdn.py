@@ -85,5 +85,15 @@ def test_a_run_without_a_folder_and_bad_input(tmp_path, tiny):
         shallowdeep.train_sdn(build_sdn(tiny), train, out=tmp_path / "b", spec=other)
     with pytest.raises(UserError, match="images must be a float tensor"):
         shallowdeep.train_sdn(build_sdn(tiny), [(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.zeros(2))])
+    images = torch.zeros(2, 3, 16, 16)
+    with pytest.raises(UserError, match="must give \\(images, labels\\) batches, got a dict"):
+        shallowdeep.train_sdn(build_sdn(tiny), [{"image": images, "label": torch.zeros(2, dtype=torch.long)}])
+    with pytest.raises(UserError, match="training loader's labels go from 0 to 10, but the network has 10 classes"):
+        shallowdeep.train_sdn(build_sdn(tiny), [(images, torch.tensor([0, 10]))])
+    later = [(images, torch.tensor([0, 1])), (images, torch.tensor([-1, 1]))]  # every batch is checked
+    with pytest.raises(UserError, match="training loader's labels go from -1 to 1"):
+        shallowdeep.train_sdn(build_sdn(tiny), later, epochs=1)
+    with pytest.raises(UserError, match="validation loader's labels go from 0 to 12"):
+        shallowdeep.train_sdn(build_sdn(tiny), later[:1], epochs=1, val_loader=[(images, torch.tensor([0, 12]))])
     with pytest.raises(UserError, match="the data set is normalised with mean"):
         shallowdeep.train_sdn(build_sdn(tiny), train, out=tmp_path / "c", data=DATA, mean=(0.5, 0.5, 0.5))

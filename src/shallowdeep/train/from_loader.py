@@ -18,7 +18,7 @@ from ..run import check_new_run_folder, create_run, run_lock
 from ..sdn import SDN
 from . import config_to_dict, paper_weight_decay
 from .recipe import USER_BACKBONE_WEIGHT_DECAY, TrainConfig, resolve_recipe
-from .sources import LoaderBatches
+from .sources import LoaderBatches, checked_batch
 from .trainer import train
 
 
@@ -58,7 +58,7 @@ def train_sdn(net: SDN, train_loader: Iterable, *, mode: str = "ic-only", epochs
     if ic_loss not in IC_LOSSES:
         raise UserError(f"unknown ic_loss '{ic_loss}': choose {' or '.join(IC_LOSSES)}")
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    x, _ = first_batch(train_loader)
+    x, _ = first_batch(train_loader, net.ics[0].linear.out_features)
     model = full_spec(net, spec, x.shape[1:]) if out is not None else spec or net.spec
     changes = {"schedule": schedule, "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "momentum": momentum,
                "milestones": list(milestones) if milestones is not None else None, "optimizer": optimizer,
@@ -85,21 +85,13 @@ def train_sdn(net: SDN, train_loader: Iterable, *, mode: str = "ic-only", epochs
     return net.eval(), metrics
 
 
-def first_batch(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``(images, labels)`` batch of ``loader``, checked: float images (N, C, H, W), N class indices."""
+def first_batch(loader: Iterable, classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``(images, labels)`` batch of ``loader``, checked (see :func:`checked_batch`)."""
     try:
-        x, y = next(iter(loader))
+        batch = next(iter(loader))
     except StopIteration:
         raise UserError("the training loader gives no batch") from None
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"the training loader must give (images, labels) batches ({exc})") from None
-    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4):
-        raise UserError(f"the training loader's images must be a float tensor (N, C, H, W), got "
-                        f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
-    if not (isinstance(y, torch.Tensor) and not y.is_floating_point() and y.shape == x.shape[:1]):
-        raise UserError(f"the training loader's labels must be {len(x)} class indices, got "
-                        f"{type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
-    return x, y
+    return checked_batch(batch, classes)
 
 
 def full_spec(net: SDN, spec: ModelSpec | None, input_shape: Sequence[int]) -> ModelSpec:

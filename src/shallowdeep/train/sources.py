@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 import torch
 from torch import nn
@@ -111,6 +111,32 @@ def exit_accuracies(net: SDN, stream: Iterable[tuple[torch.Tensor, torch.Tensor]
     return [] if correct is None else (correct.double() / total).tolist()
 
 
+def checked_batch(batch: Any, classes: int | None = None, which: str = "training") -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` as the pair a user's ``which`` loader must give: float images (N, C, H, W) and N class indices
+    (from 0 to ``classes`` - 1 when it is given); a one-line error saying what came instead."""
+    if isinstance(batch, Mapping):
+        raise UserError(f"the {which} loader must give (images, labels) batches, got a {type(batch).__name__} with "
+                        f"keys {', '.join(map(str, batch))}")
+    try:
+        x, y = batch
+    except (TypeError, ValueError):
+        raise UserError(f"the {which} loader must give (images, labels) batches, got a {type(batch).__name__}") \
+            from None
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4):
+        raise UserError(f"the {which} loader's images must be a float tensor (N, C, H, W), got "
+                        f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    if not (isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex()
+            and y.shape == x.shape[:1]):
+        raise UserError(f"the {which} loader's labels must be {len(x)} class indices, got "
+                        f"{type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
+    if classes is not None and len(y):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= classes:
+            raise UserError(f"the {which} loader's labels go from {lo} to {hi}, but the network has {classes} "
+                            f"classes (0 to {classes - 1})")
+    return x, y
+
+
 class LoaderBatches(StreamedImages):
     """The batches ``(images, labels)`` of a user's loaders, taken as they come (augmented and normalised by
     the user's pipeline) and moved to the device. An epoch's order is the loader's: drawn from the global
@@ -128,14 +154,16 @@ class LoaderBatches(StreamedImages):
     def epoch(self, epoch: int) -> Epoch:
         return self._moved(self.train), self.steps, {}
 
-    def _moved(self, loader: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in loader:
+    def _moved(self, loader: Iterable, which: str = "training") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        classes = self.net.ics[0].linear.out_features if self.net.ics else None
+        for batch in loader:
+            x, y = checked_batch(batch, classes, which)
             x = x.to(self.device, non_blocking=True)
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), \
                 y.to(self.device, torch.long, non_blocking=True)
 
     def holdout_accuracies(self) -> list[float]:
-        return [] if self.holdout is None else exit_accuracies(self.net, self._moved(self.holdout))
+        return [] if self.holdout is None else exit_accuracies(self.net, self._moved(self.holdout, "validation"))
 
     @torch.no_grad()
     def ensemble_inputs(self) -> tuple[list[torch.Tensor], torch.Tensor]:
