@@ -1,7 +1,8 @@
 """The name and path of every file a run folder holds, its format tags, and the checks that need nothing more:
-whether a folder is a run, and where a file the user names may be written. No torch: the torch-free runtime's
+whether a folder is a run or an export, and where a file the user names may be written. No torch: the torch-free runtime's
 commands use these too. :mod:`shallowdeep.run` reads and writes the training state, :mod:`shallowdeep.outputs`
-the per-exit outputs, :mod:`shallowdeep.run_results` what the analysis commands and the backdoor study write."""
+the per-exit outputs, :mod:`shallowdeep.run_results` what the analysis commands and the backdoor study write.
+An export folder's contract is :mod:`shallowdeep.runtime.manifest`'s; only its name and tag, to know one, are here."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ BACKDOOR_FIGURES = {"confusion": "backdoor-confusion.png", "exits": "backdoor-ex
                     "examples": "backdoor-examples.png"}
 BACKDOORED_CNN, CLEAN_CNN = "backdoored-cnn", "clean-cnn"
 RUN_FORMAT = "shallowdeep-run-1"
+# an export folder (written by shallowdeep.export, read by shallowdeep.runtime.manifest): its manifest and format tag
+EXPORT_MANIFEST, EXPORT_FORMAT = "manifest.json", "shallowdeep-export-1"
 CHECKPOINT_FORMAT = "shallowdeep-checkpoint-1"
 
 
@@ -69,12 +72,19 @@ def is_run_folder(path: Path) -> bool:
     return isinstance(found, str) and found.startswith(RUN_FORMAT.rpartition("-")[0] + "-")
 
 
+def is_export(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an export (a manifest with the export format's tag, whatever its content)."""
+    path = Path(folder) / EXPORT_MANIFEST
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("format", "").startswith("shallowdeep-export")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_output_file(path: Path, force: bool = False, option: str = "--output") -> None:
     """A one-line error unless a command may write the user-named file ``path`` (given as ``option``): never a
     folder, never anything inside a run or export folder (its files are the run's or the export's), and an
     existing file only with ``force``. Every command that writes a file the user names calls this first."""
-    from .runtime.manifest import is_export  # here, not above: the runtime's package loads onnxruntime
-
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} {path} is a folder; name a file")

@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..run_folder import EXPORT_FORMAT as FORMAT, EXPORT_MANIFEST as MANIFEST, is_export
 
-FORMAT = "shallowdeep-export-1"
-MANIFEST = "manifest.json"
 FUSED_GRAPH = "early_exit.onnx"
 NEXT = "_next"  # stage k's output NAME_next is stage k+1's input NAME
 POLICY_NAMES = ("maxprob", "entropy", "patience", "maxprob-per-exit")
@@ -102,15 +101,6 @@ class Manifest:
         out["input"] = {"shape": out.pop("input_shape"), "mean": out.pop("mean"), "std": out.pop("std"),
                         "pixels": "uint8 images, or floats in [0, 1]; (x - mean) / std per channel"}
         return {"format": FORMAT, "fused_graph": FUSED_GRAPH, **out}
-
-
-def is_export(folder: str | Path) -> bool:
-    """Whether ``folder`` holds an export (a manifest with this format's tag, whatever its content)."""
-    path = Path(folder) / MANIFEST
-    try:
-        return path.is_file() and json.loads(path.read_text()).get("format", "").startswith("shallowdeep-export")
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def read_manifest(folder: str | Path) -> Manifest:
