@@ -1,7 +1,7 @@
-"""The pixels and batch size a user hands to ``predict``, checked once for both engines (PyTorch's :class:`~shallowdeep.Classifier`
-and the torch-free runtime): a batch ``(N, C, H, W)`` or one ``(C, H, W)`` image, as an array, a tensor or a list
-of them; uint8, integers within 0..255 (taken as uint8) or floats in [0, 1]. Anything else gets a one-line error
-that names the fix. numpy only."""
+"""The pixels and batch size a user hands to ``predict``, checked once for both engines (PyTorch's
+:class:`~shallowdeep.Classifier` and the torch-free runtime): a batch ``(N, C, H, W)`` or one ``(C, H, W)`` image,
+as an array, a tensor or a list of them; uint8, integers within 0..255 (taken as uint8) or floats in [0, 1].
+Anything else gets a one-line error that names the fix. numpy only."""
 
 from __future__ import annotations
 

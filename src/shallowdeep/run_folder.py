@@ -1,6 +1,6 @@
 """The name and path of every file a run folder holds, its format tags, and the checks that need nothing more:
-whether a folder is a run or an export, and where a file the user names may be written. No torch: the torch-free runtime's
-commands use these too. :mod:`shallowdeep.run` reads and writes the training state, :mod:`shallowdeep.outputs`
+whether a folder is a run or an export, and where a file the user names may be written. No torch: the torch-free
+runtime's commands use these too. :mod:`shallowdeep.run` reads and writes the training state, :mod:`shallowdeep.outputs`
 the per-exit outputs, :mod:`shallowdeep.run_results` what the analysis commands and the backdoor study write.
 An export folder's contract is :mod:`shallowdeep.runtime.manifest`'s; only its name and tag, to know one, are here."""
 
@@ -69,14 +69,19 @@ def is_run_folder(path: Path) -> bool:
     found = config.get("format")
     if found is None:
         return isinstance(config.get("model"), dict) and isinstance(config.get("data"), dict)
-    return isinstance(found, str) and found.startswith(RUN_FORMAT.rpartition("-")[0] + "-")
+    return _of_family(found, RUN_FORMAT)
+
+
+def _of_family(found: object, tag: str) -> bool:
+    """Whether the format tag ``found`` is of ``tag``'s kind, whatever its version (``shallowdeep-run-*``)."""
+    return isinstance(found, str) and found.startswith(tag.rpartition("-")[0] + "-")
 
 
 def is_export(folder: str | Path) -> bool:
     """Whether ``folder`` holds an export (a manifest with the export format's tag, whatever its content)."""
     path = Path(folder) / EXPORT_MANIFEST
     try:
-        return path.is_file() and json.loads(path.read_text()).get("format", "").startswith("shallowdeep-export")
+        return path.is_file() and _of_family(json.loads(path.read_text()).get("format"), EXPORT_FORMAT)
     except (OSError, ValueError, AttributeError):
         return False
 
