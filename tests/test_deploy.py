@@ -180,6 +180,7 @@ def test_the_manifest_and_graphs(exported):
         assert session.run(None, {"h": x[i:i + 1], "keys": never})[1][0] == net.num_exits - 1
 
 
+@pytest.mark.slow
 def test_the_runtime_checks_pixels_as_the_pytorch_classifier_does(exported, tmp_path):
     _, folder, images = exported
     runtime = load(folder)
