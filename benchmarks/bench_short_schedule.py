@@ -1,6 +1,7 @@
 """Short runs: the paper's schedule squeezed into a few epochs against the short schedule.
 
-    python benchmarks/bench_short_schedule.py [--threads 1] [--seeds 0,1] [--cifar [--cifar-limit N] [--cifar-epochs 10]]
+    python benchmarks/bench_short_schedule.py [--threads 1] [--seeds 0,1] [--cifar [--cifar-limit N] [--cifar-epochs 10]
+                                              [--cifar-batches 16,128]]
 
 - fashion: the built-in ResNet-56 as a plain CNN on the first 6,000 Fashion-MNIST training images (28x28 grey,
   10 classes, all trained on: ``--holdout-fraction 0``), tested on the first 2,000 test images, 4 epochs with
@@ -10,8 +11,9 @@
 - fashion IC-only: internal classifiers added to the first seed's short-schedule CNN and trained alone, 4 epochs
   with each schedule (every exit's test accuracy).
 - cifar10 (``--cifar``): the built-in ResNet-56 on the CIFAR-10 JPEG copy (``.cache/data/cifar10-jpeg``, 45,000
-  training images after the 10 % holdout), 10 epochs with the short schedule, first seed; ``--cifar-limit N``
-  trains on the first N training images only (the test split is always the full 10,000).
+  training images after the 10 % holdout), 10 epochs with the short schedule and the batch it chooses, first
+  seed; ``--cifar-batches`` adds a run on each of these batch sizes, named with ``--batch-size``;
+  ``--cifar-limit N`` trains on the first N training images only (the test split is always the full 10,000).
 
 Every run is ``shallowdeep train`` then ``shallowdeep evaluate`` in a subprocess, under ``.cache/bench-short/``; a
 run already finished there is reused and an interrupted one resumed. Prints the figures and writes
@@ -99,7 +101,8 @@ def run_case(name: str, run_dir: Path, train_args: list[str], threads: int) -> d
             "test_accuracy": evaluation["top1"], "test_accuracy_per_exit": [e["top1"] for e in evaluation["exits"]]}
 
 
-def seeds(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """"0,1,2" as [0, 1, 2]."""
     return [int(s) for s in text.split(",")]
 
 
@@ -107,10 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=int, default=4, help="fashion: epochs of both schedules")
-    p.add_argument("--seeds", type=seeds, default=[0, 1], help="fashion: a run of each schedule per seed")
+    p.add_argument("--seeds", type=int_list, default=[0, 1], help="fashion: a run of each schedule per seed")
     p.add_argument("--cifar", action="store_true", help="also ResNet-56 on the CIFAR-10 JPEG copy, short schedule")
     p.add_argument("--cifar-epochs", type=int, default=10)
     p.add_argument("--cifar-limit", type=int, help="train on the first N CIFAR-10 training images only")
+    p.add_argument("--cifar-batches", type=int_list, default=[], help="cifar10: also a run on each of these batches")
     p.add_argument("--runs", type=Path, default=REPO / ".cache" / "bench-short", help="where the runs go")
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -139,9 +143,13 @@ def main(argv: list[str] | None = None) -> None:
                       "--epochs", str(args.cifar_epochs), "--schedule", "short", "--seed", str(args.seeds[0]), *limit]
         name = f"cifar10-short-{args.cifar_epochs}" + (f"-limit{args.cifar_limit}" if args.cifar_limit else "")
         rows.append(run_case("cifar10-short", args.runs / name, train_args, args.threads))
+        for batch in args.cifar_batches:
+            rows.append(run_case(f"cifar10-short-batch{batch}", args.runs / f"{name}-batch{batch}",
+                                 [*train_args, "--batch-size", str(batch)], args.threads))
     for r in rows:
         holdout = " ".join(f"{100 * a:.1f}" for a in r["holdout_accuracy_per_epoch"]) or "-"
-        print(f"{r['case']} (seed {r['seed']}): {r['recipe']['epochs']} epochs on {r['train_images']} images in "
+        print(f"{r['case']} (seed {r['seed']}): {r['recipe']['epochs']} epochs on {r['train_images']} images, "
+              f"batch {r['recipe']['batch_size']}, in "
               f"{r['training_minutes']} min; holdout % per epoch {holdout}; test accuracy "
               f"{100 * r['test_accuracy']:.2f} % ({r['test_images']} images)")
         if len(r["test_accuracy_per_exit"]) > 1:

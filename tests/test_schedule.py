@@ -39,6 +39,20 @@ def test_few_epochs_take_the_short_schedule_unless_the_paper_is_named_or_milesto
         resolve_recipe("cnn", 1e-4, {"epochs": 5, "milestones": [3, 3]})
 
 
+def test_the_short_batch_is_the_largest_that_still_gives_the_run_enough_steps():
+    # hand counts against 4,000 steps: 6,000 images x 4 epochs is 1,500 steps even at batch 16, the most steps
+    small = resolve_recipe("cnn", 1e-4, {"epochs": 4}, train_images=6000)
+    assert small.batch_size == 16 and "batch 16: none of 16, 32, 64, 128 gives 4,000 steps" in small.note
+    # 45,000 x 10: 7,040 steps at batch 64, 3,520 at 128
+    cifar = resolve_recipe("sdn", 1e-4, {"epochs": 10}, train_images=45000)
+    assert cifar.batch_size == 64 and "batch 64: the largest of 16, 32, 64, 128 giving 4,000 steps" in cifar.note
+    assert resolve_recipe("cnn", 1e-4, {"epochs": 12}, train_images=45000).batch_size == 128  # 4,224 steps
+    assert resolve_recipe("cnn", 1e-4, {"epochs": 10, "batch_size": 32}, train_images=45000).batch_size == 32
+    assert resolve_recipe("cnn", 1e-4, {"epochs": 10, "schedule": "paper"}, train_images=45000).batch_size == 128
+    assert resolve_recipe("ic-only", 1e-4, {"epochs": 4}, train_images=45000).batch_size == 128
+    assert resolve_recipe("cnn", 1e-4, {"epochs": 10}).batch_size == 16  # the data's size unknown
+
+
 def test_the_short_schedule_warms_up_then_decays_to_zero_batch_by_batch():
     r = resolve_recipe("sdn", 1e-4, {"epochs": 2})
     rates = [r.lr_at(epoch, step, 5) / r.lr for epoch in range(2) for step in range(5)]
@@ -66,6 +80,10 @@ def test_a_short_run_says_why_and_resumes_to_the_same_weights(tmp_path):
     new_run(tmp_path / "whole", DATA, model, cfg, recipe_changes=changes, device=CPU,
             on_start=seen.append)
     assert "schedule: short (2 epochs are well below the paper's 100; --schedule paper keeps the paper's)" in seen[0]
+    sized = []
+    new_run(tmp_path / "sized", DATA, model, cfg, recipe_changes={"epochs": 1}, device=CPU, on_start=sized.append)
+    why = r"schedule: short \(.*; batch 16: none of 16, 32, 64, 128 gives 4,000 steps over 1 epoch of \d+ images"
+    assert re.search(why, "\n".join(sized[0]))
 
     with pytest.raises(Interrupted):
         new_run(tmp_path / "cut", DATA, model, cfg, recipe_changes=changes, device=CPU, progress=sigterm_in(2))

@@ -26,16 +26,19 @@ PAPER_RECIPES = {
 SCHEDULES = ("paper", "short")  # the paper's steps at milestones, or the short recipe below
 SHORT_BELOW = 0.25  # without a schedule named, runs of fewer epochs than this share of the paper's take the short one
 # the short recipe per mode, for runs of a few epochs (after airbench): the learning rate rises linearly over the
-# first ``warmup`` of the batches, then falls linearly to zero, set every batch; label smoothing; Nesterov SGD on
-# small batches (more steps in few epochs) with weight decay 5e-4 whatever the backbone
+# first ``warmup`` of the batches, then falls linearly to zero, set every batch; label smoothing; Nesterov SGD with
+# weight decay 5e-4 whatever the backbone, on a batch chosen from the run's length (SHORT_BATCH_SIZES)
 # (benchmarks/bench_short_schedule.py)
 SHORT_RECIPES = {
-    "cnn": {"optimizer": "sgd", "lr": 0.1, "batch_size": 16, "weight_decay": 5e-4, "nesterov": True,
-            "label_smoothing": 0.2, "warmup": 0.2},
-    "sdn": {"optimizer": "sgd", "lr": 0.1, "batch_size": 16, "weight_decay": 5e-4, "nesterov": True,
-            "label_smoothing": 0.2, "warmup": 0.2},
+    "cnn": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "nesterov": True, "label_smoothing": 0.2,
+            "warmup": 0.2},
+    "sdn": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "nesterov": True, "label_smoothing": 0.2,
+            "warmup": 0.2},
     "ic-only": {"optimizer": "adam", "lr": 3e-3, "warmup": 0.1},
 }
+# the short SGD recipe's batch: the largest of these that still gives the run SHORT_MIN_STEPS optimiser steps (the
+# smallest when none does): a small data set gains from many small steps, a large one loses to their noise
+SHORT_BATCH_SIZES, SHORT_MIN_STEPS = (16, 32, 64, 128), 4000
 IC_LOSSES = ("growing", "uniform")  # SDN training: the paper's growing IC weights, or every exit weighted 1
 IC_DESIGNS = ("paper", "conv", "ztw")
 IC_WIDTH = 64  # channels of the conv and ztw heads' convolutions

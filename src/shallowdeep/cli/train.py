@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..choices import (CACHE_BUDGET_GB, IC_LOSS, IC_LOSSES, MODES, PAPER_RECIPES, SCHEDULES, SHORT_BELOW,
-                       SHORT_RECIPES)
+from ..choices import (CACHE_BUDGET_GB, IC_LOSS, IC_LOSSES, MODES, PAPER_RECIPES, SCHEDULES, SHORT_BATCH_SIZES,
+                       SHORT_BELOW, SHORT_MIN_STEPS, SHORT_RECIPES)
 from ..errors import UserError
 from ._common import (add_cache_views_argument, add_data_arguments, add_device_argument, add_model_arguments,
                       add_recipe_arguments, add_seed_argument, data_settings, fraction, model_spec, non_negative_float,
@@ -65,13 +65,14 @@ def _paper_recipes() -> str:
 def _short_recipes() -> str:
     def one(mode: str, r: dict) -> str:
         nesterov = ", Nesterov" if r.get("nesterov") else ""
-        batch = f", batch {r['batch_size']}" if "batch_size" in r else ""
         decay = f", weight decay {r['weight_decay']:g}" if "weight_decay" in r else ""
         smoothing = f", label smoothing {r['label_smoothing']:g}" if r.get("label_smoothing") else ""
-        return (f"{mode}: {r['optimizer']} lr {r['lr']:g}{nesterov}{batch}{decay}, up over the first "
+        return (f"{mode}: {r['optimizer']} lr {r['lr']:g}{nesterov}{decay}, up over the first "
                 f"{r['warmup']:.0%} of the batches then down to 0{smoothing}.")
 
-    return "Short: " + " ".join(one(mode, r) for mode, r in SHORT_RECIPES.items())
+    batch = (f"The cnn and sdn batch: the largest of {', '.join(map(str, SHORT_BATCH_SIZES))} that gives the run "
+             f"{SHORT_MIN_STEPS} steps or more (else the smallest).")
+    return "Short: " + " ".join(one(mode, r) for mode, r in SHORT_RECIPES.items()) + " " + batch
 
 
 def _recipe_changes(args: argparse.Namespace) -> dict:

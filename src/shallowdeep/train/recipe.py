@@ -1,5 +1,6 @@
 """The training recipes as plain values: the paper's, and a short one for runs of a few epochs (chosen by
-itself when the epochs are well below the paper's), with the learning rate of every batch they give."""
+itself when the epochs are well below the paper's, its batch by the run's length), with the learning rate of every
+batch they give."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from ..choices import CACHE_VIEWS, PAPER_RECIPES, SCHEDULES, SHORT_BELOW, SHORT_RECIPES
+from ..choices import (CACHE_VIEWS, PAPER_RECIPES, SCHEDULES, SHORT_BATCH_SIZES, SHORT_BELOW, SHORT_MIN_STEPS,
+                       SHORT_RECIPES)
 from ..errors import SettingError
 
 SDN_TAU_START = 0.01
@@ -94,11 +96,25 @@ def choose_schedule(mode: str, changes: Mapping[str, Any]) -> tuple[str, str]:
     return "paper", ""
 
 
-def resolve_recipe(mode: str, weight_decay: float, changes: Mapping[str, Any]) -> Recipe:
+def short_batch_size(train_images: int, epochs: int) -> tuple[int, str]:
+    """The short SGD recipe's batch for ``epochs`` over ``train_images`` (the largest of
+    :data:`SHORT_BATCH_SIZES` giving :data:`SHORT_MIN_STEPS` steps, else the smallest), and why."""
+    fits = [b for b in SHORT_BATCH_SIZES if epochs * math.ceil(train_images / b) >= SHORT_MIN_STEPS]
+    batch = max(fits, default=SHORT_BATCH_SIZES[0])
+    sizes = ", ".join(map(str, SHORT_BATCH_SIZES))
+    return batch, (f"batch {batch}: the largest of {sizes} giving {SHORT_MIN_STEPS:,} steps or more over "
+                   f"{epochs} epoch{'s' if epochs > 1 else ''} of {train_images:,} images" if fits else
+                   f"batch {batch}: none of {sizes} gives {SHORT_MIN_STEPS:,} steps over {epochs} "
+                   f"epoch{'s' if epochs > 1 else ''} of {train_images:,} images, so the most steps")
+
+
+def resolve_recipe(mode: str, weight_decay: float, changes: Mapping[str, Any],
+                   train_images: int | None = None) -> Recipe:
     """The recipe a run trains with: the paper's or the short one for ``mode`` (see :func:`choose_schedule`)
     with the backbone's ``weight_decay`` and the user's ``changes`` (``epochs`` moves the paper's milestones in
-    proportion; any other field of :class:`Recipe` replaces its value). A one-line error names a value out of
-    range."""
+    proportion; any other field of :class:`Recipe` replaces its value). The short ``cnn`` and ``sdn`` recipes take
+    their batch from the run's length over ``train_images`` (:func:`short_batch_size`; the smallest batch when
+    that is not known). A one-line error names a value out of range."""
     changes = {k: v for k, v in changes.items() if v is not None}
     unknown = set(changes) - {f.name for f in fields(Recipe)}
     if unknown:
@@ -110,6 +126,10 @@ def resolve_recipe(mode: str, weight_decay: float, changes: Mapping[str, Any]) -
     if "epochs" in changes:
         recipe = scale_milestones(recipe, changes["epochs"]) if schedule == "paper" and "milestones" not in changes \
             else Recipe(**{**recipe.to_dict(), "epochs": changes["epochs"]})
+    if schedule == "short" and mode != "ic-only" and "batch_size" not in changes:
+        batch, why = short_batch_size(train_images, recipe.epochs) if train_images else (SHORT_BATCH_SIZES[0], "")
+        recipe = Recipe(**{**recipe.to_dict(), "batch_size": batch,
+                            "note": "; ".join(filter(None, (recipe.note, why)))})
     recipe = Recipe(**{**recipe.to_dict(), **changes})
     milestones = recipe.milestones
     checks = (("lr", recipe.lr, math.isfinite(recipe.lr) and recipe.lr > 0, "a positive number"),
@@ -154,7 +174,7 @@ class TrainConfig:
     """Everything a training run needs besides the data and the model spec."""
 
     mode: str
-    recipe: Recipe | None = None  # None: resolved by new_run once the backbone is known
+    recipe: Recipe | None = None  # None: resolved by new_run once the backbone and the data are known
     seed: int = 0
     ic_weights: list[float] = field(default_factory=list)  # C_i for SDN training (set from the exits' costs)
     ic_loss: str = "growing"  # one of shallowdeep.choices.IC_LOSSES
