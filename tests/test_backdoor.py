@@ -280,3 +280,17 @@ def test_cli_rejects_a_target_outside_the_classes(tmp_path, capsys):
     code = main(["backdoor", "--out", str(tmp_path / "x"), "--backbone", write_tiny_cnn(tmp_path), "--target", "cat",
                  *QUICK])
     assert code == 2 and "target class 'cat'" in capsys.readouterr().err
+
+
+def test_a_short_study_sizes_its_cnn_batch_to_the_training_images_like_train(tmp_path):
+    from shallowdeep.cli import build_parser
+    from shallowdeep.cli.backdoor import _settings
+    from shallowdeep.train.recipe import resolve_recipe
+
+    quick = [a for a in QUICK if a not in ("--batch-size", "32")]
+    args = build_parser().parse_args(["backdoor", "--out", str(tmp_path / "x"), "--backbone",
+                                      write_tiny_cnn(tmp_path), *quick])
+    recipe = _settings(args).cnn.recipe
+    train_images = len(load_dataset("digits", None, limit=600).train)
+    assert recipe == resolve_recipe("cnn", recipe.weight_decay, {"epochs": 4, "lr": 0.05}, train_images)
+    assert f"over 4 epochs of {train_images:,} images" in recipe.note

@@ -82,12 +82,14 @@ class StudySettings:
             raise study_settings_damaged(exc) from exc
 
 
-def cnn_recipe(weight_decay: float, changes: Mapping[str, Any], fine_tuning: bool) -> Recipe:
+def cnn_recipe(weight_decay: float, changes: Mapping[str, Any], fine_tuning: bool,
+               train_images: int | None = None) -> Recipe:
     """The backdoored CNN's recipe (and its twin's) with the ``changes`` given (None: the recipe's own): when
     ``fine_tuning`` pretrained weights, constant-rate SGD (:data:`FINE_TUNE`); from scratch, the paper's CNN recipe
-    (or the short schedule for few epochs)."""
+    (or the short schedule for few epochs, its batch sized to ``train_images``)."""
     given = {k: v for k, v in changes.items() if v is not None}
-    return resolve_recipe("cnn", weight_decay, {**FINE_TUNE, **given} if fine_tuning else dict(changes))
+    return resolve_recipe("cnn", weight_decay, {**FINE_TUNE, **given} if fine_tuning else dict(changes),
+                          train_images)
 
 
 def class_index(target: int | str, classes: list[str]) -> int:

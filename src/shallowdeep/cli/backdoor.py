@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace) -> StudySettings:
     from ..backdoor import PoisonConfig, StudySettings, TriggerSpec
     from ..backdoor.study import check_new, cnn_recipe
+    from ..data import load_dataset
     from ..train import TrainConfig, paper_weight_decay, resolve_backbone, resolve_recipe
 
     check_new(args.out)
@@ -100,11 +101,13 @@ def _settings(args: argparse.Namespace) -> StudySettings:
     poison = PoisonConfig(TriggerSpec(args.pattern, args.trigger_size, args.position), target, args.poison_rate,
                           args.seed)
     ic = resolve_recipe("ic-only", weight_decay, {"epochs": args.ic_epochs})
+    changes = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    cnn = cnn_recipe(weight_decay, changes, bool(args.pretrained))
+    if cnn.schedule == "short" and args.batch_size is None:  # its batch follows the training images' count
+        cnn = cnn_recipe(weight_decay, changes, bool(args.pretrained), len(load_dataset(**data).train))
     return StudySettings(
         data=data, model=model, poison=poison, pretrained=args.pretrained,
-        cnn=TrainConfig("cnn", cnn_recipe(weight_decay, {"epochs": args.epochs, "lr": args.lr,
-                                                         "batch_size": args.batch_size}, bool(args.pretrained)),
-                        seed=args.seed),
+        cnn=TrainConfig("cnn", cnn, seed=args.seed),
         ic=TrainConfig("ic-only", ic, seed=args.seed, cache_views=args.cache_views),
         clean_baseline=args.clean_baseline, test_limit=args.test_limit, policy=args.policy, max_drop=args.max_drop)
 
