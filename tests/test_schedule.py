@@ -112,3 +112,7 @@ def test_the_command_line_names_the_options_behind_a_recipe_refusal(tmp_path, ca
     assert code == 2 and len(err) == 1
     assert err[0].endswith("the short schedule has none (--milestones, --schedule)")
     assert not (tmp_path / "run").exists()
+    # refused before the data is read: a missing folder would be reported otherwise
+    code = main(["train", "--arch", "resnet56", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "none"),
+                 "--schedule", "short", "--milestones", "2", "--out", str(tmp_path / "run")])
+    assert code == 2 and "the short schedule has none" in capsys.readouterr().err

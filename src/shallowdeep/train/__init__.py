@@ -99,10 +99,12 @@ class PreparedRun:
         if data.get("data_dir"):  # recorded in full: later commands may run in any folder
             data = {**data, "data_dir": str(Path(data["data_dir"]).expanduser().resolve())}
         model, state = resolve_backbone(model, pretrained)
+        decay, changes = paper_weight_decay(model), recipe_changes or {}
+        recipe = cfg.recipe or resolve_recipe(cfg.mode, decay, changes)  # a bad recipe refused before the data
         splits = splits or load_dataset(**data)
-        if cfg.recipe is None:  # after the data: the short recipe's batch depends on its size
-            cfg = replace(cfg, recipe=resolve_recipe(cfg.mode, paper_weight_decay(model), recipe_changes or {},
-                                                     len(splits.train)))
+        if cfg.recipe is None and recipe.schedule == "short":  # its batch follows the data's size
+            recipe = resolve_recipe(cfg.mode, decay, changes, len(splits.train))
+        cfg = replace(cfg, recipe=recipe)
         _check_channels(pretrained, splits.spec.input_shape)
         model = model.with_data(splits.spec.num_classes, splits.spec.input_shape)
         if cfg.mode == "cnn":
