@@ -290,7 +290,9 @@ def test_a_short_study_sizes_its_cnn_batch_to_the_training_images_like_train(tmp
     quick = [a for a in QUICK if a not in ("--batch-size", "32")]
     args = build_parser().parse_args(["backdoor", "--out", str(tmp_path / "x"), "--backbone",
                                       write_tiny_cnn(tmp_path), *quick])
-    recipe = _settings(args).cnn.recipe
+    settings, splits = _settings(args)
+    recipe = settings.cnn.recipe
     train_images = len(load_dataset("digits", None, limit=600).train)
+    assert len(splits.train) == train_images  # read once: the study goes on with these
     assert recipe == resolve_recipe("cnn", recipe.weight_decay, {"epochs": 4, "lr": 0.05}, train_images)
     assert f"over 4 epochs of {train_images:,} images" in recipe.note

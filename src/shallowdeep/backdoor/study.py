@@ -103,8 +103,10 @@ def class_index(target: int | str, classes: list[str]) -> int:
 
 
 def run_study(out: Path, settings: StudySettings | None, device: torch.device, progress: Progress | None = None,
-              on_epoch: Callable[[dict], None] | None = None, log: Log = lambda line: None) -> dict[str, Any]:
-    """Start a study in ``out`` with ``settings`` (None: continue the study already there) and run every stage.
+              on_epoch: Callable[[dict], None] | None = None, log: Log = lambda line: None,
+              splits: Splits | None = None) -> dict[str, Any]:
+    """Start a study in ``out`` with ``settings`` (None: continue the study already there) and run every stage,
+    on ``splits`` when the caller has read the settings' data already.
 
     Returns what ``OUT/backdoor.json`` holds. Its ``seconds`` give the wall-clock time of each stage when it ran
     (a stage finished by an earlier call keeps the time recorded then, when there is one).
@@ -112,7 +114,7 @@ def run_study(out: Path, settings: StudySettings | None, device: torch.device, p
     out = Path(out)
     resuming = settings is None
     settings = read_settings(out) if resuming else settings
-    splits = load_dataset(**settings.data)
+    splits = splits or load_dataset(**settings.data)
     if not resuming:
         settings = start(out, settings, splits)
     previous = recorded_study_seconds(out)

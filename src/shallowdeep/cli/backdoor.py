@@ -25,6 +25,7 @@ from ._common import (add_cache_views_argument, add_data_arguments, add_device_a
 
 if TYPE_CHECKING:
     from ..backdoor import StudySettings
+    from ..data import Splits
 
 NAME = "backdoor"
 ORDER = 70
@@ -74,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from ..train import Interrupted
 
     device = resolve_device(args.device, args.threads)
-    settings = None if args.resume else _settings(args)
+    settings, splits = (None, None) if args.resume else _settings(args)
     try:
         result = run_study(args.out, settings, device, progress=progress_bar, on_epoch=_print_epoch,
-                           log=lambda line: print(line, flush=True))
+                           log=lambda line: print(line, flush=True), splits=splits)
     except Interrupted as exc:
         print(f"{args.out}: {exc}; continue with --resume")
         return 130
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace) -> StudySettings:
+def _settings(args: argparse.Namespace) -> tuple[StudySettings, Splits | None]:
+    """A new study's settings from the command line, and its data when sizing the CNN's batch read it already."""
     from ..backdoor import PoisonConfig, StudySettings, TriggerSpec
     from ..backdoor.study import check_new, cnn_recipe
     from ..data import load_dataset
@@ -102,14 +104,16 @@ def _settings(args: argparse.Namespace) -> StudySettings:
                           args.seed)
     ic = resolve_recipe("ic-only", weight_decay, {"epochs": args.ic_epochs})
     changes = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
-    cnn = cnn_recipe(weight_decay, changes, bool(args.pretrained))
+    cnn, splits = cnn_recipe(weight_decay, changes, bool(args.pretrained)), None
     if cnn.schedule == "short" and args.batch_size is None:  # its batch follows the training images' count
-        cnn = cnn_recipe(weight_decay, changes, bool(args.pretrained), len(load_dataset(**data).train))
-    return StudySettings(
+        splits = load_dataset(**data)
+        cnn = cnn_recipe(weight_decay, changes, bool(args.pretrained), len(splits.train))
+    settings = StudySettings(
         data=data, model=model, poison=poison, pretrained=args.pretrained,
         cnn=TrainConfig("cnn", cnn, seed=args.seed),
         ic=TrainConfig("ic-only", ic, seed=args.seed, cache_views=args.cache_views),
         clean_baseline=args.clean_baseline, test_limit=args.test_limit, policy=args.policy, max_drop=args.max_drop)
+    return settings, splits
 
 
 def _print_epoch(row: dict) -> None:
