@@ -71,7 +71,7 @@ def _short_recipes() -> str:
                 f"{r['warmup']:.0%} of the batches then down to 0{smoothing}.")
 
     batch = (f"The cnn and sdn batch: the largest of {', '.join(map(str, SHORT_BATCH_SIZES))} that gives the run "
-             f"{SHORT_MIN_STEPS} steps or more (else the smallest).")
+             f"{SHORT_MIN_STEPS:,} steps or more (else the smallest).")
     return "Short: " + " ".join(one(mode, r) for mode, r in SHORT_RECIPES.items()) + " " + batch
 
 
